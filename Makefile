@@ -1,0 +1,46 @@
+# Two commands for a new user: `make demo` and `make test`. Everything else is set up by them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build of torch, installed first so pip never pulls a multi-GB CUDA build on a laptop/CI.
+TORCH_CPU ?= torch==2.13.0
+STORAGE ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast lint format demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_CPU)
+	$(PIP) install -q -e '.[dev]'
+	# MovieLens-100K ships inside the RecBole wheel; --no-deps keeps its heavy requirements out.
+	$(PIP) install -q --no-deps recbole==1.2.1
+	@touch $@
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not ray and not serve and not slow and not network" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+demo: install
+	$(PY) -m ray_jobs.demo --storage $(STORAGE)
+
+bench: install
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache
