@@ -14,7 +14,7 @@ import pandas as pd
 
 # MovieLens-1M's own age groups; ML-100K's exact ages fall into them too.
 AGE_EDGES = (18, 25, 35, 45, 50, 56)
-# Release-year buckets: old films pooled, then decades, with the 1990s split (ML-100K is 1990s-heavy).
+# Release-year buckets: old films pooled, then decades, 1990s split (ML-100K is 1990s-heavy).
 YEAR_EDGES = (1950, 1960, 1970, 1980, 1990, 1995, 2000, 2010, 2020)
 GENDERS = ("M", "F")
 NO_GENRE = "(no genres listed)"
@@ -104,7 +104,7 @@ class FeatureTables:
 
 
 def build_feature_tables(users: pd.DataFrame, items: pd.DataFrame) -> FeatureTables:
-    """Builds features from canonical ``users``/``items`` tables sorted by ``user_idx``/``item_idx``.
+    """Builds features from canonical ``users``/``items`` tables in ``user_idx``/``item_idx`` order.
 
     Args:
         users: columns ``user_idx`` and optionally ``age, gender, occupation``.

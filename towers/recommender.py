@@ -130,7 +130,7 @@ class Recommender(ABC):
         return top_k_excluding(scores, k, exclude)
 
     def predict_ratings(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
-        """Predicted ratings on the data set's scale for ``(N,)`` pairs; not all models have them."""
+        """Predicted ratings, on the data set's scale, for ``(N,)`` pairs (not every model)."""
         raise NotImplementedError(f"{type(self).__name__} does not predict ratings")
 
     @property

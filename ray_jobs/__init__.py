@@ -1,0 +1,1 @@
+"""Entry points run with ``python -m ray_jobs.<step>`` or ``ray job submit -- python -m ...``."""

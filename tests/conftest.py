@@ -1,0 +1,78 @@
+"""Shared fixtures: seeded synthetic data, a prepared storage root, and one session-wide Ray."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from towers.dataset import PreparedData, load_prepared, write_prepared
+from towers.interactions import Interactions
+from towers.storage import Storage
+from towers.synthetic import SyntheticSpec, generate
+
+# Tests never reach GroupLens; the one test of the RecBole fallback is marked `network`.
+os.environ.setdefault("RAY_TWO_TOWER_OFFLINE", "1")
+
+TINY_SPEC = SyntheticSpec(n_users=120, n_items=200, n_interactions=6_000, seed=7)
+
+
+def block_interactions(
+    n_groups: int = 4, users_per_group: int = 10, items_per_group: int = 12, seed: int = 0
+) -> Interactions:
+    """Users in group g interact with most items of block g only: the right answer is known."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for g in range(n_groups):
+        for u in range(g * users_per_group, (g + 1) * users_per_group):
+            chosen = rng.choice(items_per_group, items_per_group - 3, replace=False)
+            users += [u] * len(chosen)
+            items += (g * items_per_group + chosen).tolist()
+    n = len(users)
+    return Interactions(
+        np.array(users), np.array(items), rng.integers(3, 6, n).astype(np.float32),
+        np.arange(n, dtype=np.int64), n_groups * users_per_group, n_groups * items_per_group,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_raw():
+    """A small MovieLens-shaped synthetic data set (120 users, 200 items)."""
+    return generate(TINY_SPEC)
+
+
+@pytest.fixture(scope="session")
+def tiny_storage(tmp_path_factory, tiny_raw) -> Storage:
+    """A storage root with ``data/`` prepared from ``tiny_raw`` (both splits)."""
+    storage = Storage(tmp_path_factory.mktemp("tiny-run"))
+    write_prepared(storage, tiny_raw, "synthetic", ["random", "temporal"], seed=42)
+    return storage
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_storage) -> PreparedData:
+    return load_prepared(tiny_storage, "random")
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    """The ML-100K files from the installed RecBole wheel (``make install`` puts it there)."""
+    from towers.sources import _recbole_installed
+
+    folder = _recbole_installed()
+    if folder is None:
+        pytest.skip("recbole wheel not installed (run `make install`)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for every Ray-marked test (over-subscribing 2 cores is safe)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,23 @@
+"""The library imports without Ray, FastAPI or ScaNN (checked in a fresh interpreter)."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import towers
+
+
+def test_towers_imports_without_ray_fastapi_scann():
+    modules = [f"towers.{m.name}" for m in pkgutil.iter_modules(towers.__path__)]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('ray', 'fastapi', 'scann'))\n"
+        "assert not bad, bad\n"
+        "print(len(sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert len(modules) >= 8
