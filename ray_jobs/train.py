@@ -1,0 +1,314 @@
+"""Data-parallel two-tower training on Ray Train, then export to ``model/``.
+
+    python -m ray_jobs.train --storage runs/demo --num-workers 2
+    python -m ray_jobs.train --storage s3://bucket/run --num-workers 8 --use-gpu
+    python -m ray_jobs.train --storage runs/demo --preset paper --export-as model_paper
+
+Pure-PyTorch pieces come from ``towers``; this file holds only the Ray parts: the per-worker loop
+(DDP via ``prepare_model``, data shards from Ray Data, a checkpoint each epoch written by rank 0,
+resume through ``ray.train.get_checkpoint()``), the trainer, and the export.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ray_jobs.cli import help_field, parse_config
+from towers.checkpoint import LoopState, load_checkpoint, model_from_checkpoint, save_checkpoint
+from towers.dataset import PreparedData, load_prepared
+from towers.model import TwoTower, TwoTowerConfig
+from towers.storage import Storage
+from towers.training import (
+    TrainingContext,
+    make_batches,
+    make_optimizer,
+    train_epoch,
+    unwrap,
+    validate,
+)
+from towers.two_tower import TwoTowerRecommender
+
+log = logging.getLogger("train")
+MODEL_OVERRIDES = ("epochs", "batch_size", "lr", "embedding_dim", "loss", "patience", "temperature",
+                   "weight_decay", "seed")  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    """Train the two-tower model with Ray Train (DDP over workers) and export it to STORAGE/model."""
+
+    storage: str = help_field("runs/demo", "storage root holding data/ (local folder or URI)")
+    split: str | None = help_field(None, "prepared split to train on (default: the first)")
+    preset: Literal["default", "paper"] = help_field(
+        "default", "model preset (towers.model.PRESETS)"
+    )
+    num_workers: int = help_field(2, "Ray Train workers (DDP ranks)")
+    use_gpu: bool = help_field(False, "one GPU per worker, NCCL and bf16 autocast")
+    cpus_per_worker: float = help_field(1.0, "CPUs reserved per worker")
+    epochs: int | None = help_field(None, "maximum epochs (default: the preset's)")
+    batch_size: int | None = help_field(None, "GLOBAL batch size, split across workers")
+    lr: float | None = help_field(None, "Adam learning rate")
+    embedding_dim: int | None = help_field(None, "embedding dimension D of both towers")
+    loss: Literal["pointwise", "softmax", "hybrid"] | None = help_field(None, "training loss")
+    patience: int | None = help_field(None, "early stopping patience in epochs")
+    temperature: float | None = help_field(None, "softmax temperature (normalised embeddings)")
+    weight_decay: float | None = help_field(None, "AdamW weight decay")
+    seed: int | None = help_field(None, "seed of init and batch order")
+    refit: bool = help_field(
+        True, "after early stopping, retrain on train+valid for the best epochs"
+    )
+    data_loader: Literal["ray_data", "local"] = help_field(
+        "ray_data", "ray_data: streamed Parquet shards; local: each worker reads its own shard"
+    )
+    max_failures: int = help_field(2, "worker-group restarts from the last checkpoint on failure")
+    export_as: str = help_field("model", "artifact folder the exported model goes to")
+    crash_after_epoch: int = help_field(-1, "fault injection for tests: fail once after epoch N")
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError(f"--num-workers must be >= 1, got {self.num_workers}")
+        if "/" in self.export_as or self.export_as in ("", ".", "..", "data"):
+            raise ValueError(f"--export-as must be a plain folder name, got {self.export_as!r}")
+
+    def model_config(self, data: PreparedData) -> TwoTowerConfig:
+        overrides = {k: getattr(self, k) for k in MODEL_OVERRIDES if getattr(self, k) is not None}
+        overrides["bf16"] = self.use_gpu
+        cfg = TwoTowerConfig.from_preset(self.preset, **overrides).sized_for(data.features)
+        if cfg.batch_size % self.num_workers:
+            raise ValueError(f"batch size {cfg.batch_size} not divisible by {self.num_workers}")
+        return cfg
+
+
+def _epoch_batches(loop: dict[str, Any], data: PreparedData, state: LoopState, epoch: int):
+    """This worker's batches for one epoch: a Ray Data shard, or a locally computed shard."""
+    import ray.train
+
+    per_worker = loop["model"]["batch_size"] // loop["world_size"]
+    if loop["data_loader"] == "ray_data":
+        shard = ray.train.get_dataset_shard("full" if state.phase == "refit" else "train")
+        return shard.iter_torch_batches(
+            batch_size=per_worker, drop_last=True, local_shuffle_buffer_size=per_worker * 8,
+            local_shuffle_seed=loop["model"]["seed"] * 1000 + epoch,
+        )  # fmt: skip
+    source = data.full_train if state.phase == "refit" else data.train
+    ctx = ray.train.get_context()
+    rank = (ctx.get_world_rank(), ctx.get_world_size())
+    return make_batches(source, per_worker, loop["model"]["seed"], epoch, rank)
+
+
+def train_loop_per_worker(loop: dict[str, Any]) -> None:
+    """One DDP rank: build, maybe resume, train epoch by epoch, report and checkpoint."""
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(max(1, int(loop["cpus_per_worker"])))
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    data = load_prepared(Storage(loop["storage"]), loop["split"])
+    config = TwoTowerConfig.from_dict(loop["model"])
+    torch.manual_seed(config.seed)
+    model = TwoTower(config)
+    optimizer = make_optimizer(model, config)
+    state, best_model = LoopState(), None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            _, tensors, state = load_checkpoint(Path(folder))
+        model.load_state_dict(tensors["model"])
+        optimizer.load_state_dict(tensors["optimizer"])
+        best_model = tensors["best_model"] or None
+        state.resumed_at.append(state.epoch)
+        print(f"[rank {rank}] resumed from epoch {state.epoch} ({state.phase})", flush=True)
+    resumed = checkpoint is not None
+    model = ray.train.torch.prepare_model(model)  # DDP: gloo on CPU, NCCL on GPU
+    # Optimizer state refers to parameters by position, so it survives the DDP wrap.
+    ctx = TrainingContext.build(data.features, data.train, config, data.rating_scale, device)
+    full_ctx = TrainingContext.build(
+        data.features, data.full_train, config, data.rating_scale, device
+    )
+    while True:
+        epoch = state.epoch + 1
+        refit = state.phase == "refit"
+        if (refit and epoch > state.best_epoch) or (not refit and epoch >= config.epochs):
+            break
+        start = time.perf_counter()
+        stats = train_epoch(model, optimizer, _epoch_batches(loop, data, state, epoch),
+                            full_ctx if refit else ctx)  # fmt: skip
+        stats = _all_reduce_stats(stats, time.perf_counter() - start)
+        row = {"epoch": epoch, "phase": state.phase, **stats}
+        if not refit:
+            row.update(validate(model, ctx, data.train, data.valid))
+            metric = row[config.early_stopping_metric]
+            metric = -metric if config.early_stopping_metric == "rmse" else metric
+            if metric > state.best_metric:
+                state.best_metric, state.best_epoch, state.stale = metric, epoch, 0
+                best_model = {
+                    k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()
+                }
+            else:
+                state.stale += 1
+        state.epoch = epoch
+        state.history.append({k: v for k, v in row.items() if k != "phase"})
+        done_search = not refit and (state.stale >= config.patience or epoch + 1 >= config.epochs)
+        if done_search and loop["refit"] and len(data.valid):
+            # Start phase two from a fresh model: same seed, train ∪ valid, best_epoch + 1 epochs.
+            torch.manual_seed(config.seed)
+            fresh = TwoTower(config).to(device)
+            unwrap(model).load_state_dict(fresh.state_dict())
+            optimizer = make_optimizer(model, config)
+            state.phase, state.epoch = "refit", -1
+        _report(row, model, optimizer, state, best_model, rank)
+        if loop["crash_after_epoch"] == epoch and not resumed:
+            raise RuntimeError(f"fault injection: crashing after epoch {epoch}")
+        if done_search and not (loop["refit"] and len(data.valid)):
+            break
+
+
+def _all_reduce_stats(stats: dict[str, float], seconds: float) -> dict[str, float]:
+    """Mean loss over all ranks' pairs and global samples/s (the DDP group is already up)."""
+    loss_sum, samples = stats["loss"] * stats["samples"], stats["samples"]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([loss_sum, samples], dtype=torch.float64)
+        if torch.distributed.get_backend() == "nccl":
+            t = t.cuda()
+        torch.distributed.all_reduce(t)
+        loss_sum, samples = float(t[0]), float(t[1])
+    return {"loss": loss_sum / max(samples, 1), "samples": samples, "seconds": seconds,
+            "samples_per_s": samples / seconds if seconds > 0 else 0.0}  # fmt: skip
+
+
+def _report(row, model, optimizer, state: LoopState, best_model, rank: int) -> None:
+    import ray.train
+
+    metrics = {k: v for k, v in row.items() if isinstance(v, (int, float, str))}
+    shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                      if k in ("epoch", "phase", "loss", "samples_per_s", "recall@10", "ndcg@10"))  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:  # rank 0 writes; every rank reports (report is a barrier)
+            print(shown, flush=True)
+            save_checkpoint(Path(folder), model, optimizer, state, best_model)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfig]:
+    """Runs the ``TorchTrainer``; returns the Ray Train ``Result`` and the model config."""
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        # A local instance: leave one CPU beyond the workers for Ray Data's read tasks (a small,
+        # safe over-subscription on a laptop; each worker runs torch with its own thread budget).
+        need = cfg.num_workers * cfg.cpus_per_worker + (1 if cfg.data_loader == "ray_data" else 0)
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(np.ceil(need))))
+    have = ray.cluster_resources().get("CPU", 0)
+    need = cfg.num_workers * cfg.cpus_per_worker + (1 if cfg.data_loader == "ray_data" else 0)
+    if have < need:
+        raise RuntimeError(
+            f"the Ray cluster has {have:g} CPUs; {cfg.num_workers} workers x "
+            f"{cfg.cpus_per_worker:g} CPU plus 1 for Ray Data's reads need {need:g}. Lower "
+            "--num-workers or --cpus-per-worker, or use --data-loader local"
+        )
+    if cfg.use_gpu and ray.cluster_resources().get("GPU", 0) < cfg.num_workers:
+        raise RuntimeError(
+            f"--use-gpu asks for {cfg.num_workers} GPU(s) but the Ray cluster has "
+            f"{ray.cluster_resources().get('GPU', 0):g}; drop --use-gpu or add GPU nodes"
+        )
+    model_cfg = cfg.model_config(data)
+    storage = Storage(cfg.storage)
+    split = data.split
+    datasets = {}
+    if cfg.data_loader == "ray_data":
+        fs = None if storage.is_local else storage.fs
+        train_ds = ray.data.read_parquet(
+            storage.path(f"data/splits/{split}/train.parquet"), filesystem=fs
+        )
+        valid_ds = ray.data.read_parquet(
+            storage.path(f"data/splits/{split}/valid.parquet"), filesystem=fs
+        )
+        datasets = {"train": train_ds, "full": train_ds.union(valid_ds)}
+    loop = {"storage": cfg.storage, "split": split, "model": model_cfg.to_dict(), "refit": cfg.refit,
+            "world_size": cfg.num_workers, "data_loader": cfg.data_loader,
+            "cpus_per_worker": cfg.cpus_per_worker, "crash_after_epoch": cfg.crash_after_epoch}  # fmt: skip
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={
+                "CPU": cfg.cpus_per_worker,
+                **({"GPU": 1} if cfg.use_gpu else {}),
+            },
+        ),  # fmt: skip
+        run_config=ray.train.RunConfig(
+            name=f"{cfg.export_as}-{int(time.time())}",
+            storage_path=storage.path("train") if storage.is_local else f"{cfg.storage}/train",
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets or None,
+    )
+    return trainer.fit(), model_cfg
+
+
+def export(cfg: TrainConfig, data: PreparedData, checkpoint_dir: Path) -> dict[str, Any]:
+    """Publishes ``<export_as>/`` from the final checkpoint: refit weights, else the best epoch."""
+    _, _, state = load_checkpoint(checkpoint_dir)
+    refit = state.phase == "refit"
+    model = model_from_checkpoint(checkpoint_dir, weights="final" if refit else "best")
+    train = data.full_train if refit else data.train
+    rec = TwoTowerRecommender.from_model(model, data.features, train, data.rating_scale)
+    storage = Storage(cfg.storage)
+    with tempfile.TemporaryDirectory() as tmp:
+        rec.save(Path(tmp) / "model")
+        storage.begin_artifact(cfg.export_as)
+        storage.upload_dir(Path(tmp) / "model", cfg.export_as)
+    search = [h for h in state.history if "ndcg@10" in h]
+    best = max(search, key=lambda h: h["ndcg@10"]) if search else {}
+    return storage.publish(cfg.export_as, {
+        "version": rec.version, "dim": model.config.embedding_dim, "preset": cfg.preset,
+        "split": data.split, "dataset": data.manifest["dataset"], "refit": refit,
+        "best_epoch": state.best_epoch, "num_workers": cfg.num_workers,
+        "valid_metrics": {k: v for k, v in best.items() if "@" in k or k == "rmse"},
+        "history": state.history, "resumed_at": state.resumed_at,
+    })  # fmt: skip
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    storage = Storage(cfg.storage)
+    data = load_prepared(storage, cfg.split)
+    cfg = replace(cfg, split=data.split)
+    start = time.perf_counter()
+    result, model_cfg = fit_on_ray(cfg, data)
+    if result.error is not None:
+        raise RuntimeError(f"training failed: {result.error}") from result.error
+    if result.checkpoint is None:
+        raise RuntimeError("training reported no checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        manifest = export(cfg, data, Path(folder))
+    wall = time.perf_counter() - start
+    print(f"exported {cfg.export_as}/ version {manifest['version']} (D={model_cfg.embedding_dim}, "
+          f"best epoch {manifest['best_epoch']}, valid {manifest['valid_metrics']}) in {wall:.0f}s")  # fmt: skip
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_config(TrainConfig, argv))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
