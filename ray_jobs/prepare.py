@@ -59,16 +59,19 @@ def load_raw(cfg: PrepareConfig) -> tuple[RawData, dict[str, int]]:
     """Reads and validates the configured data set."""
     if cfg.dataset == "synthetic":
         spec = SyntheticSpec(
-            cfg.synthetic_users, cfg.synthetic_items, cfg.synthetic_interactions,
+            cfg.synthetic_users,
+            cfg.synthetic_items,
+            cfg.synthetic_interactions,
             seed=cfg.synthetic_seed,
-        )  # fmt: skip
+        )
         # Chunks stream into one Arrow table: no single pandas frame of all interactions.
         chunks = [
             pa.Table.from_pandas(c, preserve_index=False) for c in iter_interaction_chunks(spec)
         ]
         items, users = synthetic_items_users(spec)
-        raw = RawData(pa.concat_tables(chunks), items, users, RATING_SCALES["synthetic"],
-                      f"synthetic:{spec}")  # fmt: skip
+        raw = RawData(
+            pa.concat_tables(chunks), items, users, RATING_SCALES["synthetic"], f"synthetic:{spec}"
+        )
         return raw, {"duplicate_pairs": 0}  # the generator draws distinct pairs per user
     folder = locate(cfg.dataset, cfg.data_dir)
     log.info("reading %s from %s", cfg.dataset, folder)
@@ -79,12 +82,22 @@ def run(cfg: PrepareConfig) -> dict:
     start = time.perf_counter()
     storage = Storage(cfg.storage)
     raw, drops = load_raw(cfg)
-    log.info("parsed %s rows in %.1fs; splitting %s", len(raw.interactions),
-             time.perf_counter() - start, cfg.splits)  # fmt: skip
+    log.info(
+        "parsed %s rows in %.1fs; splitting %s",
+        len(raw.interactions),
+        time.perf_counter() - start,
+        cfg.splits,
+    )
     manifest = write_prepared(
-        storage, raw, cfg.dataset, cfg.splits, cfg.seed, cfg.valid_ratio, drops,
+        storage,
+        raw,
+        cfg.dataset,
+        cfg.splits,
+        cfg.seed,
+        cfg.valid_ratio,
+        drops,
         extra={"config": {k: v for k, v in vars(cfg).items() if k != "storage"}},
-    )  # fmt: skip
+    )
     print(summary(manifest))
     print(f"wrote {storage.uri}/data in {time.perf_counter() - start:.1f}s")
     return manifest

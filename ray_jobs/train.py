@@ -38,8 +38,17 @@ from towers.training import (
 from towers.two_tower import TwoTowerRecommender
 
 log = logging.getLogger("train")
-MODEL_OVERRIDES = ("epochs", "batch_size", "lr", "embedding_dim", "loss", "patience", "temperature",
-                   "weight_decay", "seed")  # fmt: skip
+MODEL_OVERRIDES = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "embedding_dim",
+    "loss",
+    "patience",
+    "temperature",
+    "weight_decay",
+    "seed",
+)
 
 
 @dataclass
@@ -96,9 +105,11 @@ def _epoch_batches(loop: dict[str, Any], data: PreparedData, state: LoopState, e
     if loop["data_loader"] == "ray_data":
         shard = ray.train.get_dataset_shard("full" if state.phase == "refit" else "train")
         return shard.iter_torch_batches(
-            batch_size=per_worker, drop_last=True, local_shuffle_buffer_size=per_worker * 8,
+            batch_size=per_worker,
+            drop_last=True,
+            local_shuffle_buffer_size=per_worker * 8,
             local_shuffle_seed=loop["model"]["seed"] * 1000 + epoch,
-        )  # fmt: skip
+        )
     source = data.full_train if state.phase == "refit" else data.train
     ctx = ray.train.get_context()
     rank = (ctx.get_world_rank(), ctx.get_world_size())
@@ -141,8 +152,9 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         if (refit and epoch > state.best_epoch) or (not refit and epoch >= config.epochs):
             break
         start = time.perf_counter()
-        stats = train_epoch(model, optimizer, _epoch_batches(loop, data, state, epoch),
-                            full_ctx if refit else ctx)  # fmt: skip
+        stats = train_epoch(
+            model, optimizer, _epoch_batches(loop, data, state, epoch), full_ctx if refit else ctx
+        )
         stats = _all_reduce_stats(stats, time.perf_counter() - start)
         row = {"epoch": epoch, "phase": state.phase, **stats}
         if not refit:
@@ -182,16 +194,23 @@ def _all_reduce_stats(stats: dict[str, float], seconds: float) -> dict[str, floa
             t = t.cuda()
         torch.distributed.all_reduce(t)
         loss_sum, samples = float(t[0]), float(t[1])
-    return {"loss": loss_sum / max(samples, 1), "samples": samples, "seconds": seconds,
-            "samples_per_s": samples / seconds if seconds > 0 else 0.0}  # fmt: skip
+    return {
+        "loss": loss_sum / max(samples, 1),
+        "samples": samples,
+        "seconds": seconds,
+        "samples_per_s": samples / seconds if seconds > 0 else 0.0,
+    }
 
 
 def _report(row, model, optimizer, state: LoopState, best_model, rank: int) -> None:
     import ray.train
 
     metrics = {k: v for k, v in row.items() if isinstance(v, (int, float, str))}
-    shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
-                      if k in ("epoch", "phase", "loss", "samples_per_s", "recall@10", "ndcg@10"))  # fmt: skip
+    shown = "  ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in metrics.items()
+        if k in ("epoch", "phase", "loss", "samples_per_s", "recall@10", "ndcg@10")
+    )
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if rank == 0:  # rank 0 writes; every rank reports (report is a barrier)
@@ -239,9 +258,16 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
             storage.path(f"data/splits/{split}/valid.parquet"), filesystem=fs
         )
         datasets = {"train": train_ds, "full": train_ds.union(valid_ds)}
-    loop = {"storage": cfg.storage, "split": split, "model": model_cfg.to_dict(), "refit": cfg.refit,
-            "world_size": cfg.num_workers, "data_loader": cfg.data_loader,
-            "cpus_per_worker": cfg.cpus_per_worker, "crash_after_epoch": cfg.crash_after_epoch}  # fmt: skip
+    loop = {
+        "storage": cfg.storage,
+        "split": split,
+        "model": model_cfg.to_dict(),
+        "refit": cfg.refit,
+        "world_size": cfg.num_workers,
+        "data_loader": cfg.data_loader,
+        "cpus_per_worker": cfg.cpus_per_worker,
+        "crash_after_epoch": cfg.crash_after_epoch,
+    }
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop,
@@ -252,7 +278,7 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
                 "CPU": cfg.cpus_per_worker,
                 **({"GPU": 1} if cfg.use_gpu else {}),
             },
-        ),  # fmt: skip
+        ),
         run_config=ray.train.RunConfig(
             name=f"{cfg.export_as}-{int(time.time())}",
             storage_path=storage.path("train") if storage.is_local else f"{cfg.storage}/train",
@@ -278,13 +304,22 @@ def export(cfg: TrainConfig, data: PreparedData, checkpoint_dir: Path) -> dict[s
         storage.upload_dir(Path(tmp) / "model", cfg.export_as)
     search = [h for h in state.history if "ndcg@10" in h]
     best = max(search, key=lambda h: h["ndcg@10"]) if search else {}
-    return storage.publish(cfg.export_as, {
-        "version": rec.version, "dim": model.config.embedding_dim, "preset": cfg.preset,
-        "split": data.split, "dataset": data.manifest["dataset"], "refit": refit,
-        "best_epoch": state.best_epoch, "num_workers": cfg.num_workers,
-        "valid_metrics": {k: v for k, v in best.items() if "@" in k or k == "rmse"},
-        "history": state.history, "resumed_at": state.resumed_at,
-    })  # fmt: skip
+    return storage.publish(
+        cfg.export_as,
+        {
+            "version": rec.version,
+            "dim": model.config.embedding_dim,
+            "preset": cfg.preset,
+            "split": data.split,
+            "dataset": data.manifest["dataset"],
+            "refit": refit,
+            "best_epoch": state.best_epoch,
+            "num_workers": cfg.num_workers,
+            "valid_metrics": {k: v for k, v in best.items() if "@" in k or k == "rmse"},
+            "history": state.history,
+            "resumed_at": state.resumed_at,
+        },
+    )
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
@@ -300,8 +335,10 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     with result.checkpoint.as_directory() as folder:
         manifest = export(cfg, data, Path(folder))
     wall = time.perf_counter() - start
-    print(f"exported {cfg.export_as}/ version {manifest['version']} (D={model_cfg.embedding_dim}, "
-          f"best epoch {manifest['best_epoch']}, valid {manifest['valid_metrics']}) in {wall:.0f}s")  # fmt: skip
+    print(
+        f"exported {cfg.export_as}/ version {manifest['version']} (D={model_cfg.embedding_dim}, "
+        f"best epoch {manifest['best_epoch']}, valid {manifest['valid_metrics']}) in {wall:.0f}s"
+    )
     return manifest
 
 

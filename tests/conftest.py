@@ -32,9 +32,13 @@ def block_interactions(
             items += (g * items_per_group + chosen).tolist()
     n = len(users)
     return Interactions(
-        np.array(users), np.array(items), rng.integers(3, 6, n).astype(np.float32),
-        np.arange(n, dtype=np.int64), n_groups * users_per_group, n_groups * items_per_group,
-    )  # fmt: skip
+        np.array(users),
+        np.array(items),
+        rng.integers(3, 6, n).astype(np.float32),
+        np.arange(n, dtype=np.int64),
+        n_groups * users_per_group,
+        n_groups * items_per_group,
+    )
 
 
 @pytest.fixture(scope="session")

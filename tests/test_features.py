@@ -16,13 +16,20 @@ from towers.features import (
 
 def tables() -> FeatureTables:
     users = pd.DataFrame(
-        {"user_idx": [0, 1, 2], "age": pd.array([17, 30, None], dtype="Int64"),
-         "gender": ["F", "M", None], "occupation": ["writer", None, "artist"]}
-    )  # fmt: skip
+        {
+            "user_idx": [0, 1, 2],
+            "age": pd.array([17, 30, None], dtype="Int64"),
+            "gender": ["F", "M", None],
+            "occupation": ["writer", None, "artist"],
+        }
+    )
     items = pd.DataFrame(
-        {"item_idx": [0, 1], "genres": [["Drama", "Comedy"], ["(no genres listed)"]],
-         "year": pd.array([1995, None], dtype="Int64")}
-    )  # fmt: skip
+        {
+            "item_idx": [0, 1],
+            "genres": [["Drama", "Comedy"], ["(no genres listed)"]],
+            "year": pd.array([1995, None], dtype="Int64"),
+        }
+    )
     return build_feature_tables(users, items)
 
 

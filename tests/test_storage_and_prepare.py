@@ -107,9 +107,21 @@ def test_load_prepared(tiny_storage, tiny_data):
 def test_prepare_synthetic_and_unprepared_split(tmp_path):
     cfg = prepare.parse_config(
         prepare.PrepareConfig,
-        ["--dataset", "synthetic", "--synthetic-users", "50", "--synthetic-items", "60",
-         "--synthetic-interactions", "1500", "--split", "temporal", "--storage", str(tmp_path)],
-    )  # fmt: skip
+        [
+            "--dataset",
+            "synthetic",
+            "--synthetic-users",
+            "50",
+            "--synthetic-items",
+            "60",
+            "--synthetic-interactions",
+            "1500",
+            "--split",
+            "temporal",
+            "--storage",
+            str(tmp_path),
+        ],
+    )
     manifest = prepare.run(cfg)
     assert manifest["splits"] == ["temporal"]
     with pytest.raises(ArtifactError, match="split 'random' was not prepared"):

@@ -1,4 +1,4 @@
-"""Ray Train: DDP over 2 CPU workers matches 1 worker, a crash resumes from the checkpoint, export."""
+"""Ray Train: 2 CPU workers match 1 worker, a crash resumes from its checkpoint, the export."""
 
 from __future__ import annotations
 
@@ -47,10 +47,16 @@ def test_crash_after_epoch_resumes_from_checkpoint(ray_session, tiny_storage):
 def test_ray_data_loader_and_refit_export(ray_session, tiny_storage, tiny_data):
     manifest = train.run(
         train.TrainConfig(
-            storage=tiny_storage.uri, epochs=2, batch_size=256, num_workers=2, refit=True,
-            data_loader="ray_data", export_as="model_refit", max_failures=0,
+            storage=tiny_storage.uri,
+            epochs=2,
+            batch_size=256,
+            num_workers=2,
+            refit=True,
+            data_loader="ray_data",
+            export_as="model_refit",
+            max_failures=0,
         )
-    )  # fmt: skip
+    )
     assert manifest["refit"] is True
     phases = [h["epoch"] for h in manifest["history"]]
     assert phases[:2] == [0, 1] and len(phases) == 2 + manifest["best_epoch"] + 1
@@ -73,8 +79,9 @@ def test_checkpoint_round_trip(tmp_path):
     from towers.checkpoint import LoopState, model_from_checkpoint, save_checkpoint
     from towers.model import TwoTower, TwoTowerConfig
 
-    cfg = TwoTowerConfig(n_users=5, n_items=7, user_cardinalities=(3, 3, 3), n_genres=2,
-                         n_year_buckets=3)  # fmt: skip
+    cfg = TwoTowerConfig(
+        n_users=5, n_items=7, user_cardinalities=(3, 3, 3), n_genres=2, n_year_buckets=3
+    )
     model = TwoTower(cfg)
     opt = torch.optim.Adam(model.parameters())
     save_checkpoint(tmp_path, model, opt, LoopState(epoch=3, best_epoch=2), None)
