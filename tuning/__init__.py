@@ -1,0 +1,1 @@
+"""Ray Tune search for the two-tower model (``python -m tuning.tune``)."""
