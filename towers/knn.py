@@ -1,0 +1,412 @@
+"""User-user k-nearest-neighbour recommender after LensKit's ``UserUser``, vectorised with SciPy.
+
+Two modes, as in LensKit:
+
+* ``explicit``: ratings are centred on each user's mean, similarity is the cosine of the centred
+  vectors, and the score of item ``i`` for user ``u`` is the predicted rating
+  ``mean_u + sum_v sim(u, v) (r_vi - mean_v) / sum_v |sim(u, v)|``.
+* ``implicit``: interactions are 0/1, similarity is their cosine, and the score is
+  ``sum_v sim(u, v)``.
+
+In both, ``v`` runs over the neighbours of ``u`` that interacted with ``i``. Only positive
+similarities at least ``min_sim`` count (as in LensKit), and an item reached by fewer than
+``min_nbrs`` neighbours gets no score: it is never recommended (``-inf``), and its predicted rating
+falls back to the user's mean (the global mean for a user with no training ratings).
+
+One deliberate difference from LensKit: LensKit takes, for each item, the ``n_neighbors`` most
+similar users *among those who rated that item*; here each user has one fixed set of its
+``n_neighbors`` most similar users (a sparse ``users × users`` matrix), so that scoring every item
+for a batch of users is one sparse product. The two agree when every neighbour rated the item and
+differ for rare items, which the fixed set reaches through fewer neighbours.
+
+``predict_ratings`` works in both modes: the implicit mode uses its 0/1 neighbourhood with the
+explicit mode's mean-centred weighted average, so rating metrics exist whichever mode tuning picks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from towers.interactions import Interactions
+from towers.metrics import evaluate
+from towers.popularity import (
+    interactions_from_arrays,
+    interactions_to_arrays,
+    read_model_dir,
+    write_model_dir,
+)
+from towers.recommender import Recommender
+
+MODES = ("explicit", "implicit")
+# float32 products of vectors that barely overlap leave rounding noise around 0; LensKit drops
+# |sim| < 1e-10 in float64, we drop below 1e-6 in float32.
+MIN_SIMILARITY = 1e-6
+# Dense GEMM is ~2x faster than sparse×sparse at ML-1M size; above this many user×item cells the
+# dense copy of the rating matrix would cost too much memory and the sparse product is used.
+_DENSE_CELLS = 50_000_000
+# Cells of one block of the user×user similarity matrix (float32 ⇒ 32 MB).
+_BLOCK_CELLS = 8_000_000
+
+
+def unit_rows(train: Interactions, mode: str) -> sp.csr_matrix:
+    """Rows of the ``(n_users, n_items)`` matrix whose dot products are the similarities.
+
+    Explicit: ratings minus the user's mean; implicit: 1s. Each row is scaled to unit L2 norm
+    (all-zero rows stay zero, so such users have no neighbours).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "explicit":
+        rows = centered_ratings(train, user_means(train)[0])
+    else:
+        rows = train.to_csr(binary=True)
+    norms = np.sqrt(np.asarray(rows.multiply(rows).sum(axis=1)).ravel())
+    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    return sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ rows, dtype=np.float32)
+
+
+def user_means(train: Interactions) -> tuple[np.ndarray, float]:
+    """``(n_users,)`` float64 mean rating per user (global mean where a user has none), global."""
+    global_mean = float(train.rating.mean()) if len(train) else 0.0
+    sums = np.bincount(train.user_idx, weights=train.rating, minlength=train.n_users)
+    counts = np.bincount(train.user_idx, minlength=train.n_users)
+    means = np.full(train.n_users, global_mean)
+    np.divide(sums, counts, out=means, where=counts > 0)
+    return means, global_mean
+
+
+def centered_ratings(train: Interactions, means: np.ndarray) -> sp.csr_matrix:
+    """``(n_users, n_items)`` float32 ``r_ui - mean_u`` (zeros that equal the mean stay stored)."""
+    values = (train.rating - means[train.user_idx]).astype(np.float32)
+    shape = (train.n_users, train.n_items)
+    return sp.csr_matrix((values, (train.user_idx, train.item_idx)), shape=shape)
+
+
+def _top_n_sorted(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Largest ``n`` entries of each row, sorted descending; ties go to the lower column index.
+
+    The tie rule makes the top ``m < n`` equal the first ``m`` of the top ``n``, which lets
+    ``tune_user_knn`` compute neighbours once for the largest ``n_neighbors``.
+
+    Args:
+        values: ``(B, M)`` float32.
+        n: ``1 <= n <= M``.
+
+    Returns:
+        ``(columns, values)``, both ``(B, n)``.
+    """
+    n_rows, n_cols = values.shape
+    threshold = np.partition(values, n_cols - n, axis=1)[:, n_cols - n, None]  # n-th largest
+    above = values > threshold
+    at = values == threshold
+    needed = n - above.sum(axis=1, keepdims=True)
+    chosen = above | at
+    crowded = at.sum(axis=1) > needed[:, 0]  # more ties at the threshold than places left
+    if crowded.any():
+        first_ties = np.cumsum(at[crowded], axis=1) <= needed[crowded]
+        chosen[crowded] = above[crowded] | (at[crowded] & first_ties)
+    cols = np.nonzero(chosen)[1].reshape(n_rows, n)  # exactly n per row, ascending columns
+    top = np.take_along_axis(values, cols, axis=1)
+    order = np.lexsort((cols, -top), axis=1)
+    return np.take_along_axis(cols, order, axis=1), np.take_along_axis(top, order, axis=1)
+
+
+def top_neighbors(rows: sp.csr_matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's ``n`` most similar other users with positive similarity.
+
+    Args:
+        rows: ``(U, I)`` unit rows from :func:`unit_rows`.
+        n: neighbours kept per user.
+
+    Returns:
+        ``(neighbors, similarities)``, both ``(U, n')`` with ``n' = min(n, U - 1)``: int32 user
+        indices sorted by descending float32 similarity, padded with ``-1``/``0`` where a user has
+        fewer than ``n'`` users above ``MIN_SIMILARITY``.
+    """
+    n_users, n_items = rows.shape
+    n = min(n, max(n_users - 1, 0))
+    neighbors = np.full((n_users, n), -1, np.int32)
+    similarities = np.zeros((n_users, n), np.float32)
+    if n == 0:
+        return neighbors, similarities
+    dense = n_users * n_items <= _DENSE_CELLS
+    left = rows.toarray() if dense else rows
+    right = left.T if dense else rows.T.tocsr()  # (I, U)
+    block = max(1, _BLOCK_CELLS // n_users)
+    for start in range(0, n_users, block):
+        stop = min(start + block, n_users)
+        sims = left[start:stop] @ right  # (B, U)
+        sims = np.asarray(sims if dense else sims.toarray(), np.float32)
+        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # never one's own neighbour
+        cols, top = _top_n_sorted(sims, n)
+        valid = top >= MIN_SIMILARITY
+        neighbors[start:stop] = np.where(valid, cols, -1)
+        similarities[start:stop] = np.where(valid, top, 0.0)
+    return neighbors, similarities
+
+
+def neighbor_matrix(
+    neighbors: np.ndarray, similarities: np.ndarray, n: int, min_sim: float
+) -> sp.csr_matrix:
+    """``(U, U)`` float32 sparse weights: the first ``n`` neighbours with ``similarity >= min_sim``.
+
+    Row order follows ``neighbors`` (descending similarity), so equal inputs give equal products.
+    """
+    neighbors, similarities = neighbors[:, :n], similarities[:, :n]
+    keep = (neighbors >= 0) & (similarities >= min_sim)
+    indptr = np.concatenate([[0], np.cumsum(keep.sum(axis=1))])
+    n_users = len(neighbors)
+    return sp.csr_matrix(
+        (similarities[keep], neighbors[keep], indptr), shape=(n_users, n_users), dtype=np.float32
+    )
+
+
+class UserKNN(Recommender):
+    """User-user kNN with LensKit's explicit and implicit modes (see the module docstring).
+
+    Args:
+        n_neighbors: neighbours kept per user.
+        min_sim: smallest similarity that makes a neighbour (non-positive ones never do).
+        min_nbrs: neighbours who interacted with an item needed to score it.
+        mode: ``"explicit"`` (centred ratings, weighted average) or ``"implicit"`` (0/1, sum).
+    """
+
+    name = "user_knn"
+
+    def __init__(
+        self, n_neighbors: int = 40, min_sim: float = 0.0, min_nbrs: int = 1, mode: str = "explicit"
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if n_neighbors < 1 or min_nbrs < 1:
+            raise ValueError(f"n_neighbors ({n_neighbors}) and min_nbrs ({min_nbrs}) must be >= 1")
+        self.n_neighbors = int(n_neighbors)
+        self.min_sim = float(min_sim)
+        self.min_nbrs = int(min_nbrs)
+        self.mode = mode
+        self.neighbors_: sp.csr_matrix | None = None  # (U, U) similarity weights
+        self.user_mean_: np.ndarray | None = None  # (U,) float64
+        self.global_mean_: float = 0.0
+        self._centered: sp.csr_matrix | None = None  # (U, I) r_ui - mean_u
+
+    @property
+    def params(self) -> dict[str, int | float | str]:
+        return {
+            "n_neighbors": self.n_neighbors,
+            "min_sim": self.min_sim,
+            "min_nbrs": self.min_nbrs,
+            "mode": self.mode,
+        }
+
+    def fit(self, train: Interactions) -> UserKNN:
+        neighbors, similarities = top_neighbors(unit_rows(train, self.mode), self.n_neighbors)
+        return self.fit_from_neighbors(train, neighbors, similarities)
+
+    def fit_from_neighbors(
+        self, train: Interactions, neighbors: np.ndarray, similarities: np.ndarray
+    ) -> UserKNN:
+        """Fits from precomputed :func:`top_neighbors` output for at least ``n_neighbors``.
+
+        ``tune_user_knn`` computes neighbours once per mode and slices them for every grid point.
+        """
+        weights = neighbor_matrix(neighbors, similarities, self.n_neighbors, self.min_sim)
+        return self._set_state(train, weights)
+
+    def _set_state(self, train: Interactions, weights: sp.csr_matrix) -> UserKNN:
+        if weights.shape != (train.n_users, train.n_users):
+            raise ValueError(f"neighbour matrix {weights.shape} != ({train.n_users},) * 2")
+        self._set_train(train)
+        self.user_mean_, self.global_mean_ = user_means(train)
+        self._centered = centered_ratings(train, self.user_mean_)
+        self.neighbors_ = weights
+        return self
+
+    def _neighborhood_sums(
+        self, user_idx: np.ndarray, with_ratings: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sums over each user's neighbours who interacted with each item.
+
+        Returns:
+            ``(weighted_ratings, weights, scorable)``, each ``(U, n_items)``:
+            ``sum sim * (r_vi - mean_v)`` (zeros unless ``with_ratings``), ``sum sim``, and whether
+            at least ``min_nbrs`` neighbours are in the sum.
+        """
+        assert self.neighbors_ is not None and self._centered is not None
+        rows = self.neighbors_[user_idx]  # (U, n_users)
+        seen = self.seen_matrix()
+        weights = (rows @ seen).toarray()
+        if self.min_nbrs == 1:  # similarities are positive, so a neighbour means weight > 0
+            scorable = weights > 0
+        else:
+            ones = sp.csr_matrix((np.ones_like(rows.data), rows.indices, rows.indptr), rows.shape)
+            counts = ones @ seen
+            scorable = counts.toarray() >= self.min_nbrs
+        weighted = (rows @ self._centered).toarray() if with_ratings else np.zeros_like(weights)
+        return weighted, weights, scorable
+
+    def score(self, user_idx: np.ndarray) -> np.ndarray:
+        """``(U,)`` users → ``(U, n_items)`` float32: predicted ratings (explicit) or summed
+        similarities (implicit); ``-inf`` where fewer than ``min_nbrs`` neighbours interacted."""
+        user_idx = self.check_users(user_idx)
+        explicit = self.mode == "explicit"
+        weighted, weights, scorable = self._neighborhood_sums(user_idx, with_ratings=explicit)
+        if not explicit:
+            weights[~scorable] = -np.inf
+            return weights.astype(np.float32, copy=False)
+        assert self.user_mean_ is not None
+        scores = np.full(weights.shape, -np.inf, np.float32)
+        np.divide(weighted, weights, out=scores, where=scorable)
+        scores += self.user_mean_[user_idx, None].astype(np.float32)  # -inf stays -inf
+        return scores
+
+    def predict_ratings(
+        self, user_idx: np.ndarray, item_idx: np.ndarray, batch_size: int = 1024
+    ) -> np.ndarray:
+        """``(N,)`` pairs → ``(N,)`` float32 ratings; the user's mean where the item is unscorable.
+
+        Raises:
+            KeyError: an unknown user or item index.
+        """
+        users = self.check_users(user_idx)
+        items = np.asarray(item_idx, dtype=np.int64).reshape(-1)
+        if items.shape != users.shape:
+            raise ValueError(f"user_idx {users.shape} and item_idx {items.shape} differ in shape")
+        bad = items[(items < 0) | (items >= self.n_items)]
+        if bad.size:
+            raise KeyError(f"unknown item index {bad[:5].tolist()} (known: 0..{self.n_items - 1})")
+        assert self.user_mean_ is not None
+        unique, row_of_pair = np.unique(users, return_inverse=True)
+        out = np.empty(len(users), np.float32)
+        for start in range(0, len(unique), batch_size):
+            weighted, weights, scorable = self._neighborhood_sums(
+                unique[start : start + batch_size], with_ratings=True
+            )
+            pairs = np.flatnonzero((row_of_pair >= start) & (row_of_pair < start + batch_size))
+            r, c = row_of_pair[pairs] - start, items[pairs]
+            ok = scorable[r, c]
+            offset = np.where(ok, weighted[r, c] / np.where(ok, weights[r, c], 1.0), 0.0)
+            out[pairs] = self.user_mean_[users[pairs]] + offset
+        return out
+
+    def save(self, path: str | Path) -> None:
+        train = self._require_fitted()
+        assert self.neighbors_ is not None
+        config = {"n_users": train.n_users, "n_items": train.n_items, **self.params}
+        arrays = {
+            **interactions_to_arrays(train),
+            "neighbors_indptr": self.neighbors_.indptr,
+            "neighbors_indices": self.neighbors_.indices,
+            "neighbors_data": self.neighbors_.data,
+        }
+        write_model_dir(path, self.name, config, arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> UserKNN:
+        config, arrays = read_model_dir(path, cls.name)
+        n_users, n_items = config["n_users"], config["n_items"]
+        train = interactions_from_arrays(arrays, n_users, n_items)
+        weights = sp.csr_matrix(
+            (arrays["neighbors_data"], arrays["neighbors_indices"], arrays["neighbors_indptr"]),
+            shape=(n_users, n_users),
+        )
+        model = cls(config["n_neighbors"], config["min_sim"], config["min_nbrs"], config["mode"])
+        return model._set_state(train, weights)
+
+
+DEFAULT_GRID: dict[str, tuple[Any, ...]] = {
+    "mode": MODES,
+    "n_neighbors": (10, 20, 40, 80, 160),
+    "min_sim": (0.0, 0.01, 0.1),
+    "min_nbrs": (1,),
+}
+_LOWER_IS_BETTER = ("mse", "rmse", "mae")
+
+
+def tune_user_knn(
+    train: Interactions,
+    valid: Interactions,
+    grid: dict[str, Sequence[Any]] | None = None,
+    metric: str = "ndcg@10",
+    ks: Sequence[int] = (5, 10, 20),
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Grid search of :class:`UserKNN` on a validation split (never the test split).
+
+    Neighbours are computed once per mode for the largest ``n_neighbors`` and sliced for the
+    others, which gives exactly what ``UserKNN(**params).fit(train)`` gives; grid points with the
+    same neighbour matrix are evaluated once. Rating metrics are computed only when ``metric`` is
+    one (they cost as much again as the ranking).
+
+    Args:
+        train: interactions the models are fitted on.
+        valid: held-out interactions the grid points are scored on with ``metrics.evaluate``.
+        grid: values per parameter (``mode, n_neighbors, min_sim, min_nbrs``); missing keys take
+            :data:`DEFAULT_GRID`'s.
+        metric: an ``evaluate`` key to maximise (``mse``/``rmse``/``mae`` are minimised).
+        ks: cut-offs evaluated; the metric's own ``k`` is added.
+
+    Returns:
+        ``(best_params, results)``: the best grid point (first in grid order on ties) and one row
+        per grid point with its parameters, every metric and timings (``neighbor_seconds`` is
+        shared by all points of a mode).
+    """
+    unknown = set(grid or {}) - set(DEFAULT_GRID)
+    if unknown:
+        raise ValueError(f"unknown grid keys {sorted(unknown)}; known: {sorted(DEFAULT_GRID)}")
+    grid = {**DEFAULT_GRID, **(grid or {})}
+    cutoffs = set(ks)
+    if "@" in metric:
+        cutoffs.add(int(metric.split("@")[1]))
+    elif metric not in (*_LOWER_IS_BETTER, "r2", "map"):
+        raise ValueError(f"unknown metric {metric!r}")
+    with_rating = metric in (*_LOWER_IS_BETTER, "r2")
+    rows: list[dict[str, Any]] = []
+    for mode in grid["mode"]:
+        started = time.perf_counter()
+        neighbors, sims = top_neighbors(unit_rows(train, mode), max(grid["n_neighbors"]))
+        shared_seconds = time.perf_counter() - started
+        # Grid points whose neighbour matrices coincide (a min_sim below every kept similarity)
+        # score the same: evaluate each distinct matrix once.
+        scored: dict[tuple[int, bytes], dict[str, float]] = {}
+        points = itertools.product(grid["n_neighbors"], grid["min_sim"], grid["min_nbrs"])
+        for n_neighbors, min_sim, min_nbrs in points:
+            started = time.perf_counter()
+            model = UserKNN(n_neighbors, min_sim, min_nbrs, mode)
+            model.fit_from_neighbors(train, neighbors, sims)
+            fitted = time.perf_counter()
+            weights = model.neighbors_
+            assert weights is not None
+            digest = hashlib.sha1(weights.indptr.tobytes() + weights.indices.tobytes()).digest()
+            key = (min_nbrs, digest)
+            if key not in scored:
+                scored[key] = evaluate(
+                    model, train, valid, ks=sorted(cutoffs), with_ratings=with_rating
+                )
+            rows.append(
+                {
+                    **model.params,
+                    **scored[key],
+                    "neighbor_seconds": shared_seconds,  # once per mode, shared by its points
+                    "fit_seconds": fitted - started,
+                    "eval_seconds": time.perf_counter() - fitted,
+                }
+            )
+    results = pd.DataFrame(rows)
+    if metric not in results.columns:
+        raise ValueError(f"metric {metric!r} not among {sorted(results.columns)}")
+    values = results[metric].to_numpy(np.float64)
+    best = int(np.nanargmin(values) if metric in _LOWER_IS_BETTER else np.nanargmax(values))
+    best_params = {
+        key: results.loc[best, key] for key in ("mode", "n_neighbors", "min_sim", "min_nbrs")
+    }
+    best_params = {k: v.item() if isinstance(v, np.generic) else v for k, v in best_params.items()}
+    return best_params, results
