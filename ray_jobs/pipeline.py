@@ -1,0 +1,187 @@
+"""The whole pipeline: prepare → (tune) → train → evaluate → build index (→ serve).
+
+    python -m ray_jobs.pipeline --dataset ml-100k --storage runs/demo [--tune] [--serve]
+    ray job submit --working-dir . -- python -m ray_jobs.pipeline --storage s3://bucket/run ...
+
+Each step is skipped when its artifact is complete *for the same inputs*: every artifact's
+manifest carries an ``inputs`` fingerprint (the step's settings plus the versions of what it read),
+so changing a setting or retraining upstream reruns exactly the steps downstream of the change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from ray_jobs import build_index, evaluate, prepare, train
+from ray_jobs.cli import help_field, parse_config
+from towers.storage import ArtifactError, Storage
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class PipelineConfig:
+    """Run prepare, tune (optional), train, evaluate and build_index; optionally serve."""
+
+    storage: str = help_field(
+        "runs/demo", "storage root (local folder or s3://…, seen by all nodes)"
+    )
+    dataset: prepare.Dataset = help_field("ml-100k", "data set to prepare")
+    data_dir: str | None = help_field(None, "folder with the data set's files")
+    split: Literal["random", "temporal"] = help_field("random", "split to train and report on")
+    num_workers: int = help_field(2, "Ray Train workers")
+    use_gpu: bool = help_field(False, "train on GPUs (one per worker)")
+    tune: bool = help_field(False, "run the Ray Tune search and train the tuned config too")
+    tune_samples: int = help_field(16, "Tune trials when --tune")
+    paper: bool = help_field(True, "also train the paper's preset, to report its finding")
+    epochs: int | None = help_field(None, "override the presets' maximum epochs")
+    serve: bool = help_field(False, "finish by serving HTTP on 127.0.0.1:8000 until Ctrl-C")
+    port: int = help_field(8000, "HTTP port when --serve")
+    force: bool = help_field(False, "rerun every step even when its outputs are complete")
+
+
+def fingerprint(**inputs: Any) -> str:
+    """A short stable hash of a step's inputs."""
+    blob = json.dumps(inputs, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def is_done(storage: Storage, artifact: str, inputs: str, force: bool) -> bool:
+    if force:
+        return False
+    try:
+        return storage.read_manifest(artifact).get("inputs") == inputs
+    except ArtifactError:
+        return False
+
+
+def stamp(storage: Storage, artifact: str, inputs: str) -> dict[str, Any]:
+    """Adds the inputs fingerprint to a freshly published artifact's manifest."""
+    manifest = storage.read_manifest(artifact)
+    extra = {
+        k: v
+        for k, v in manifest.items()
+        if k not in ("files", "schema_version", "artifact", "created_at")
+    }
+    return storage.publish(artifact, {**extra, "inputs": inputs})
+
+
+class Steps:
+    """Runs and skips steps, printing one line per step and where its output went."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.storage = Storage(cfg.storage)
+        self.timings: dict[str, float] = {}
+
+    def step(self, name: str, artifact: str, inputs: str, action) -> dict[str, Any]:
+        if is_done(self.storage, artifact, inputs, self.cfg.force):
+            print(f"[pipeline] {name:<12} skipped: {self.storage.uri}/{artifact} is up to date")
+            self.timings[name] = 0.0
+            return self.storage.read_manifest(artifact)
+        print(f"[pipeline] {name:<12} running …", flush=True)
+        start = time.perf_counter()
+        action()
+        self.timings[name] = time.perf_counter() - start
+        manifest = stamp(self.storage, artifact, inputs)
+        took = self.timings[name]
+        print(f"[pipeline] {name:<12} done in {took:.0f}s → {self.storage.uri}/{artifact}")
+        return manifest
+
+
+def run(cfg: PipelineConfig) -> dict[str, Any]:
+    steps = Steps(cfg)
+    uri = cfg.storage
+    start = time.perf_counter()
+    prep_cfg = prepare.PrepareConfig(storage=uri, dataset=cfg.dataset, data_dir=cfg.data_dir)
+    prep_inputs = fingerprint(**{k: v for k, v in asdict(prep_cfg).items() if k != "storage"})
+    data = steps.step("prepare", "data", prep_inputs, lambda: prepare.run(prep_cfg))
+    data_fp = data["inputs"]
+
+    model_versions = {}
+    runs = [("model", "default", None)]
+    if cfg.paper:
+        runs.append(("model_paper", "paper", None))
+    if cfg.tune:
+        tune_inputs = fingerprint(data=data_fp, split=cfg.split, samples=cfg.tune_samples)
+
+        def run_tune() -> None:
+            from tuning import tune
+
+            tune.run(tune.TuneJobConfig(storage=uri, split=cfg.split, num_samples=cfg.tune_samples))
+
+        tuned = steps.step("tune", "tuning", tune_inputs, run_tune)
+        runs.append(("model_tuned", "default", tuned["best_config"]))
+    for artifact, preset, best in runs:
+        overrides = {k: v for k, v in (best or {}).items() if k in train.MODEL_OVERRIDES}
+        if cfg.epochs is not None:
+            overrides["epochs"] = cfg.epochs
+        train_cfg = train.TrainConfig(
+            storage=uri,
+            split=cfg.split,
+            preset=preset,
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            export_as=artifact,
+            **overrides,
+        )
+        inputs = fingerprint(
+            data=data_fp,
+            **{k: v for k, v in asdict(train_cfg).items() if k not in ("storage", "num_workers")},
+        )
+        manifest = steps.step(
+            f"train:{preset}" if not best else "train:tuned",
+            artifact,
+            inputs,
+            lambda c=train_cfg: train.run(c),
+        )
+        model_versions[artifact] = manifest["version"]
+
+    eval_inputs = fingerprint(data=data_fp, split=cfg.split, models=model_versions)
+    steps.step(
+        "evaluate",
+        "reports",
+        eval_inputs,
+        lambda: evaluate.run(evaluate.EvaluateConfig(storage=uri, split=cfg.split)),
+    )
+    index_inputs = fingerprint(model=model_versions["model"])
+    steps.step(
+        "build_index",
+        "index",
+        index_inputs,
+        lambda: build_index.run(build_index.BuildIndexConfig(storage=uri)),
+    )
+    wall = time.perf_counter() - start
+    storage = steps.storage
+    print(storage.read_bytes("reports/metrics.md").decode())
+    print(
+        f"[pipeline] finished in {wall:.0f}s; step times "
+        + ", ".join(f"{k} {v:.0f}s" for k, v in steps.timings.items())
+    )
+    for artifact in ("data", "train", *model_versions, "reports", "knn", "index", "tuning"):
+        if storage.exists(artifact):
+            print(f"  {artifact:<12} {storage.uri}/{artifact}")
+    summary = {"wall_seconds": wall, "timings": steps.timings, "model_versions": model_versions}
+    if cfg.serve:
+        serve_forever(cfg)
+    return summary
+
+
+def serve_forever(cfg: PipelineConfig) -> None:
+    """Starts the Serve app on 127.0.0.1 and blocks until Ctrl-C."""
+    from serving.__main__ import main as serve_main
+
+    serve_main(["--storage", cfg.storage, "--port", str(cfg.port)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_config(PipelineConfig, argv))
+
+
+if __name__ == "__main__":
+    main()
