@@ -1,0 +1,41 @@
+"""cluster.yaml validates against Ray's own cluster-config schema and keeps ports closed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load() -> dict:
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+
+
+def test_cluster_yaml_matches_ray_schema():
+    from ray.autoscaler._private.util import validate_config
+
+    validate_config(load())  # raises jsonschema.ValidationError on any unknown or bad key
+
+
+def test_cpu_head_and_autoscaling_gpu_workers():
+    config = load()
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert (
+        "p" not in head["node_config"]["InstanceType"][0]
+        and "g" not in head["node_config"]["InstanceType"][0]
+    )
+    gpu = types["worker_gpu"]
+    assert gpu["min_workers"] == 0 and gpu["max_workers"] >= 1
+    assert gpu["node_config"]["InstanceType"].startswith(("g", "p"))
+
+
+def test_no_dashboard_or_serve_port_open_to_the_world():
+    config = load()
+    rules = config["provider"]["security_group"]["IpPermissions"]
+    assert [r["FromPort"] for r in rules] == [22]
+    assert all(ip["CidrIp"] != "0.0.0.0/0" for r in rules for ip in r["IpRanges"])
+    assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
+    assert any("pip install -e ." in c for c in config["setup_commands"])
