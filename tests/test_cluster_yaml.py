@@ -23,10 +23,7 @@ def test_cpu_head_and_autoscaling_gpu_workers():
     config = load()
     types = config["available_node_types"]
     head = types[config["head_node_type"]]
-    assert (
-        "p" not in head["node_config"]["InstanceType"][0]
-        and "g" not in head["node_config"]["InstanceType"][0]
-    )
+    assert not head["node_config"]["InstanceType"].startswith(("g", "p"))  # a CPU instance
     gpu = types["worker_gpu"]
     assert gpu["min_workers"] == 0 and gpu["max_workers"] >= 1
     assert gpu["node_config"]["InstanceType"].startswith(("g", "p"))
