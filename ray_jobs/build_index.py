@@ -12,7 +12,6 @@ dimension it belongs to. Known users' embeddings are precomputed into ``index/``
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ray_jobs.cli import help_field, parse_config
+from ray_jobs.ray_setup import init_ray
 from towers.index import ExactIndex, make_index, recall_at_k
 from towers.storage import Storage
 from towers.two_tower import TwoTowerRecommender
@@ -72,8 +72,7 @@ def embed_items_with_ray_data(cfg: BuildIndexConfig, n_items: int) -> np.ndarray
     import ray
     import ray.data
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=max(os.cpu_count() or 1, cfg.num_actors + 1))
+    init_ray(cfg.num_actors + 1)
     items = ray.data.range(n_items).rename_columns({"id": "item_idx"})
     embedded = items.map_batches(
         ItemTowerActor,

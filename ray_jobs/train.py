@@ -12,7 +12,6 @@ resume through ``ray.train.get_checkpoint()``), the trainer, and the export.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from ray_jobs.cli import help_field, parse_config
+from ray_jobs.ray_setup import init_ray
 from towers.checkpoint import LoopState, load_checkpoint, model_from_checkpoint, save_checkpoint
 from towers.dataset import PreparedData, load_prepared
 from towers.model import TwoTower, TwoTowerConfig
@@ -53,7 +53,7 @@ MODEL_OVERRIDES = (
 
 @dataclass
 class TrainConfig:
-    """Train the two-tower model with Ray Train (DDP over workers) and export it to STORAGE/model."""
+    """Train the two-tower model with Ray Train (DDP over workers); export it to STORAGE/model."""
 
     storage: str = help_field("runs/demo", "storage root holding data/ (local folder or URI)")
     split: str | None = help_field(None, "prepared split to train on (default: the first)")
@@ -227,13 +227,9 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        # A local instance: leave one CPU beyond the workers for Ray Data's read tasks (a small,
-        # safe over-subscription on a laptop; each worker runs torch with its own thread budget).
-        need = cfg.num_workers * cfg.cpus_per_worker + (1 if cfg.data_loader == "ray_data" else 0)
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(np.ceil(need))))
-    have = ray.cluster_resources().get("CPU", 0)
     need = cfg.num_workers * cfg.cpus_per_worker + (1 if cfg.data_loader == "ray_data" else 0)
+    init_ray(need)
+    have = ray.cluster_resources().get("CPU", 0)
     if have < need:
         raise RuntimeError(
             f"the Ray cluster has {have:g} CPUs; {cfg.num_workers} workers x "

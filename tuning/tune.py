@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,6 +23,7 @@ import pandas as pd
 import torch
 
 from ray_jobs.cli import help_field, parse_config
+from ray_jobs.ray_setup import init_ray
 from towers.dataset import load_prepared
 from towers.model import TwoTower, TwoTowerConfig
 from towers.storage import Storage
@@ -93,14 +93,12 @@ def trial(params: dict[str, Any]) -> None:
 
 
 def run(cfg: TuneJobConfig) -> dict[str, Any]:
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     storage = Storage(cfg.storage)
     data = load_prepared(storage, cfg.split)  # fail fast, before Ray starts, if data/ is missing
-    if not ray.is_initialized():
-        ray.init(num_cpus=max(os.cpu_count() or 1, cfg.max_concurrent))
+    init_ray(cfg.max_concurrent)
     experiment = (
         storage.path(ARTIFACT, "ray") if storage.is_local else f"{cfg.storage}/{ARTIFACT}/ray"
     )

@@ -1,0 +1,103 @@
+"""End to end on a real local cluster: `ray start --head`, `ray job submit` the pipeline, stop."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from towers.storage import Storage
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def local_head(tmp_path):
+    """A head node on free ports in its own temp dir; stopped even when the test fails."""
+    gcs, dashboard = free_port(), free_port()
+    temp_dir = Path("/tmp") / f"rtt-{os.getpid()}"  # short: Ray's socket paths have a length cap
+    # Token authentication stays on: the CLI sends ~/.ray/auth_token when the mode says "token".
+    # The venv's bin first on PATH, as after `source .venv/bin/activate`: the job's `python`.
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    env = {**os.environ, "RAY_TWO_TOWER_OFFLINE": "1", "RAY_AUTH_MODE": "token", "PATH": path}
+    subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={gcs}",
+            f"--dashboard-port={dashboard}",
+            "--dashboard-host=127.0.0.1",
+            "--num-cpus=4",
+            f"--temp-dir={temp_dir}",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    try:
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_pipeline_via_ray_job_submit(local_head, tmp_path, ml100k_dir):
+    address, env = local_head
+    storage = tmp_path / "run"
+    cmd = [
+        RAY,
+        "job",
+        "submit",
+        f"--address={address}",
+        "--working-dir",
+        str(ROOT),
+        "--runtime-env-json",
+        '{"env_vars": {"RAY_TWO_TOWER_OFFLINE": "1"}}',
+        "--",
+        "python",
+        "-m",
+        "ray_jobs.pipeline",
+        "--storage",
+        str(storage),
+        "--data-dir",
+        str(ml100k_dir),
+        "--num-workers",
+        "1",
+        "--epochs",
+        "1",
+        "--no-paper",
+    ]
+    start = time.time()
+    for _ in range(30):  # the job agent comes up a few seconds after `ray start` returns
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+        if "No available agent" not in result.stderr:
+            break
+        time.sleep(2)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in (result.stdout + result.stderr).lower()
+    s = Storage(storage)
+    for artifact in ("data", "model", "reports", "knn", "index"):
+        assert s.is_complete(artifact), artifact
+    report = s.read_json("reports/metrics.json")
+    assert set(report["models"]) >= {"two_tower", "user_knn", "popularity"}
+    assert s.read_manifest("index")["model_version"] == s.read_manifest("model")["version"]
+    assert time.time() - start < 900
