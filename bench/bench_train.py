@@ -1,0 +1,86 @@
+"""Training throughput: Ray Train (1 and 2 workers) against the bare single-process loop.
+
+    .venv/bin/python -m bench.bench_train [--epochs 4] [--storage /tmp/bench_train]
+
+All runs train the same model on the same ML-100K split with the same global batch. Steady state
+= mean samples/s over epochs after the first; start-up = wall time of `TorchTrainer.fit()` minus
+the time spent in epochs (worker group, process group, Ray Data and checkpoint overheads).
+The bare loop runs `towers.training.train_epoch` in this process with the same thread budget as
+one Ray worker (1 thread per worker CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from ray_jobs import prepare, train
+from towers.dataset import load_prepared
+from towers.model import TwoTower, TwoTowerConfig
+from towers.storage import Storage
+from towers.training import TrainingContext, make_batches, make_optimizer, train_epoch
+
+
+def bare_loop(storage: Storage, epochs: int, threads: int) -> list[float]:
+    """samples/s of each epoch of the plain loop (no validation, as in the timing of Ray runs)."""
+    torch.set_num_threads(threads)
+    data = load_prepared(storage, "random")
+    config = TwoTowerConfig.from_preset("default").sized_for(data.features)
+    torch.manual_seed(config.seed)
+    model = TwoTower(config)
+    optimizer = make_optimizer(model, config)
+    ctx = TrainingContext.build(data.features, data.train, config, data.rating_scale)
+    rates = []
+    for epoch in range(epochs):
+        batches = make_batches(data.train, config.batch_size, config.seed, epoch)
+        rates.append(train_epoch(model, optimizer, batches, ctx)["samples_per_s"])
+    return rates
+
+
+def ray_run(storage: Storage, epochs: int, workers: int, loader: str) -> tuple[list[float], float]:
+    start = time.perf_counter()
+    manifest = train.run(
+        train.TrainConfig(
+            storage=storage.uri,
+            num_workers=workers,
+            epochs=epochs,
+            patience=epochs,
+            refit=False,
+            data_loader=loader,
+            export_as=f"bench_w{workers}_{loader}",
+            max_failures=0,
+        )
+    )
+    wall = time.perf_counter() - start
+    history = manifest["history"]
+    in_epochs = sum(h["seconds"] for h in history)
+    return [h["samples_per_s"] for h in history], wall - in_epochs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--storage", default="/tmp/bench_train")
+    args = parser.parse_args()
+    storage = Storage(args.storage)
+    if not storage.is_complete("data"):
+        prepare.run(prepare.PrepareConfig(storage=args.storage, split="random"))
+    rows = []
+    bare = bare_loop(storage, args.epochs, threads=1)
+    rows.append(("bare loop, 1 thread", np.mean(bare[1:]), 0.0))
+    for workers, loader in ((1, "ray_data"), (1, "local"), (2, "ray_data"), (2, "local")):
+        rates, startup = ray_run(storage, args.epochs, workers, loader)
+        rows.append((f"Ray Train {workers} worker(s), {loader}", np.mean(rates[1:]), startup))
+    base = rows[0][1]
+    print(f"\n{'run':<34} {'steady samples/s':>17} {'x bare':>7} {'start-up + other s':>19}")
+    for name, rate, startup in rows:
+        print(f"{name:<34} {rate:>17,.0f} {rate / base:>7.2f} {startup:>19.1f}")
+
+
+if __name__ == "__main__":
+    main()
