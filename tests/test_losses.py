@@ -1,0 +1,113 @@
+"""Each loss on a case small enough to compute by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from towers.losses import MASKED, full_softmax, in_batch_softmax, pointwise_bce, rating_mse
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids spin-waiting on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_pointwise_bce_matches_hand_value() -> None:
+    scores = torch.tensor([0.0, 2.0])
+    target = torch.tensor([1.0, 0.25])
+    # Row 0: -log sigmoid(0) = log 2. Row 1: -(0.25 log s + 0.75 log(1 - s)), s = sigmoid(2).
+    s = sigmoid(2.0)
+    expected = (math.log(2.0) - (0.25 * math.log(s) + 0.75 * math.log(1.0 - s))) / 2
+    assert pointwise_bce(scores, target).item() == pytest.approx(expected, rel=1e-6)
+    assert expected == pytest.approx(1.1600, abs=1e-3)
+
+
+def test_in_batch_softmax_identity_case() -> None:
+    # Logits = I (2x2): each row's positive scores 1, the other item 0 → loss log(1 + e^-1).
+    user = torch.eye(2)
+    items = torch.eye(2)
+    loss = in_batch_softmax(user, items, torch.tensor([0, 1]))
+    assert loss.item() == pytest.approx(math.log(1.0 + math.exp(-1.0)), rel=1e-6)
+    assert loss.item() == pytest.approx(0.31326, abs=1e-5)
+
+
+def test_logq_correction_shifts_each_column_by_minus_log_q() -> None:
+    user = torch.eye(2)
+    items = torch.eye(2)
+    log_q = torch.log(torch.tensor([0.5, 0.25]))
+    loss = in_batch_softmax(user, items, torch.tensor([0, 1]), item_log_q=log_q)
+    # Corrected logits: row 0 = [1 + log 2, 0 + log 4]; row 1 = [0 + log 2, 1 + log 4].
+    row0 = [1 + math.log(2), math.log(4)]
+    row1 = [math.log(2), 1 + math.log(4)]
+
+    def ce(logits: list[float], target: int) -> float:
+        return -logits[target] + math.log(sum(math.exp(v) for v in logits))
+
+    expected = (ce(row0, 0) + ce(row1, 1)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    shifted = F.cross_entropy(user @ items.T - log_q[None, :], torch.tensor([0, 1]))
+    assert loss.item() == pytest.approx(shifted.item(), rel=1e-6)
+
+
+def test_accidental_hits_are_masked_but_the_diagonal_is_kept() -> None:
+    # All logits 0. Items [3, 3, 5]: rows 0 and 1 see the same item twice; the duplicate (not the
+    # diagonal) is masked, leaving 2 candidates → log 2; row 2 keeps 3 candidates → log 3.
+    user = torch.zeros(3, 2)
+    items = torch.zeros(3, 2)
+    item_idx = torch.tensor([3, 3, 5])
+    loss = in_batch_softmax(user, items, item_idx)
+    assert loss.item() == pytest.approx((2 * math.log(2) + math.log(3)) / 3, rel=1e-6)
+    unmasked = in_batch_softmax(user, items, item_idx, remove_accidental_hits=False)
+    assert unmasked.item() == pytest.approx(math.log(3), rel=1e-6)
+
+
+def test_full_softmax_hand_value() -> None:
+    user = torch.tensor([[1.0, 0.0]])
+    all_items = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # logits [1, 0, 0]
+    loss = full_softmax(user, all_items, torch.tensor([0]))
+    assert loss.item() == pytest.approx(-math.log(math.e / (math.e + 2)), rel=1e-6)
+
+
+def test_full_softmax_masks_other_positives_but_never_the_target() -> None:
+    user = torch.tensor([[1.0, 0.0]])
+    all_items = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    # Exclude item 1 (another positive) and item 0 (the target itself: ignored).
+    rows, cols = torch.tensor([0, 0]), torch.tensor([1, 0])
+    loss = full_softmax(user, all_items, torch.tensor([0]), rows, cols)
+    assert loss.item() == pytest.approx(-math.log(math.e / (math.e + 1)), rel=1e-6)
+
+
+def test_fully_masked_row_stays_finite() -> None:
+    user = torch.zeros(2, 2)
+    loss = in_batch_softmax(user, torch.zeros(2, 2), torch.tensor([1, 1]))
+    assert torch.isfinite(loss)
+    assert MASKED < -1e8
+
+
+def test_rating_mse() -> None:
+    predicted = torch.tensor([0.5, 1.0])
+    target = torch.tensor([0.25, 0.5])
+    assert rating_mse(predicted, target).item() == pytest.approx((0.0625 + 0.25) / 2)
+
+
+def test_losses_are_differentiable() -> None:
+    user = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    items = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    loss = full_softmax(user, items, torch.tensor([0, 1, 2, 5])) + in_batch_softmax(
+        user, items[:4], torch.tensor([0, 1, 2, 5]), torch.zeros(4)
+    )
+    loss.backward()
+    assert user.grad is not None and items.grad is not None
+    assert torch.isfinite(user.grad).all() and torch.isfinite(items.grad).all()

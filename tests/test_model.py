@@ -1,0 +1,186 @@
+"""The config, both towers and ``TwoTower``: shapes, dtypes, normalisation, history pooling."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from towers.features import FeatureTables
+from towers.interactions import Interactions
+from towers.model import PRESETS, TwoTower, TwoTowerConfig
+from towers.training import TrainingContext
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids spin-waiting on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+N_USERS, N_ITEMS, N_GENRES = 12, 20, 5
+
+
+def make_features(seed: int = 0) -> FeatureTables:
+    rng = np.random.default_rng(seed)
+    user_features = np.stack(
+        [rng.integers(0, 8, N_USERS), rng.integers(0, 3, N_USERS), rng.integers(0, 5, N_USERS)], 1
+    ).astype(np.int64)
+    genres = (rng.random((N_ITEMS, N_GENRES)) < 0.4).astype(np.float32)
+    return FeatureTables(
+        user_features=user_features,
+        user_cardinalities=(8, 3, 5),
+        item_genres=genres,
+        item_year_bucket=rng.integers(0, 11, N_ITEMS).astype(np.int64),
+        n_year_buckets=11,
+        genre_names=[f"g{j}" for j in range(N_GENRES)],
+        occupations=["a", "b", "c", "d"],
+    )
+
+
+def make_train(seed: int = 0) -> Interactions:
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for u in range(N_USERS - 1):  # the last user has no history
+        chosen = rng.choice(N_ITEMS, 5, replace=False)
+        users += [u] * 5
+        items += chosen.tolist()
+    n = len(users)
+    return Interactions(
+        np.array(users), np.array(items), rng.integers(1, 6, n).astype(np.float32),
+        np.arange(n), N_USERS, N_ITEMS,
+    )  # fmt: skip
+
+
+def build(preset: str = "default", **overrides) -> tuple[TwoTower, TrainingContext]:
+    torch.manual_seed(0)
+    features = make_features()
+    config = TwoTowerConfig.from_preset(preset, **overrides).sized_for(features)
+    return TwoTower(config), TrainingContext.build(features, make_train(), config)
+
+
+def test_config_json_round_trip() -> None:
+    config = TwoTowerConfig.from_preset("default").sized_for(make_features())
+    again = TwoTowerConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    assert isinstance(again.hidden_dims, tuple) and isinstance(again.user_cardinalities, tuple)
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="unknown preset"):
+        TwoTowerConfig.from_preset("nope")
+    with pytest.raises(ValueError, match="unknown keys"):
+        TwoTowerConfig.from_dict({"embeding_dim": 3})
+    with pytest.raises(ValueError, match="loss"):
+        TwoTowerConfig(loss="bpr")
+    with pytest.raises(ValueError, match="temperature"):
+        TwoTowerConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="sized_for"):
+        TwoTower(TwoTowerConfig())
+
+
+def test_presets() -> None:
+    paper = TwoTowerConfig.from_preset("paper")
+    assert paper.loss == "pointwise" and not paper.use_history and not paper.normalize
+    assert paper.lr == 1e-3 and not paper.has_rating_head
+    default = TwoTowerConfig.from_preset("default", embedding_dim=8)
+    assert default.embedding_dim == 8 and default.use_history
+    assert set(PRESETS) >= {"paper", "default"}
+
+
+@pytest.mark.parametrize("preset", ["default", "paper"])
+def test_forward_shapes_and_dtypes(preset: str) -> None:
+    model, ctx = build(preset, embedding_dim=8, id_dim=6, feature_dim=3, hidden_dims=(10,))
+    model.eval()
+    users = torch.tensor([0, 3, N_USERS - 1])
+    user_emb, item_emb = model(ctx.user_batch(users), ctx.item_batch())
+    assert user_emb.shape == (3, 8) and item_emb.shape == (N_ITEMS, 8)
+    assert user_emb.dtype == item_emb.dtype == torch.float32
+    assert torch.isfinite(user_emb).all() and torch.isfinite(item_emb).all()
+    some_items = model.item_embeddings(ctx.item_batch(torch.tensor([4, 2])))
+    torch.testing.assert_close(some_items, item_emb[[4, 2]])
+
+
+def test_normalised_embeddings_carry_the_temperature() -> None:
+    model, ctx = build(temperature=0.1, embedding_dim=8)
+    model.eval()
+    user_emb, item_emb = model(ctx.user_batch(torch.arange(4)), ctx.item_batch())
+    torch.testing.assert_close(item_emb.norm(dim=-1), torch.ones(N_ITEMS))
+    torch.testing.assert_close(user_emb.norm(dim=-1), torch.full((4,), 10.0))
+
+
+def test_learned_temperature_is_a_parameter() -> None:
+    learned, _ = build(learn_temperature=True)
+    fixed, _ = build(learn_temperature=False)
+    assert "log_inv_temperature" in dict(learned.named_parameters())
+    assert "log_inv_temperature" not in dict(fixed.named_parameters())
+    assert "log_inv_temperature" in fixed.state_dict()  # checkpoints carry it either way
+
+
+def test_rating_head_only_for_hybrid() -> None:
+    hybrid, ctx = build(loss="hybrid")
+    softmax, _ = build(loss="softmax")
+    assert hybrid.rating_head is not None and softmax.rating_head is None
+    hybrid.eval()
+    users, items = torch.tensor([0, 1]), torch.tensor([5, 6])
+    user_emb = hybrid.user_embeddings(ctx.user_batch(users))
+    item_emb = hybrid.item_embeddings(ctx.item_batch(items))
+    assert hybrid.predict_rating(user_emb, item_emb, users, items).shape == (2,)
+
+
+def test_history_pool_excludes_the_target_item() -> None:
+    model, ctx = build(history_dropout=0.0)
+    user = 0
+    history = ctx.history_items[ctx.history_indptr[user] : ctx.history_indptr[user + 1]]
+    target = history[2]
+    batch = ctx.user_batch(torch.tensor([user]), exclude_items=torch.tensor([target]))
+    weights = batch["history_weights"]
+    assert weights[batch["history_items"] == target].sum() == 0
+    others = batch["history_items"] != target
+    torch.testing.assert_close(weights[others], torch.full((int(others.sum()),), 0.25))
+    # The pooled vector is exactly the mean of the *other* items' history embeddings.
+    pooled = model.user_tower.history(
+        batch["history_items"], batch["history_offsets"], per_sample_weights=weights
+    )
+    expected = model.user_tower.history.weight[history[history != target]].mean(0)
+    torch.testing.assert_close(pooled[0], expected)
+    # ... and the target's rating does not enter the mean rating either.
+    ratings = ctx.history_ratings[ctx.history_indptr[user] : ctx.history_indptr[user + 1]]
+    assert batch["history_mean_rating"][0].item() == pytest.approx(
+        ratings[history != target].mean().item()
+    )
+
+
+def test_history_dropout_keeps_bags_normalised() -> None:
+    _, ctx = build()
+    torch.manual_seed(1)
+    batch = ctx.user_batch(torch.arange(N_USERS - 1), history_dropout=0.5)
+    sums = torch.zeros(N_USERS - 1).index_add(0, batch["history_rows"], batch["history_weights"])
+    assert torch.all(((sums - 1).abs() < 1e-5) | (sums == 0))
+
+
+def test_user_without_history_and_cold_start() -> None:
+    model, ctx = build()
+    model.eval()
+    empty = ctx.user_batch(torch.tensor([N_USERS - 1]))
+    assert empty["history_items"].numel() == 0
+    cold = ctx.cold_user_batch(np.array([1, 2, 3]), [4, 5])
+    assert cold["user_idx"].tolist() == [N_USERS]  # the "unknown user" row
+    for batch in (empty, cold):
+        assert torch.isfinite(model.user_embeddings(batch)).all()
+
+
+def test_eval_mode_is_deterministic_and_train_mode_drops_ids() -> None:
+    model, ctx = build(use_user_id=True, user_id_dropout=0.5)
+    batch = ctx.user_batch(torch.arange(8))
+    model.eval()
+    torch.testing.assert_close(model.user_embeddings(batch), model.user_embeddings(batch))
+    model.train()
+    torch.manual_seed(0)
+    first = model.user_embeddings(batch)
+    assert not torch.allclose(first, model.user_embeddings(batch))

@@ -1,0 +1,209 @@
+"""``TwoTowerRecommender``: the shared contract, scoring, cold start, ratings and export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.recommender_contract import RecommenderContract
+from towers.features import FeatureTables
+from towers.interactions import Interactions
+from towers.model import TwoTowerConfig
+from towers.training import fit
+from towers.two_tower import REQUIRED_FILES, TwoTowerRecommender
+
+SMALL = dict(embedding_dim=16, id_dim=16, feature_dim=4, hidden_dims=(32,), batch_size=64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids spin-waiting on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_features(n_users: int, n_items: int, seed: int = 0) -> FeatureTables:
+    rng = np.random.default_rng(seed)
+    return FeatureTables(
+        user_features=np.stack(
+            [rng.integers(0, 8, n_users), rng.integers(0, 3, n_users), rng.integers(0, 5, n_users)],
+            1,
+        ),
+        user_cardinalities=(8, 3, 5),
+        item_genres=(rng.random((n_items, 4)) < 0.3).astype(np.float32),
+        item_year_bucket=rng.integers(0, 11, n_items),
+        n_year_buckets=11,
+        genre_names=["a", "b", "c", "d"],
+        occupations=["w", "x", "y", "z"],
+    )
+
+
+def group_data(n_groups: int = 4, users_per_group: int = 10, block: int = 8, seed: int = 0):
+    """Users of group ``g`` rate 6 of the 8 items of block ``g`` (ratings 3-5)."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for user in range(n_groups * users_per_group):
+        chosen = (user % n_groups) * block + rng.choice(block, 6, replace=False)
+        users += [user] * 6
+        items += chosen.tolist()
+    n = len(users)
+    train = Interactions(
+        np.array(users), np.array(items), rng.integers(3, 6, n).astype(np.float32),
+        np.arange(n), n_groups * users_per_group, n_groups * block,
+    )  # fmt: skip
+    return train, make_features(train.n_users, train.n_items, seed)
+
+
+def small_recommender(train: Interactions, features: FeatureTables, **overrides):
+    config = TwoTowerConfig.from_preset(
+        "default", **{**SMALL, "epochs": 15, "lr": 5e-3, **overrides}
+    )
+    return TwoTowerRecommender(config, features).fit(train)
+
+
+class TestTwoTowerContract(RecommenderContract):
+    score_atol = 1e-4  # float32 scores up to 1/T: a different batch shape may move the last bits
+
+    @pytest.fixture(scope="class")
+    def make_model(self):
+        def make(train: Interactions) -> TwoTowerRecommender:
+            return small_recommender(train, make_features(train.n_users, train.n_items), epochs=3)
+
+        return make
+
+
+class TestSoftmaxOnlyContract(TestTwoTowerContract):
+    """A softmax-only model has no rating head: ``predict_ratings`` must refuse."""
+
+    @pytest.fixture(scope="class")
+    def make_model(self):
+        def make(train: Interactions) -> TwoTowerRecommender:
+            features = make_features(train.n_users, train.n_items)
+            return small_recommender(train, features, epochs=2, loss="softmax")
+
+        return make
+
+
+@pytest.fixture(scope="module")
+def fitted() -> TwoTowerRecommender:
+    train, features = group_data()
+    return small_recommender(train, features, batch_size=16, epochs=30)
+
+
+def test_scores_are_user_times_item_embeddings(fitted: TwoTowerRecommender) -> None:
+    users = np.array([0, 5, 7])
+    item_emb = fitted.item_embeddings()
+    assert item_emb.shape == (fitted.n_items, 16) and item_emb.dtype == np.float32
+    user_emb = fitted.user_embeddings(users)
+    scores = fitted.score(users)
+    assert scores.shape == (3, fitted.n_items) and scores.dtype == np.float32
+    np.testing.assert_allclose(scores, user_emb @ item_emb.T, rtol=1e-5, atol=1e-5)
+    assert fitted.name == "two_tower" and len(fitted.version) == 12
+
+
+def test_recommends_the_users_own_block(fitted: TwoTowerRecommender) -> None:
+    users = np.arange(fitted.n_users)
+    items, _ = fitted.recommend(users, 2)  # the 2 unseen items of each user's block
+    own_block = items // 8 == (users % 4)[:, None]
+    assert own_block.mean() > 0.9
+
+
+def test_cold_start_follows_liked_items(fitted: TwoTowerRecommender) -> None:
+    liked = [16, 17, 18]  # block 2
+    emb = fitted.user_embedding_cold_start(np.array([1, 1, 1]), liked)
+    assert emb.shape == (16,) and emb.dtype == np.float32
+    items, scores = fitted.recommend_cold_start(np.array([1, 1, 1]), liked, 5)
+    assert not set(items.tolist()) & set(liked)
+    assert np.sum(items // 8 == 2) >= 4 and np.all(np.diff(scores) <= 0)
+    assert fitted.user_embedding_cold_start(None, []).shape == (16,)
+    with pytest.raises(KeyError):
+        fitted.user_embedding_cold_start(None, [fitted.n_items])
+    with pytest.raises(ValueError):
+        fitted.user_embedding_cold_start(np.array([99, 0, 0]), [])
+
+
+def test_predict_ratings_on_the_raw_scale(fitted: TwoTowerRecommender) -> None:
+    assert fitted.predicts_ratings
+    predicted = fitted.predict_ratings(np.array([0, 1, 2]), np.array([0, 9, 30]))
+    assert predicted.shape == (3,) and predicted.dtype == np.float32
+    assert np.all((predicted >= 3) & (predicted <= 5))  # training ratings span 3-5
+    with pytest.raises(ValueError):
+        fitted.predict_ratings(np.array([0, 1]), np.array([0]))
+    with pytest.raises(KeyError):
+        fitted.predict_ratings(np.array([0]), np.array([-1]))
+
+
+def test_export_layout_and_exact_round_trip(fitted: TwoTowerRecommender, tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    fitted.save(target)
+    names = {p.name for p in target.iterdir()}
+    assert set(REQUIRED_FILES) | {"item_embeddings.npy"} <= names
+    meta = json.loads((target / "config.json").read_text())
+    assert meta["version"] == fitted.version and meta["rating_scale"] == [3.0, 5.0]
+    assert TwoTowerConfig.from_dict(meta["model_config"]) == fitted.config
+    np.testing.assert_array_equal(np.load(target / "item_embeddings.npy"), fitted.item_embeddings())
+
+    loaded = TwoTowerRecommender.load(target)
+    users = np.arange(fitted.n_users)
+    np.testing.assert_array_equal(loaded.score(users), fitted.score(users))
+    assert loaded.version == fitted.version
+    np.testing.assert_array_equal(loaded.seen_matrix().toarray(), fitted.seen_matrix().toarray())
+    liked = [1, 2]
+    np.testing.assert_array_equal(
+        loaded.user_embedding_cold_start(None, liked), fitted.user_embedding_cold_start(None, liked)
+    )
+
+
+def test_save_replaces_atomically_and_leaves_no_temp_dirs(
+    fitted: TwoTowerRecommender, tmp_path: Path
+) -> None:
+    target = tmp_path / "model"
+    fitted.save(target)
+    fitted.save(target)  # overwrite
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    assert TwoTowerRecommender.load(target).version == fitted.version
+
+
+@pytest.mark.parametrize("missing", ["config.json", "weights.safetensors", "history.npz"])
+def test_load_names_the_missing_file(
+    fitted: TwoTowerRecommender, tmp_path: Path, missing: str
+) -> None:
+    fitted.save(tmp_path / "model")
+    (tmp_path / "model" / missing).unlink()
+    with pytest.raises(FileNotFoundError, match=missing):
+        TwoTowerRecommender.load(tmp_path / "model")
+    with pytest.raises(FileNotFoundError, match="no two-tower model"):
+        TwoTowerRecommender.load(tmp_path / "nowhere")
+
+
+def test_load_rejects_tampered_weights(fitted: TwoTowerRecommender, tmp_path: Path) -> None:
+    fitted.save(tmp_path / "model")
+    meta_path = tmp_path / "model" / "config.json"
+    meta = json.loads(meta_path.read_text())
+    meta["version"] = "000000000000"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not match version"):
+        TwoTowerRecommender.load(tmp_path / "model")
+
+
+def test_from_model_wraps_a_model_trained_elsewhere() -> None:
+    train, features = group_data()
+    config = TwoTowerConfig.from_preset("default", **SMALL, epochs=2)
+    model, _ = fit(config, train, None, features)
+    rec = TwoTowerRecommender.from_model(model, features, train)
+    assert rec.score(np.array([0])).shape == (1, train.n_items)
+    assert rec.rating_scale == (3.0, 5.0)
+
+
+def test_fit_without_features_fails_clearly() -> None:
+    train, _ = group_data()
+    with pytest.raises(ValueError, match="FeatureTables"):
+        TwoTowerRecommender().fit(train)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        TwoTowerRecommender().score(np.array([0]))

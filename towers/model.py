@@ -1,0 +1,357 @@
+"""The two-tower model: a user tower and an item tower that map ids and features into one space.
+
+Read top to bottom: the config (one dataclass, stored in every checkpoint so the model can be
+rebuilt from the checkpoint alone), the presets, the MLP both towers end in, the item tower, the
+user tower, the optional rating head, and ``TwoTower`` which joins them.
+
+``TwoTower.forward`` returns ``(user_emb, item_emb)`` already prepared for retrieval: when
+``normalize`` is on, both are L2-normalised and the user side is divided by the temperature, so
+``user_emb @ item_emb.T`` *is* the logit matrix in training and the score in serving (a plain
+maximum-inner-product index needs no extra step). Losses live in ``towers/losses.py``.
+
+Batches are dicts of tensors built by ``towers.training.TrainingContext``:
+
+- user batch: ``user_idx (B,)``, ``user_features (B, 3)``, ``history_items (H,)``,
+  ``history_offsets (B,)``, ``history_weights (H,)`` (``1/n`` per kept item, so the bag is a
+  mean, or ``1/sqrt(n)``; 0 for removed items), ``genre_profile (B, G)``, ``history_rating_weights (H,)`` (centred rating / bag size) and
+  ``history_mean_rating (B,)`` (ratings scaled to [0, 1]).
+- item batch: ``item_idx (N,)``, ``item_genres (N, G)``, ``item_year_bucket (N,)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from towers.features import FeatureTables
+
+LOSSES = ("pointwise", "softmax", "hybrid")
+NEGATIVES = ("full", "in_batch")
+LR_SCHEDULES = ("cosine", "constant")
+POOLINGS = ("mean", "sqrt")
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    """Everything needed to build, train and rebuild a :class:`TwoTower` (JSON-serialisable)."""
+
+    # --- Data sizes: filled from the data by `sized_for`, stored so a checkpoint rebuilds alone.
+    n_users: int = 0  # user vocabulary size; the tower adds one "unknown user" row for cold start
+    n_items: int = 0  # item vocabulary size
+    user_cardinalities: tuple[int, ...] = (
+        0,
+        0,
+        0,
+    )  # distinct age_bucket, gender, occupation values
+    n_genres: int = 0  # width of the genre multi-hot
+    n_year_buckets: int = 0  # release-year buckets incl. unknown
+    # --- Towers.
+    embedding_dim: int = 64  # D: output width of both towers, the retrieval space
+    id_dim: int = 64  # width of the user-id, item-id and history embeddings
+    feature_dim: int = 16  # width of each demographic / genre / year embedding
+    hidden_dims: tuple[int, ...] = (256,)  # dense ReLU layers of each tower before the output
+    dropout: float = 0.1  # dropout after every hidden layer
+    use_user_id: bool = True  # a per-user embedding (memorisation); history carries most signal
+    user_id_dropout: float = (
+        0.1  # train-time chance a user id is swapped for "unknown" (cold start)
+    )
+    use_features: bool = True  # demographics on the user side, genres and year on the item side
+    use_history: bool = True  # mean of the user's training items' embeddings (off in the paper)
+    history_dropout: float = 0.2  # train-time chance each history item is dropped from the pool
+    history_pooling: str = "mean"  # "mean", or "sqrt": sum / sqrt(n) (SVD++), keeps heavy users'
+    # pooled vectors from shrinking towards the average item
+    use_genre_profile: bool = True  # mean genre multi-hot of the user's history
+    use_rating_history: bool = True  # history pooled by centred rating (+ mean rating): tastes
+    normalize: bool = True  # L2-normalise both towers (cosine); logits are cos / temperature
+    temperature: float = 0.07  # softmax temperature for normalised embeddings (initial if learned)
+    learn_temperature: bool = False  # learn the temperature (as log 1/T, clamped at 1/T <= 100)
+    # --- Loss (towers/losses.py).
+    loss: str = "hybrid"  # "pointwise" (paper BCE), "softmax" (retrieval), "hybrid" (softmax+MSE)
+    negatives: str = "full"  # "full": every catalog item; "in_batch": the batch's other items
+    logq_correction: bool = True  # in-batch only: subtract log item-sampling probability
+    mask_train_positives: bool = (
+        False  # full only: drop the user's other training items as negatives
+    )
+    rating_weight: float = 1.0  # hybrid: weight of the rating MSE (on ratings scaled to [0, 1])
+    rating_hidden: int = 64  # hybrid: hidden width of the rating head MLP
+    # --- Optimisation (towers/training.py).
+    lr: float = 1e-3  # Adam learning rate (the paper's)
+    weight_decay: float = 0.0  # decoupled weight decay; > 0 switches Adam to AdamW
+    lr_schedule: str = "cosine"  # "cosine": per-step decay to 0 over `epochs`; "constant"
+    batch_size: int = 512  # training pairs per step (per worker under DDP)
+    epochs: int = 30  # maximum epochs
+    patience: int = 5  # early stopping: epochs without validation improvement
+    early_stopping_metric: str = "ndcg@10"  # validation metric to maximise
+    bf16: bool = False  # bf16 autocast on CUDA; ignored on CPU
+    seed: int = 0  # parameter init and batch order
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"TwoTowerConfig.loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"TwoTowerConfig.negatives must be one of {NEGATIVES}")
+        if self.history_pooling not in POOLINGS:
+            raise ValueError(f"TwoTowerConfig.history_pooling must be one of {POOLINGS}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"TwoTowerConfig.lr_schedule must be one of {LR_SCHEDULES}")
+        if self.temperature <= 0:
+            raise ValueError(f"TwoTowerConfig.temperature must be > 0, got {self.temperature}")
+        for name in ("dropout", "user_id_dropout", "history_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"TwoTowerConfig.{name} must be in [0, 1)")
+        # JSON round trips turn tuples into lists; keep the dataclass hashable and comparable.
+        object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
+        object.__setattr__(
+            self, "user_cardinalities", tuple(int(c) for c in self.user_cardinalities)
+        )
+
+    @property
+    def has_rating_head(self) -> bool:
+        return self.loss == "hybrid"
+
+    def sized_for(self, features: FeatureTables) -> TwoTowerConfig:
+        """Returns a copy with the data sizes taken from ``features``."""
+        return replace(
+            self,
+            n_users=features.n_users,
+            n_items=features.n_items,
+            user_cardinalities=tuple(features.user_cardinalities),
+            n_genres=features.item_genres.shape[1],
+            n_year_buckets=features.n_year_buckets,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TwoTowerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"TwoTowerConfig: unknown keys {unknown}")
+        return cls(**values)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> TwoTowerConfig:
+        """``PRESETS[name]`` over the defaults, then ``overrides`` on top."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+
+# Overrides of the dataclass defaults. "paper": the paper's weak setting (pointwise BCE on observed
+# pairs only, small ReLU towers, Adam 1e-3, no history). "default": our tuned ML-100K setting.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(
+        loss="pointwise",
+        embedding_dim=32,
+        id_dim=32,
+        feature_dim=8,
+        hidden_dims=(64,),
+        dropout=0.0,
+        use_user_id=True,
+        user_id_dropout=0.0,
+        use_history=False,
+        history_dropout=0.0,
+        use_genre_profile=False,
+        use_rating_history=False,
+        normalize=False,
+        lr=1e-3,
+        weight_decay=0.0,
+        lr_schedule="constant",
+        batch_size=256,
+    ),
+    "default": dict(),
+}
+
+
+def mlp(in_dim: int, hidden_dims: tuple[int, ...], out_dim: int, dropout: float) -> nn.Sequential:
+    """``in_dim`` → (Linear, ReLU, Dropout) per hidden width → Linear to ``out_dim``."""
+    layers: list[nn.Module] = []
+    for width in hidden_dims:
+        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        in_dim = width
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class ItemTower(nn.Module):
+    """Item id + genre multi-hot + release-year bucket → MLP → ``(N, D)``."""
+
+    def __init__(self, config: TwoTowerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.item_id = nn.Embedding(config.n_items, config.id_dim)
+        in_dim = config.id_dim
+        if config.use_features:
+            # A bias-free linear map of the multi-hot is the sum of per-genre embeddings.
+            self.genres = nn.Linear(max(config.n_genres, 1), config.feature_dim, bias=False)
+            self.year = nn.Embedding(max(config.n_year_buckets, 1), config.feature_dim)
+            in_dim += 2 * config.feature_dim
+        self.mlp = mlp(in_dim, config.hidden_dims, config.embedding_dim, config.dropout)
+
+    def forward(self, item_batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = [self.item_id(item_batch["item_idx"])]  # (N, E)
+        if self.config.use_features:
+            genres = item_batch["item_genres"]  # (N, G) multi-hot
+            genres = genres / genres.sum(-1, keepdim=True).clamp(min=1.0)  # mean, not sum
+            parts.append(self.genres(genres))  # (N, F)
+            parts.append(self.year(item_batch["item_year_bucket"]))  # (N, F)
+        return self.mlp(torch.cat(parts, dim=-1))  # (N, D)
+
+
+class UserTower(nn.Module):
+    """User id + demographics + pooled training history (+ genre profile) → MLP → ``(B, D)``."""
+
+    def __init__(self, config: TwoTowerConfig) -> None:
+        super().__init__()
+        self.config = config
+        in_dim = 0
+        if config.use_user_id:
+            # Row n_users is "unknown user": cold-start users and train-time id dropout use it.
+            self.user_id = nn.Embedding(config.n_users + 1, config.id_dim)
+            in_dim += config.id_dim
+        if config.use_features:
+            self.demographics = nn.ModuleList(
+                nn.Embedding(max(card, 1), config.feature_dim) for card in config.user_cardinalities
+            )
+            in_dim += len(config.user_cardinalities) * config.feature_dim
+        if config.use_history:
+            # Own table (not the item tower's): "what I watched" and "what I am" are different
+            # roles, as in YouTube-DNN. Mode "sum" with weights that sum to 1 per bag is a mean.
+            self.history = nn.EmbeddingBag(config.n_items, config.id_dim, mode="sum")
+            in_dim += config.id_dim
+        if config.use_genre_profile:
+            self.genre_profile = nn.Linear(max(config.n_genres, 1), config.feature_dim, bias=False)
+            in_dim += config.feature_dim
+        if config.use_rating_history:
+            # Like SVD++'s implicit factors but signed: items rated above the user's own mean
+            # pull one way, below it the other. Plus the mean rating itself (1 column).
+            self.rated_history = nn.EmbeddingBag(config.n_items, config.id_dim, mode="sum")
+            in_dim += config.id_dim + 1
+        if in_dim == 0:
+            raise ValueError("UserTower: enable at least one of user id, features, history")
+        self.mlp = mlp(in_dim, config.hidden_dims, config.embedding_dim, config.dropout)
+
+    def forward(self, user_batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg = self.config
+        parts = []
+        if cfg.use_user_id:
+            user_idx = user_batch["user_idx"]  # (B,)
+            if self.training and cfg.user_id_dropout > 0:
+                dropped = torch.rand(user_idx.shape, device=user_idx.device) < cfg.user_id_dropout
+                user_idx = torch.where(dropped, torch.full_like(user_idx, cfg.n_users), user_idx)
+            parts.append(self.user_id(user_idx))  # (B, E)
+        if cfg.use_features:
+            feats = user_batch["user_features"]  # (B, 3)
+            parts += [emb(feats[:, j]) for j, emb in enumerate(self.demographics)]  # 3 x (B, F)
+        if cfg.use_history:
+            pooled = self.history(
+                user_batch["history_items"],  # (H,)
+                user_batch["history_offsets"],  # (B,)
+                per_sample_weights=user_batch["history_weights"],  # (H,)
+            )  # (B, E)
+            parts.append(pooled)
+        if cfg.use_genre_profile:
+            parts.append(self.genre_profile(user_batch["genre_profile"]))  # (B, F)
+        if cfg.use_rating_history:
+            rated = self.rated_history(
+                user_batch["history_items"],  # (H,)
+                user_batch["history_offsets"],  # (B,)
+                per_sample_weights=user_batch["history_rating_weights"],  # (H,)
+            )  # (B, E)
+            parts += [rated, user_batch["history_mean_rating"][:, None] - 0.5]  # (B, E), (B, 1)
+        return self.mlp(torch.cat(parts, dim=-1))  # (B, D)
+
+
+class RatingHead(nn.Module):
+    """Predicts the rating scaled to [0, 1]: global + user + item biases + MLP(u, i, u*i)."""
+
+    def __init__(self, config: TwoTowerConfig) -> None:
+        super().__init__()
+        d = config.embedding_dim
+        self.global_bias = nn.Parameter(torch.tensor(0.6))  # ML ratings average ~3.5/5
+        self.user_bias = nn.Embedding(config.n_users + 1, 1)  # + "unknown user" row
+        self.item_bias = nn.Embedding(config.n_items, 1)
+        nn.init.zeros_(self.user_bias.weight)
+        nn.init.zeros_(self.item_bias.weight)
+        self.mlp = mlp(3 * d, (config.rating_hidden,), 1, config.dropout)
+
+    def forward(
+        self,
+        user_emb: torch.Tensor,
+        item_emb: torch.Tensor,
+        user_idx: torch.Tensor,
+        item_idx: torch.Tensor,
+    ) -> torch.Tensor:
+        x = torch.cat([user_emb, item_emb, user_emb * item_emb], dim=-1)  # (B, 3D)
+        bias = self.global_bias + self.user_bias(user_idx)[:, 0] + self.item_bias(item_idx)[:, 0]
+        return bias + self.mlp(x)[:, 0]  # (B,)
+
+
+class TwoTower(nn.Module):
+    """User tower + item tower (+ rating head for the hybrid loss)."""
+
+    def __init__(self, config: TwoTowerConfig) -> None:
+        super().__init__()
+        if config.n_users <= 0 or config.n_items <= 0:
+            raise ValueError("TwoTower: config has no data sizes; call config.sized_for(features)")
+        self.config = config
+        self.user_tower = UserTower(config)
+        self.item_tower = ItemTower(config)
+        # log(1/T); a buffer when fixed so that checkpoints carry it either way.
+        log_inv_temp = torch.tensor(math.log(1.0 / config.temperature))
+        if config.learn_temperature:
+            self.log_inv_temperature = nn.Parameter(log_inv_temp)
+        else:
+            self.register_buffer("log_inv_temperature", log_inv_temp)
+        self.rating_head = RatingHead(config) if config.has_rating_head else None
+
+    @property
+    def inv_temperature(self) -> torch.Tensor:
+        return self.log_inv_temperature.clamp(max=math.log(100.0)).exp()
+
+    def user_embeddings(self, user_batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, D)`` retrieval embeddings of a user batch (normalised and divided by T if on)."""
+        user_emb = self.user_tower(user_batch)  # (B, D)
+        if self.config.normalize:
+            user_emb = F.normalize(user_emb, dim=-1) * self.inv_temperature
+        return user_emb
+
+    def item_embeddings(self, item_batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(N, D)`` retrieval embeddings of an item batch (pass all items for full scoring)."""
+        item_emb = self.item_tower(item_batch)  # (N, D)
+        if self.config.normalize:
+            item_emb = F.normalize(item_emb, dim=-1)
+        return item_emb
+
+    def forward(
+        self, user_batch: dict[str, torch.Tensor], item_batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(user_emb (B, D), item_emb (N, D))``; ``user_emb @ item_emb.T`` are logits."""
+        return self.user_embeddings(user_batch), self.item_embeddings(item_batch)
+
+    def predict_rating(
+        self,
+        user_emb: torch.Tensor,
+        item_emb: torch.Tensor,
+        user_idx: torch.Tensor,
+        item_idx: torch.Tensor,
+    ) -> torch.Tensor:
+        """Rating scaled to [0, 1] for ``B`` aligned pairs of ``(B, D)`` embeddings → ``(B,)``.
+
+        Hybrid models use the rating head; others read ``sigmoid(<u, i>)`` (the pointwise target).
+        """
+        if self.rating_head is None:
+            return torch.sigmoid((user_emb * item_emb).sum(-1))
+        if self.config.normalize:
+            user_emb = user_emb / self.inv_temperature  # back to unit length, like item_emb
+        # Unknown users (index n_users) share the "unknown" bias row.
+        return self.rating_head(user_emb, item_emb, user_idx, item_idx)

@@ -1,0 +1,327 @@
+"""The trained two-tower model behind the shared :class:`~towers.recommender.Recommender` interface.
+
+Scoring is full-catalog: the item tower runs once over every item (cached, eval mode) and a user's
+scores are ``user_emb @ item_emb.T``. The exported model directory holds everything needed to
+rebuild it without the training job::
+
+    config.json           written last: format, model config, rating scale, version, file list
+    weights.safetensors   user tower, item tower, temperature, rating head (no pickle)
+    features.npz/.json    FeatureTables arrays; genre names and occupations
+    history.npz           training interactions as CSR (the user-history bags and seen items)
+    item_embeddings.npy   (n_items, D) float32, for index builders that do not load torch
+
+``version`` is a short content hash of the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from towers.features import FeatureTables
+from towers.interactions import Interactions
+from towers.model import TwoTower, TwoTowerConfig
+from towers.recommender import Recommender, top_k_excluding
+from towers.training import TrainingContext, embed_items, embed_users, fit, unwrap
+
+FORMAT = "two_tower"
+FORMAT_VERSION = 1
+REQUIRED_FILES = (
+    "config.json",
+    "weights.safetensors",
+    "features.npz",
+    "features.json",
+    "history.npz",
+)
+
+
+def weights_version(model: TwoTower) -> str:
+    """12 hex digits of SHA-256 over the state dict (names, dtypes, shapes, bytes) in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}|{array.dtype}|{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:12]
+
+
+class TwoTowerRecommender(Recommender):
+    """Two-tower retrieval (and, for hybrid models, rating prediction) as a ``Recommender``.
+
+    Either ``fit(train)`` with ``config`` and ``features`` given here (``valid`` enables early
+    stopping), or wrap a model trained elsewhere with :meth:`from_model`, or :meth:`load` an export.
+    """
+
+    name = "two_tower"
+
+    def __init__(
+        self,
+        config: TwoTowerConfig | None = None,
+        features: FeatureTables | None = None,
+        valid: Interactions | None = None,
+        epochs: int | None = None,
+        rating_scale: tuple[float, float] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__()
+        self.config = config or TwoTowerConfig.from_preset("default")
+        self.features = features
+        self.valid = valid
+        self.epochs = epochs
+        self.rating_scale = rating_scale
+        self.device = torch.device(device)
+        self.model: TwoTower | None = None
+        self.ctx: TrainingContext | None = None
+        self.history_: list[dict[str, float]] = []
+        self._item_emb: torch.Tensor | None = None
+        self._version = ""
+
+    # --- Building ------------------------------------------------------------------------------
+
+    def fit(self, train: Interactions) -> TwoTowerRecommender:
+        if self.features is None:
+            raise ValueError("TwoTowerRecommender.fit needs FeatureTables: pass features=...")
+        model, self.history_ = fit(
+            self.config,
+            train,
+            self.valid,
+            self.features,
+            self.epochs,
+            self.device,
+            self.rating_scale,
+        )
+        return self._attach(model, self.features, train, self.rating_scale)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        features: FeatureTables,
+        train: Interactions,
+        rating_scale: tuple[float, float] | None = None,
+    ) -> TwoTowerRecommender:
+        """Wraps a trained ``TwoTower`` (or a DDP wrapper of one) and its training data."""
+        core = unwrap(model)
+        device = next(core.parameters()).device
+        rec = cls(core.config, features, rating_scale=rating_scale, device=device)
+        return rec._attach(core, features, train, rating_scale)
+
+    def _attach(
+        self,
+        model: TwoTower,
+        features: FeatureTables,
+        train: Interactions,
+        rating_scale: tuple[float, float] | None,
+    ) -> TwoTowerRecommender:
+        self.model = unwrap(model).eval()
+        self.config = self.model.config
+        self.features = features
+        self.ctx = TrainingContext.build(features, train, self.config, rating_scale, self.device)
+        self.rating_scale = self.ctx.rating_scale
+        self._set_train(train)
+        self._item_emb = embed_items(self.model, self.ctx)  # (N, D), computed once
+        self._version = weights_version(self.model)
+        return self
+
+    def _require_model(self) -> tuple[TwoTower, TrainingContext, torch.Tensor]:
+        self._require_fitted()
+        assert self.model is not None and self.ctx is not None and self._item_emb is not None
+        return self.model, self.ctx, self._item_emb
+
+    @property
+    def version(self) -> str:
+        """Short content hash of the weights (empty before fit/load)."""
+        return self._version
+
+    # --- Embeddings and scores -----------------------------------------------------------------
+
+    def item_embeddings(self) -> np.ndarray:
+        """``(n_items, D)`` float32 item embeddings, row ``i`` for ``item_idx`` ``i``."""
+        return self._require_model()[2].cpu().numpy().astype(np.float32)
+
+    def user_embeddings(self, user_idx: np.ndarray) -> np.ndarray:
+        """``(U,)`` known users → ``(U, D)`` float32 (queries for an inner-product index)."""
+        model, ctx, _ = self._require_model()
+        users = torch.as_tensor(self.check_users(user_idx), device=ctx.device)
+        return embed_users(model, ctx, users).cpu().numpy().astype(np.float32)
+
+    def score(self, user_idx: np.ndarray) -> np.ndarray:
+        """``(U,)`` user indices → ``(U, n_items)`` float32 ``user_emb @ item_emb.T``."""
+        model, ctx, item_emb = self._require_model()
+        users = torch.as_tensor(self.check_users(user_idx), device=ctx.device)
+        user_emb = embed_users(model, ctx, users)  # (U, D)
+        return (user_emb @ item_emb.T).cpu().numpy().astype(np.float32)  # (U, N)
+
+    def _check_items(self, item_idx: np.ndarray | list[int]) -> np.ndarray:
+        item_idx = np.asarray(item_idx, dtype=np.int64).reshape(-1)
+        bad = item_idx[(item_idx < 0) | (item_idx >= self.n_items)]
+        if bad.size:
+            raise KeyError(f"unknown item index {bad[:5].tolist()} (known: 0..{self.n_items - 1})")
+        return item_idx
+
+    def user_embedding_cold_start(
+        self, features_row: np.ndarray | None, liked_item_idx: list[int] | np.ndarray
+    ) -> np.ndarray:
+        """Embeds a user who is not in the training data.
+
+        Args:
+            features_row: ``(3,)`` int64 ``age_bucket, gender, occupation`` as produced by
+                ``FeatureTables.encode_user`` (None: all unknown).
+            liked_item_idx: items the user liked (may be empty); they form the history bag.
+
+        Returns:
+            ``(D,)`` float32 user embedding, comparable with :meth:`item_embeddings`.
+        """
+        model, ctx, _ = self._require_model()
+        row = np.zeros(3, np.int64) if features_row is None else np.asarray(features_row, np.int64)
+        if row.shape != (3,):
+            raise ValueError(f"features_row must have shape (3,), got {row.shape}")
+        cards = np.asarray(self.config.user_cardinalities)
+        if np.any(row < 0) or np.any(row >= cards):
+            raise ValueError(f"features_row {row.tolist()} outside cardinalities {cards.tolist()}")
+        batch = ctx.cold_user_batch(row, self._check_items(liked_item_idx).tolist())
+        with torch.no_grad():
+            return model.user_embeddings(batch)[0].float().cpu().numpy()
+
+    def recommend_cold_start(
+        self, features_row: np.ndarray | None, liked_item_idx: list[int] | np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(item_idx, scores)``, each ``(min(k, n_items),)``, liked items excluded."""
+        liked = self._check_items(liked_item_idx)
+        user_emb = self.user_embedding_cold_start(features_row, liked)
+        scores = (self.item_embeddings() @ user_emb)[None, :]  # (1, N)
+        exclude = np.zeros_like(scores, dtype=bool)
+        exclude[0, liked] = True
+        scores[exclude] = -np.inf
+        items, top = top_k_excluding(scores, k)
+        return items[0], top[0]
+
+    # --- Ratings -------------------------------------------------------------------------------
+
+    @property
+    def predicts_ratings(self) -> bool:
+        """Hybrid models (rating head) and pointwise models (sigmoid of the score) do."""
+        return self.config.has_rating_head or self.config.loss == "pointwise"
+
+    def predict_ratings(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        """``(N,)`` pairs → ``(N,)`` float32 ratings on the raw scale, clipped to it."""
+        if not self.predicts_ratings:
+            raise NotImplementedError(f"a {self.config.loss!r}-loss two-tower has no rating head")
+        model, ctx, item_emb = self._require_model()
+        user_idx = self.check_users(user_idx)
+        item_idx = self._check_items(item_idx)
+        if len(user_idx) != len(item_idx):
+            raise ValueError(f"{len(user_idx)} users but {len(item_idx)} items")
+        users, inverse = np.unique(user_idx, return_inverse=True)
+        user_t = torch.as_tensor(users, device=ctx.device)
+        user_emb = embed_users(model, ctx, user_t)[torch.as_tensor(inverse, device=ctx.device)]
+        item_t = torch.as_tensor(item_idx, device=ctx.device)
+        with torch.no_grad():
+            scaled = model.predict_rating(user_emb, item_emb[item_t], user_t[inverse], item_t)
+        lo, hi = ctx.rating_scale
+        return (scaled.clamp(0, 1).float().cpu().numpy() * (hi - lo) + lo).astype(np.float32)
+
+    # --- Persistence ---------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Writes the model directory atomically: a temp dir beside ``path``, then a rename."""
+        model, ctx, _ = self._require_model()
+        train = self._require_fitted()
+        assert self.features is not None
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            save_file(tensors, str(tmp / "weights.safetensors"), metadata={"version": self.version})
+            np.savez(tmp / "features.npz", **self.features.to_arrays())
+            names = {
+                "genre_names": self.features.genre_names,
+                "occupations": self.features.occupations,
+            }
+            (tmp / "features.json").write_text(json.dumps(names, indent=1))
+            csr = train.to_csr(binary=True)
+            order = np.lexsort((train.item_idx, train.user_idx))  # CSR order: user, then item
+            np.savez(
+                tmp / "history.npz",
+                indptr=csr.indptr.astype(np.int64),
+                indices=train.item_idx[order],
+                rating=train.rating[order],
+                timestamp=train.timestamp[order],
+                shape=np.asarray([train.n_users, train.n_items], np.int64),
+            )
+            np.save(tmp / "item_embeddings.npy", self.item_embeddings())
+            meta = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "name": self.name,
+                "version": self.version,
+                "rating_scale": list(ctx.rating_scale),
+                "embedding_dim": self.config.embedding_dim,
+                "model_config": self.config.to_dict(),
+                "files": sorted(p.name for p in tmp.iterdir()),
+            }
+            (tmp / "config.json").write_text(json.dumps(meta, indent=1))  # last: the manifest
+            _publish(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> TwoTowerRecommender:
+        """Reads a directory written by :meth:`save`; names any missing or mismatched piece."""
+        folder = Path(path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no two-tower model directory there")
+        missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder}: incomplete two-tower model, missing {missing}")
+        meta = json.loads((folder / "config.json").read_text())
+        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{folder}/config.json: format {meta.get('format')!r} v{meta.get('format_version')}"
+                f", expected {FORMAT!r} v{FORMAT_VERSION}"
+            )
+        config = TwoTowerConfig.from_dict(meta["model_config"])
+        model = TwoTower(config)
+        model.load_state_dict(load_file(str(folder / "weights.safetensors")))
+        if weights_version(model) != meta["version"]:
+            raise ValueError(
+                f"{folder}/weights.safetensors does not match version {meta['version']}"
+            )
+        names = json.loads((folder / "features.json").read_text())
+        with np.load(folder / "features.npz") as arrays:
+            features = FeatureTables.from_arrays(
+                dict(arrays), names["genre_names"], names["occupations"]
+            )
+        with np.load(folder / "history.npz") as hist:
+            n_users, n_items = (int(x) for x in hist["shape"])
+            train = Interactions(
+                user_idx=np.repeat(np.arange(n_users), np.diff(hist["indptr"])).astype(np.int64),
+                item_idx=hist["indices"].astype(np.int64),
+                rating=hist["rating"].astype(np.float32),
+                timestamp=hist["timestamp"].astype(np.int64),
+                n_users=n_users,
+                n_items=n_items,
+            )
+        scale = (float(meta["rating_scale"][0]), float(meta["rating_scale"][1]))
+        rec = cls(config, features, rating_scale=scale, device=device)
+        return rec._attach(model.to(device), features, train, scale)
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Moves the finished ``tmp`` directory to ``target``, replacing an older one."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{tmp.name[-8:]}")
+        target.rename(old)
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
