@@ -2,8 +2,8 @@
 
 Recall bounds (measured on this seeded data; 200 queries from the same Gaussian mixture as the
 items): ScaNN brute force returns the exact answer (bound 0.99, measured 1.0); tree + AH at 30k
-items measured recall 1.0 / 0.996 / 0.990 for k = 1 / 10 / 50 and 0.991 at k = 10 with
-exclusion (bound 0.9).
+items with the default settings measured recall 1.0 / 1.0 / 0.9998 for k = 1 / 10 / 50 and 1.0 at
+k = 10 with exclusion (bound 0.95).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from towers.index import (
 
 DIM = 16
 REPO = Path(__file__).resolve().parents[1]
-RECALL_BOUND = {"brute_force": 0.99, "tree_ah": 0.9}
+RECALL_BOUND = {"brute_force": 0.99, "tree_ah": 0.95}
 
 
 def mixture(n: int, n_queries: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -117,6 +117,20 @@ def test_save_load_round_trip_survives_a_move(catalog, kind, tmp_path):
     for got, want in zip(loaded.search(queries, 10), before, strict=True):
         np.testing.assert_array_equal(got, want)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copied"]  # no temp dirs left
+
+
+def test_tune_trades_recall_for_speed_and_is_saved(tmp_path):
+    items, queries = mixture(30_000)
+    expected = reference_top_k(items, queries, 10)
+    index = ScannIndex().build(items)
+    default = recall_at_k(index.search(queries, 10)[1], expected)
+    index.tune(num_leaves_to_search=1, reorder_num_neighbors=20)
+    shallow = recall_at_k(index.search(queries, 10)[1], expected)
+    assert shallow < default - 0.05  # the knobs act at query time, without a rebuild
+    index.save(tmp_path / "ix")
+    loaded = ItemIndex.load(tmp_path / "ix")
+    assert loaded.settings.num_leaves_to_search == 1
+    assert recall_at_k(loaded.search(queries, 10)[1], expected) == shallow
 
 
 def test_custom_ids_padding_and_batches():

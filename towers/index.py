@@ -433,7 +433,7 @@ class ScannSettings:
     brute_force_below: int = 20_000  # ScaNN: "fewer than 20k points, use brute-force"
     num_leaves: int | None = None  # None: round(sqrt(N)), ScaNN's advice
     num_leaves_to_search: int | None = None  # None: leaves_to_search_fraction * num_leaves
-    leaves_to_search_fraction: float = 0.2  # tuned on 1M x 64, see docs/bench_index.md
+    leaves_to_search_fraction: float = 0.2  # tuned with bench/bench_index.py at 1M x 64
     training_sample_size: int | None = None  # None: min(N, 250_000) points to train tree and AH
     dimensions_per_block: int = 2  # ScaNN: "dimensions_per_block should be set to 2"
     anisotropic_quantization_threshold: float = 0.2  # ScaNN's recommended value for MIPS
@@ -574,12 +574,9 @@ class ScannIndex(ItemIndex):
         from scann.scann_ops.py import scann_ops_pybind  # lazy: towers imports without scann
 
         searcher_dir = directory / "searcher"
-        if (
-            searcher_dir / "scann_docids.pkl"
-        ).exists():  # ScaNN would unpickle it; we never write it
-            raise IndexMismatchError(
-                f"{searcher_dir}: unexpected scann_docids.pkl (pickle refused)"
-            )
+        # load_searcher would unpickle this file; we never write it, so refuse it outright.
+        if (searcher_dir / "scann_docids.pkl").exists():
+            raise IndexMismatchError(f"{searcher_dir}: unexpected scann_docids.pkl (no pickle)")
         self._searcher = scann_ops_pybind.load_searcher(str(searcher_dir))
         if self._searcher.size() != self.size:
             raise IndexMismatchError(
