@@ -19,8 +19,8 @@ Try, from another terminal, while this one serves:
   curl '127.0.0.1:{port}/recommend/196?k=5'
   curl '127.0.0.1:{port}/recommend/196?k=5&model=user_knn'
   curl '127.0.0.1:{port}/similar/50?k=5'
-  curl -X POST 127.0.0.1:{port}/recommend -H 'content-type: application/json' \\
-       -d '{{"age": 25, "gender": "F", "occupation": "student", "liked_item_ids": [50, 181], "k": 5}}'
+  curl -X POST '127.0.0.1:{port}/recommend?k=5' -H 'content-type: application/json' \\
+       -d '{{"features": {{"age": 25, "gender": "F"}}, "liked_item_ids": [50, 181]}}'
   open http://127.0.0.1:{port}/docs
 """
 
