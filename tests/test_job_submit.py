@@ -29,10 +29,24 @@ def free_port() -> int:
 def local_head(tmp_path):
     """A head node on free ports in its own temp dir; stopped even when the test fails."""
     gcs, dashboard = free_port(), free_port()
+    # Every port on a free one: another Ray on this machine (a test's ray.init, a developer's
+    # cluster) holds the defaults, and a second agent on 52365 never comes up.
+    ports = {
+        name: free_port()
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "node-manager-port",
+            "object-manager-port",
+            "ray-client-server-port",
+        )
+    }
     temp_dir = Path("/tmp") / f"rtt-{os.getpid()}"  # short: Ray's socket paths have a length cap
-    # Token authentication stays on: the CLI sends ~/.ray/auth_token when the mode says "token".
     # The venv's bin first on PATH, as after `source .venv/bin/activate`: the job's `python`.
     path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    # Token authentication stays on: the CLI sends ~/.ray/auth_token when the mode says "token".
     env = {**os.environ, "RAY_TWO_TOWER_OFFLINE": "1", "RAY_AUTH_MODE": "token", "PATH": path}
     subprocess.run(
         [
@@ -46,6 +60,7 @@ def local_head(tmp_path):
             f"--temp-dir={temp_dir}",
             "--include-dashboard=true",
             "--disable-usage-stats",
+            *(f"--{name}={port}" for name, port in ports.items()),
         ],
         check=True,
         env=env,
@@ -56,7 +71,11 @@ def local_head(tmp_path):
     try:
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        # Not `ray stop`, which stops every Ray on the machine (the test session's own too):
+        # only processes started under this head's temp dir.
+        for signal in ("-TERM", "-KILL"):
+            subprocess.run(["pkill", signal, "-f", str(temp_dir)], capture_output=True)
+            time.sleep(3)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -89,7 +108,7 @@ def test_pipeline_via_ray_job_submit(local_head, tmp_path, ml100k_dir):
     start = time.time()
     for _ in range(30):  # the job agent comes up a few seconds after `ray start` returns
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
-        if "No available agent" not in result.stderr:
+        if "No available agent" not in result.stdout + result.stderr:
             break
         time.sleep(2)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
