@@ -171,6 +171,10 @@ def test_user_without_history_and_cold_start() -> None:
     assert empty["history_items"].numel() == 0
     cold = ctx.cold_user_batch(np.array([1, 2, 3]), [4, 5])
     assert cold["user_idx"].tolist() == [N_USERS]  # the "unknown user" row
+    # Ratings unknown: the rating-centred pool is empty and the mean sits mid-scale (input 0),
+    # as for training rows hidden by rating_history_dropout.
+    assert torch.all(cold["history_rating_weights"] == 0)
+    assert cold["history_mean_rating"].tolist() == [0.5]
     for batch in (empty, cold):
         assert torch.isfinite(model.user_embeddings(batch)).all()
 

@@ -139,8 +139,7 @@ class TrainingContext:
         Returns:
             Dict with ``user_idx (B,)``, ``user_features (B, 3)``, ``history_items (H,)``,
             ``history_rows (H,)`` (the row of each entry), ``history_offsets (B,)``,
-            ``history_weights (H,)`` (``1/kept`` or ``1/sqrt(kept)`` for kept entries, 0 for
-            removed ones),
+            ``history_weights (H,)`` (``1/kept`` for kept entries, 0 for removed ones),
             ``genre_profile (B, G)``, ``history_rating_weights (H,)`` (``weight x (rating - bag
             mean)``) and ``history_mean_rating (B,)`` (bag mean, ratings scaled to [0, 1]).
         """
@@ -163,7 +162,9 @@ class TrainingContext:
     def cold_user_batch(self, features_row: np.ndarray, liked_items: list[int]) -> Batch:
         """A batch of one user who is not in the training data (the "unknown user" id row).
 
-        Liked items count as top-rated, so they enter the rating-centred pool with weight 0.
+        Their ratings are unknown: every liked item gets the mid-scale rating 0.5, so the
+        rating-centred pool is empty and the mean-rating input is 0, exactly as for the training
+        rows whose ratings the model hides (``rating_history_dropout``).
         """
         items = torch.as_tensor(list(liked_items), dtype=torch.int64, device=self.device)
         feats = torch.as_tensor(np.asarray(features_row), dtype=torch.int64, device=self.device)
@@ -171,7 +172,7 @@ class TrainingContext:
             torch.tensor([self.config.n_users], device=self.device),
             feats.reshape(1, -1),
             items,
-            torch.ones(len(items), device=self.device),
+            torch.full((len(items),), 0.5, device=self.device),
             torch.zeros_like(items),
             torch.zeros(1, dtype=torch.int64, device=self.device),
             torch.ones_like(items, dtype=torch.bool),
@@ -190,9 +191,6 @@ class TrainingContext:
         zeros = torch.zeros(len(user_idx), device=self.device)
         kept = zeros.index_add(0, rows, keep.float())  # (B,)
         weights = keep.float() / kept.clamp(min=1.0)[rows]  # (H,) each bag sums to 1 (or 0)
-        pool_weights = weights
-        if self.config.history_pooling == "sqrt":
-            pool_weights = keep.float() / kept.clamp(min=1.0).sqrt()[rows]  # (H,)
         # The mean over *kept* entries only: the target's own rating must not leak into it.
         mean_rating = zeros.index_add(0, rows, weights * ratings)  # (B,) in [0, 1]
         rating_weights = weights * (ratings - mean_rating[rows])  # (H,)
@@ -205,7 +203,7 @@ class TrainingContext:
             "history_items": items,
             "history_rows": rows,
             "history_offsets": offsets,
-            "history_weights": pool_weights,
+            "history_weights": weights,
             "genre_profile": genre_profile,
             "history_rating_weights": rating_weights,
             "history_mean_rating": mean_rating,
@@ -276,7 +274,13 @@ def make_scheduler(
 
 
 def batch_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Tensor:
-    """The configured loss of one training batch; calls ``model`` (maybe DDP) for the towers."""
+    """The configured loss of one training batch.
+
+    The towers run through ``model`` itself (maybe DDP, so gradients are all-reduced); the rating
+    head runs on the unwrapped module afterwards. DDP still syncs its gradients (its hooks are per
+    parameter) and every parameter gets a gradient each step, so ``find_unused_parameters`` is
+    not needed.
+    """
     core = unwrap(model)
     cfg = core.config
     user_idx, item_idx = batch["user_idx"], batch["item_idx"]  # (B,), (B,)

@@ -1,0 +1,296 @@
+"""Load test of ``GET /recommend/{user_id}``: Ray Serve vs a bare uvicorn process, side by side.
+
+    python -m bench.bench_serving --storage /tmp/serve_bench            # all targets
+    python -m bench.bench_serving --smoke-test                          # seconds; tiny data
+    python -m bench.bench_serving --help
+
+Targets, each its own ``python -m serving`` process on a free port (a Serve target starts its own
+local Ray instance):
+
+* ``bare``: the same FastAPI app and models in one uvicorn process (``--no-ray``), the reference;
+* ``serve``: the Serve app (Ingress → TwoTower / UserKNN) behind Serve's default Python proxy;
+* ``serve-ha``: the same with ``RAY_SERVE_ENABLE_HA_PROXY=1`` (HAProxy as ingress);
+* ``serve-ha-tput``: HAProxy plus ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (gRPC between replicas,
+  user code and router on the replica's own event loop), Ray's documented high-throughput mode.
+
+The load comes from ``wrk`` (Debian: ``apt-get install -y wrk``) with a Lua script that asks for a
+random known user's top-``k`` each request and prints throughput, p50/p99 latency and errors
+(socket errors, timeouts and non-2xx answers). The bare process stays up for the whole run; each
+Serve target is started in turn and measured in ``--rounds`` rounds that alternate with the bare
+process at every concurrency, and the table reports medians. On a machine shared with other work
+the background load drifts by tens of percent within minutes; alternating keeps both sides of a
+ratio under the same load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+TARGETS = {  # name -> (extra CLI flags, extra environment)
+    "bare": (["--no-ray"], {}),
+    "serve": ([], {"RAY_SERVE_ENABLE_HA_PROXY": "0"}),
+    "serve-ha": ([], {"RAY_SERVE_ENABLE_HA_PROXY": "1"}),
+    "serve-ha-tput": (
+        [],
+        {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    ),
+}
+LUA = """
+local ids = {%(ids)s}
+local counter = 0
+function setup(thread) counter = counter + 1; thread:set("seed", counter) end
+function init(args) math.randomseed(seed * 7919) end
+function request()
+  return wrk.format("GET", "/recommend/" .. ids[math.random(#ids)] .. "?k=%(k)d&model=%(model)s")
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests": %%d, "duration_us": %%d, "errors": %%d, "non2xx": %%d, '
+    .. '"p50_us": %%d, "p99_us": %%d}\\n', summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout + e.status, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_target(
+    name: str, storage: str, port: int, extra: list[str], log: Path, nice: int
+) -> subprocess.Popen:
+    flags, env = TARGETS[name]
+    cmd = [sys.executable, "-m", "serving", "--storage", storage, "--port", str(port), *flags]
+    if name == "bare" and nice:  # Ray runs its workers (replicas, HAProxy) at niceness 15
+        cmd = ["nice", "-n", str(nice), *cmd]
+    return subprocess.Popen(
+        cmd + extra,
+        env={**os.environ, **env},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: stopped as a whole below
+    )
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url}/healthz not ready after {timeout_s:.0f}s")
+
+
+def stop_target(proc: subprocess.Popen) -> None:
+    """Ctrl-C (Serve shuts down cleanly), then SIGTERM/SIGKILL to the process group we started."""
+    for sig, wait_s in ((signal.SIGINT, 40), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        if proc.poll() is not None:
+            break
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):  # Ray worker processes left in the group
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict[str, float]:
+    threads, duration = min(connections, 2), max(1, round(seconds))
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "5s"]
+    out = subprocess.run(
+        [*command, "-s", str(script), url], capture_output=True, text=True, check=True
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
+    raw = json.loads(line.removeprefix("WRK_JSON "))
+    return {
+        "rps": raw["requests"] / (raw["duration_us"] / 1e6),
+        "p50_ms": raw["p50_us"] / 1e3,
+        "p99_ms": raw["p99_us"] / 1e3,
+        "errors": raw["errors"],
+        "requests": raw["requests"],
+    }
+
+
+def user_ids(storage: str, limit: int = 1000) -> list[int]:
+    from towers.storage import Storage
+
+    ids = Storage(storage).read_parquet("data/users.parquet", columns=["user_id"])["user_id"]
+    return [int(i) for i in ids.to_numpy()[:limit]]
+
+
+def smoke_storage(folder: Path) -> str:
+    """Tiny synthetic data + artifacts (no Ray) for ``--smoke-test``."""
+    from serving.artifacts import publish_small_run
+    from towers.dataset import write_prepared
+    from towers.storage import Storage
+    from towers.synthetic import SyntheticSpec, generate
+
+    storage = Storage(folder)
+    raw = generate(SyntheticSpec(n_users=120, n_items=200, n_interactions=6_000, seed=7))
+    write_prepared(storage, raw, "synthetic", ["random"], seed=42)
+    publish_small_run(storage, epochs=1, embedding_dim=16)
+    return storage.uri
+
+
+class Server:
+    """One ``python -m serving`` target on a free port, checked to answer before use."""
+
+    def __init__(self, name: str, args: argparse.Namespace, storage: str, workdir: Path) -> None:
+        self.name, self.log = name, workdir / f"{name}.log"
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        extra = ["--max-batch-size", str(args.max_batch_size)]
+        extra += ["--batch-wait-timeout-s", str(args.batch_wait_timeout_s)]
+        extra = [] if name == "bare" else extra
+        self.proc = start_target(name, storage, port, extra, self.log, args.bare_nice)
+
+    def ready(self, first_user: int, k: int, timeout_s: float) -> None:
+        wait_ready(self.url, self.proc, timeout_s)
+        answer = httpx.get(f"{self.url}/recommend/{first_user}?k={k}", timeout=10)
+        if answer.status_code != 200 or not answer.json()["items"]:
+            raise RuntimeError(f"{self.name}: bad answer {answer.status_code} {answer.text[:200]}")
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text().splitlines()[-15:])
+
+
+def bench(args: argparse.Namespace, storage: str, workdir: Path) -> list[dict]:
+    """Every Serve target is measured in rounds alternating with the bare process (kept up
+    throughout), so both see the same background load from other processes."""
+    script = workdir / "recommend.lua"
+    ids = user_ids(storage)
+    script.write_text(LUA % {"ids": ",".join(map(str, ids)), "k": args.k, "model": args.model})
+    rows: list[dict] = []
+    bare = Server("bare", args, storage, workdir)
+    try:
+        bare.ready(ids[0], args.k, args.startup_timeout)
+        run_wrk(bare.url, script, 16, args.warmup)
+        names = [n for n in args.targets.split(",") if n != "bare"]
+        for name in names or [None]:
+            server = Server(name, args, storage, workdir) if name else None
+            try:
+                if server is not None:
+                    server.ready(ids[0], args.k, args.startup_timeout)
+                    run_wrk(server.url, script, 16, args.warmup)
+                rows += measure(args, script, bare, server)
+                if server is not None:
+                    model = httpx.get(f"{server.url}/healthz", timeout=10).json()["models"]
+                    mean = model[args.model].get("replica_mean_batch_size") or 0.0
+                    print(f"{name}: mean @serve.batch size {mean:.2f}", flush=True)
+            except Exception as err:
+                print(f"{name} failed: {err}; last log lines:", file=sys.stderr)
+                print(server.tail() if server else "", file=sys.stderr)
+            finally:
+                if server is not None:
+                    stop_target(server.proc)
+    finally:
+        stop_target(bare.proc)
+    return rows
+
+
+def measure(
+    args: argparse.Namespace, script: Path, bare: Server, server: Server | None
+) -> list[dict]:
+    rows = []
+    for connections in map(int, args.concurrency.split(",")):
+        for round_ in range(args.rounds):
+            for target in (bare, server) if server else (bare,):
+                result = run_wrk(target.url, script, connections, args.duration)
+                pair = server.name if server else "-"
+                rows.append({"target": target.name, "pair": pair, "connections": connections,
+                             "round": round_, "load1": os.getloadavg()[0], **result})  # fmt: skip
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Medians over rounds; each Serve target against the bare rounds interleaved with it."""
+    lines = [
+        "| target | connections | req/s | bare req/s | vs bare | p50 ms | p99 ms | "
+        "bare p99 ms | errors / requests |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, int], dict[str, list[dict]]] = {}
+    for r in rows:
+        groups.setdefault((r["pair"], r["connections"]), {}).setdefault(r["target"], []).append(r)
+    for (pair, connections), by_target in groups.items():
+        base = by_target["bare"]
+        name = pair if pair != "-" else "bare"
+        runs = by_target.get(name, base)
+        rps, bare_rps = median(runs, "rps"), median(base, "rps")
+        lines.append(
+            f"| {name} | {connections} | {rps:.0f} | {bare_rps:.0f} | {rps / bare_rps:.2f} | "
+            f"{median(runs, 'p50_ms'):.1f} | {median(runs, 'p99_ms'):.1f} | "
+            f"{median(base, 'p99_ms'):.1f} | {sum(r['errors'] for r in runs)} / "
+            f"{sum(r['requests'] for r in runs)} |"
+        )
+    return "\n".join(lines)
+
+
+def median(runs: list[dict], key: str) -> float:
+    return float(statistics.median(r[key] for r in runs))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--storage", default="/tmp/serve_bench", help="prepared storage root")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated")
+    parser.add_argument("--concurrency", default="1,4,16,32", help="wrk connections, comma list")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per setting")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of warm-up load")
+    parser.add_argument("--model", default="two_tower", choices=("two_tower", "user_knn"))
+    parser.add_argument("--k", type=int, default=10, help="items per request")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="Serve @serve.batch size")
+    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.0, help="batch wait")
+    parser.add_argument(
+        "--bare-nice",
+        type=int,
+        default=15,
+        help="niceness of the bare process; 15 = Ray's worker niceness, so both get the same "
+        "CPU priority against other processes on a shared machine (0: default priority)",
+    )
+    parser.add_argument("--startup-timeout", type=float, default=240.0, help="seconds")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny data, bare, 2 s runs")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: install it with `apt-get install -y wrk` (Debian/Ubuntu)")
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        storage = args.storage
+        if args.smoke_test:
+            storage = smoke_storage(Path(tmp) / "run")
+            if "--targets" not in (argv or sys.argv):
+                args.targets = "bare"
+            args.concurrency, args.duration, args.warmup, args.rounds = "1,4", 2.0, 1.0, 1
+        print(f"load average at start: {os.getloadavg()}; {os.cpu_count()} CPUs", flush=True)
+        rows = bench(args, storage, Path(tmp))
+        print(f"load average at end: {os.getloadavg()}")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

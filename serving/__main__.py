@@ -1,0 +1,112 @@
+"""Serve the recommender locally: ``python -m serving --storage runs/demo``.
+
+Starts (or joins) a local Ray instance, starts Serve's HTTP ingress on ``--host``/``--port``
+(127.0.0.1:8000 by default: not reachable from other machines), deploys the app and blocks until
+Ctrl-C, which shuts Serve down. ``--no-ray`` serves the same FastAPI app and models in this one
+process with uvicorn instead (no batching, no replicas, no roll-outs): the reference the
+benchmark compares Serve with. Every ``ServingArgs`` field is a flag (``--k-max``,
+``--max-batch-size``, ...). For HAProxy as Serve's ingress, start with
+``RAY_SERVE_ENABLE_HA_PROXY=1`` in the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from serving.schemas import ServingArgs
+
+APP_NAME = "recommender"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, ServingArgs]:
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.split("\n\n")[1])
+    for name, field in ServingArgs.model_fields.items():
+        kind = field.annotation if field.annotation in (int, float) else str
+        default = "required" if field.is_required() else f"default: {field.default}"
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            required=field.is_required(),
+            default=argparse.SUPPRESS,
+            help=f"{field.description} ({default})",
+        )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (8000)")
+    parser.add_argument(
+        "--access-log", action="store_true", help="log every request (Serve replicas and proxy)"
+    )
+    parser.add_argument(
+        "--no-ray", action="store_true", help="one uvicorn process, no Ray (benchmark reference)"
+    )
+    ns = parser.parse_args(argv)
+    values = {k: v for k, v in vars(ns).items() if k in ServingArgs.model_fields}
+    try:
+        return ns, ServingArgs(**values)
+    except ValueError as err:
+        parser.error(str(err))
+        raise  # unreachable
+
+
+def serve_without_ray(args: ServingArgs, host: str, port: int) -> None:
+    """The app and both models in this process (uvicorn, one event loop)."""
+    import torch
+    import uvicorn
+
+    from serving.artifacts import load_two_tower_service, load_user_knn_service
+    from serving.http import LocalBackend, create_app
+    from serving.schemas import ModelSettings
+
+    torch.set_num_threads(1)
+    services = {
+        "two_tower": load_two_tower_service(
+            args.storage,
+            ModelSettings(model_artifact=args.model_artifact, index_artifact=args.index_artifact),
+        ),
+        "user_knn": load_user_knn_service(
+            args.storage, ModelSettings(model_artifact=args.knn_artifact)
+        ),
+    }
+    app = create_app(LocalBackend(services), args.k_max, args.max_body_bytes)
+    print(f"serving (no Ray) on http://{host}:{port}  docs: /docs", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def serve_with_ray(args: ServingArgs, host: str, port: int, access_log: bool = False) -> None:
+    """Deploys the Serve app and blocks until Ctrl-C."""
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False)
+    serve.start(http_options={"host": host, "port": port})
+    # Access logs cost ~3 log lines per request across processes; off unless asked for.
+    logging_config = {"enable_access_log": access_log}
+    serve.run(build_app(args), name=APP_NAME, route_prefix="/", logging_config=logging_config)
+    print(f"serving on http://{host}:{port}  docs: /docs  (Ctrl-C stops)", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` shuts down cleanly too
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("shutting down Serve", flush=True)
+        serve.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ns, args = parse_args(argv)
+    if ns.no_ray:
+        serve_without_ray(args, ns.host, ns.port)
+    else:
+        serve_with_ray(args, ns.host, ns.port, ns.access_log)
+
+
+if __name__ == "__main__":
+    main()

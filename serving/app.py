@@ -1,0 +1,40 @@
+"""The typed Serve app builder: ``serve run serving.app:build_app storage=runs/demo``.
+
+``serving/config.yaml`` names it as ``import_path`` with ``args:`` validated by
+:class:`serving.schemas.ServingArgs` (unknown keys are an error). Replicas, autoscaling and each
+model's ``user_config`` (which version to serve, batch size) go in the YAML's ``deployments:``
+section, under the names ``Ingress``, ``TwoTower`` and ``UserKNN``.
+
+No ``from __future__ import annotations`` here: Serve reads the builder's parameter annotation
+as a class to validate ``args`` into it.
+"""
+
+from ray import serve
+
+from serving.deployments import Ingress, TwoTowerDeployment, UserKNNDeployment
+from serving.schemas import ServingArgs
+
+
+def model_user_config(args: ServingArgs, model_artifact: str, index_artifact: str) -> dict:
+    """The initial ``user_config`` of a model deployment (the YAML may replace it)."""
+    return {
+        "model_artifact": model_artifact,
+        "index_artifact": index_artifact,
+        "max_batch_size": args.max_batch_size,
+        "batch_wait_timeout_s": args.batch_wait_timeout_s,
+    }
+
+
+def build_app(args: ServingArgs) -> serve.Application:
+    """Ingress → {TwoTower, UserKNN}, all reading ``args.storage``."""
+    if not isinstance(args, ServingArgs):  # called directly with a dict
+        args = ServingArgs.model_validate(args)
+    two_tower = TwoTowerDeployment.options(
+        user_config=model_user_config(args, args.model_artifact, args.index_artifact)
+    ).bind(args.storage)
+    user_knn = UserKNNDeployment.options(
+        user_config=model_user_config(args, args.knn_artifact, args.index_artifact)
+    ).bind(args.storage)
+    return Ingress.bind(
+        two_tower, user_knn, args.k_max, args.max_body_bytes, args.request_timeout_s
+    )

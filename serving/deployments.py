@@ -1,0 +1,216 @@
+"""Ray Serve deployments: one per model, and a FastAPI ingress that calls them through handles.
+
+Each model deployment wraps a ``serving.recommenders`` service and adds only what Serve brings:
+
+* ``@serve.batch`` on known-user requests: concurrent requests' user embeddings and index search
+  run as one ``(B, D)`` batch (size and wait come from ``user_config``);
+* ``reconfigure(user_config)``: loads the artifacts it names in a worker thread while the current
+  version keeps answering, then swaps them in. A version that does not load or does not match
+  is refused: the replica logs the error, keeps serving the old version and reports the refusal
+  in ``/healthz`` (raising would make Serve replace the replica with one that cannot start, and
+  requests would fail). Only a replica with nothing to serve yet fails to start.
+
+Answers cross the handles as ``(status, JSON bytes)``: no exception has to be pickled, and the
+ingress copies bytes instead of unpickling and re-encoding nested dicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayTaskError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+from serving.artifacts import load_two_tower_service, load_user_knn_service
+from serving.http import Reply, create_app, encode
+from serving.recommenders import ModelService, answer
+from serving.schemas import K_MAX, MAX_BODY_BYTES, ModelSettings
+
+log = logging.getLogger("ray.serve")
+RELOAD_KEYS = ("storage", "model_artifact", "index_artifact", "model_version")
+
+
+class ModelDeployment:
+    """Base of the model deployments: the served version, its reload and the request methods."""
+
+    def __init__(self, storage: str) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # small per-request work; parallelism comes from replicas
+        self.default_storage = storage
+        self.service: ModelService | None = None
+        self.settings: ModelSettings | None = None
+        self.refused: dict[str, Any] | None = None  # last version reconfigure refused
+        self.batches = self.batched_requests = 0  # how much @serve.batch merges, for /healthz
+
+    @staticmethod
+    def load(storage: str, settings: ModelSettings) -> ModelService:
+        raise NotImplementedError
+
+    async def recommend_batch(self, requests: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+        """Known users' ``(user_id, k)`` requests; subclasses decorate it with ``@serve.batch``."""
+        raise NotImplementedError
+
+    def _answer_batch(self, requests: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+        self.batches += 1
+        self.batched_requests += len(requests)
+        return [encode(a) for a in self._require().recommend_many(requests)]
+
+    async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        """Loads the version ``user_config`` names (``ModelSettings``) and swaps it in."""
+        try:
+            settings = ModelSettings.model_validate(user_config or {})
+        except ValueError as err:
+            return self._refuse(user_config, f"invalid user_config: {err}")
+        batched: Any = self.recommend_batch  # each subclass's own @serve.batch queue
+        batched.set_max_batch_size(settings.max_batch_size)
+        batched.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        same = self.settings is not None and all(
+            getattr(settings, k) == getattr(self.settings, k) for k in RELOAD_KEYS
+        )
+        if self.service is not None and same:  # only batch settings changed, or a roll-back
+            self.settings, self.refused = settings, None  # to the version being served
+            return None
+        start = time.perf_counter()
+        try:  # a thread: requests keep being answered by the current version meanwhile
+            service = await asyncio.to_thread(self.load, self.default_storage, settings)
+        except Exception as err:
+            return self._refuse(user_config, str(err))
+        old = self.service.version if self.service is not None else None
+        self.service, self.settings, self.refused = service, settings, None
+        log.info(
+            "%s: serving version %s (was %s), loaded in %.2fs",
+            service.name,
+            service.version,
+            old,
+            time.perf_counter() - start,
+        )
+        return None
+
+    def _refuse(self, user_config: Any, message: str) -> None:
+        if self.service is None:  # nothing to fall back to: fail the replica, Serve shows why
+            raise RuntimeError(message)
+        log.error("refused new version, still serving %s: %s", self.service.version, message)
+        self.refused = {"user_config": user_config, "error": message}
+
+    def _require(self) -> ModelService:
+        if self.service is None:
+            raise RuntimeError("no model loaded: reconfigure was never called")
+        return self.service
+
+    async def recommend(self, user_id: int, k: int) -> tuple[int, bytes]:
+        """One known user's answer, computed in a batch with concurrent requests."""
+        batched: Any = self.recommend_batch  # takes one request, returns its answer
+        return await batched((user_id, k))
+
+    async def recommend_cold_start(self, body: dict[str, Any], k: int) -> tuple[int, bytes]:
+        return encode(answer(self._require().recommend_cold_start, body, k))
+
+    async def similar(self, item_id: int, k: int) -> tuple[int, bytes]:
+        return encode(answer(self._require().similar_items, item_id, k))
+
+    async def health(self) -> dict[str, Any]:
+        mean_batch = self.batched_requests / self.batches if self.batches else None
+        return {
+            **self._require().health(),
+            "refused_version": self.refused,
+            "replica_mean_batch_size": mean_batch,
+        }
+
+
+# Half a CPU each by default, so the three replicas fit a 2-core laptop; the YAML can change it.
+@serve.deployment(name="TwoTower", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
+class TwoTowerDeployment(ModelDeployment):
+    """User tower (or precomputed user embeddings) + item index + seen-item filter."""
+
+    @staticmethod
+    def load(storage: str, settings: ModelSettings) -> ModelService:
+        return load_two_tower_service(storage, settings)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def recommend_batch(self, requests: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+        return self._answer_batch(requests)
+
+
+@serve.deployment(name="UserKNN", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
+class UserKNNDeployment(ModelDeployment):
+    """The UserKNN baseline (known users only)."""
+
+    @staticmethod
+    def load(storage: str, settings: ModelSettings) -> ModelService:
+        return load_user_knn_service(storage, settings)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def recommend_batch(self, requests: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+        return self._answer_batch(requests)
+
+
+class HandleBackend:
+    """``serving.http.Backend`` over the model deployments' handles, with a deadline per call."""
+
+    def __init__(self, models: dict[str, DeploymentHandle], timeout_s: float) -> None:
+        self.models, self.timeout_s = models, timeout_s
+
+    async def _call(self, response: DeploymentResponse) -> Any:
+        async def result() -> Any:
+            return await response
+
+        try:
+            return await asyncio.wait_for(result(), self.timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()
+            return 504, {"error": "timeout", "message": f"no answer in {self.timeout_s:g}s"}
+        except RayTaskError as err:  # a bug in the model code, not the request's fault
+            log.error("model call raised: %s", err)
+            return 500, {"error": "internal_error", "message": str(err.cause)[:300]}
+        except Exception as err:  # replica died, back-pressure, shutting down: retryable
+            log.warning("model call failed: %s: %s", type(err).__name__, err)
+            message = f"model unavailable ({type(err).__name__}); retry"
+            return 503, {"error": "unavailable", "message": message}
+
+    async def recommend(self, model: str, user_id: int, k: int) -> Reply:
+        return await self._call(self.models[model].recommend.remote(user_id, k))
+
+    async def recommend_cold_start(self, model: str, body: dict[str, Any], k: int) -> Reply:
+        return await self._call(self.models[model].recommend_cold_start.remote(body, k))
+
+    async def similar(self, item_id: int, k: int) -> Reply:
+        return await self._call(self.models["two_tower"].similar.remote(item_id, k))
+
+    async def health(self) -> Reply:
+        names = list(self.models)
+        results = await asyncio.gather(*(self._call(self.models[n].health.remote()) for n in names))
+        models, ok = {}, True
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, tuple):  # (status, error body) from _call
+                ok, models[name] = False, result[1]
+            else:
+                models[name] = result
+        return (200 if ok else 503), {"status": "ok" if ok else "degraded", "models": models}
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
+@serve.ingress()
+class Ingress:
+    """FastAPI routes (``serving.http.create_app``) over the model deployments' handles."""
+
+    def __init__(
+        self,
+        two_tower: DeploymentHandle,
+        user_knn: DeploymentHandle,
+        k_max: int = K_MAX,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        request_timeout_s: float = 10.0,
+    ) -> None:
+        # Only HTTP settings: a model roll-out changes the models' user_config, not these, so
+        # the ingress replica is never replaced by one.
+        self.k_max, self.max_body_bytes = k_max, max_body_bytes
+        models = {"two_tower": two_tower, "user_knn": user_knn}
+        self.backend = HandleBackend(models, request_timeout_s)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_app(self.backend, self.k_max, self.max_body_bytes)

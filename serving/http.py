@@ -1,0 +1,228 @@
+"""The HTTP API: one FastAPI app over a backend, in a Serve ingress replica or a bare process.
+
+``create_app(backend)`` defines the routes, parameter validation and the JSON error format; the
+backend answers ``(status, body)`` pairs. In Serve the backend forwards to the model deployments'
+handles (``serving.deployments.HandleBackend``); :class:`LocalBackend` calls the services in
+this process, which is what ``python -m serving --no-ray`` and the benchmark's reference run.
+
+Errors are JSON ``{"error": code, "message": text}`` with a 4xx status: 404 for an unknown
+``user_id``/``item_id`` in the path, 422 for invalid parameters or body (the message names the
+field, the problem and the value received), 400 for a request the chosen model cannot answer,
+413 for a body over ``max_body_bytes``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.recommenders import Answer, ModelService, answer
+from serving.schemas import (
+    K_MAX,
+    MAX_BODY_BYTES,
+    ColdStartRequest,
+    ErrorResponse,
+    ModelName,
+    RecommendResponse,
+    SimilarResponse,
+)
+
+log = logging.getLogger("serving")
+Reply = tuple[int, dict[str, Any] | bytes]  # (status, JSON body as a dict or already encoded)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503, 504)
+}
+
+
+class Backend(Protocol):
+    """What the routes need; every method answers ``(status, JSON body)``."""
+
+    async def recommend(self, model: str, user_id: int, k: int) -> Reply: ...
+
+    async def recommend_cold_start(self, model: str, body: dict[str, Any], k: int) -> Reply: ...
+
+    async def similar(self, item_id: int, k: int) -> Reply: ...
+
+    async def health(self) -> Reply: ...
+
+
+def encode(result: Answer) -> tuple[int, bytes]:
+    """``(status, body)`` with the body as compact UTF-8 JSON, as ``JSONResponse`` renders it.
+
+    Model replicas encode their answers, so the ingress (one hop, often the bottleneck) only
+    copies bytes instead of unpickling and re-serializing nested dicts.
+    """
+    status, body = result
+    text = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return status, text.encode()
+
+
+class LocalBackend:
+    """Calls the services directly in this process (no Ray, no batching)."""
+
+    def __init__(self, services: dict[str, ModelService]) -> None:
+        self.services = services
+
+    async def recommend(self, model: str, user_id: int, k: int) -> Answer:
+        return answer(self.services[model].recommend, user_id, k)
+
+    async def recommend_cold_start(self, model: str, body: dict[str, Any], k: int) -> Answer:
+        return answer(self.services[model].recommend_cold_start, body, k)
+
+    async def similar(self, item_id: int, k: int) -> Answer:
+        return answer(self.services["two_tower"].similar_items, item_id, k)
+
+    async def health(self) -> Answer:
+        return 200, {"status": "ok", "models": {n: s.health() for n, s in self.services.items()}}
+
+
+def error(status: int, code: str, message: str, details: list | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse(body, status_code=status)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """``query.k: Input should be ... (got '0')`` from one pydantic error."""
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    text = f"{where}: {err.get('msg', 'invalid')}"
+    if err.get("type") == "json_invalid":
+        return f"{text} ({err.get('ctx', {}).get('error', 'not JSON')})"
+    if err.get("type") == "model_attributes_type" and where == "body":
+        return "body: expected a JSON object sent with Content-Type: application/json"
+    if "input" in err and err.get("type") != "missing" and where.split(".")[0] != "body":
+        text += f" (got {str(err['input'])[:80]!r})"
+    return text
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuses bodies over ``max_bytes`` with a JSON 413 before a route reads them.
+
+    Checks ``Content-Length`` first, then counts the bytes of a chunked body as they arrive, so an
+    oversized body is never held in full. Accepted bodies are replayed to the app unchanged.
+    (FastAPI's own ``max_body_size`` answers ``Content-Length`` overruns in plain text.)
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        too_large = error(413, "body_too_large", f"request body over {self.max_bytes} bytes")
+        if length is not None:
+            if not length.isdigit():
+                bad = error(400, "bad_request", "Content-Length is not a number")
+                return await bad(scope, receive, send)
+            if int(length) > self.max_bytes:
+                return await too_large(scope, receive, send)
+        elif not chunked:
+            return await self.app(scope, receive, send)
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.max_bytes:
+                return await too_large(scope, receive, send)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks)}]
+
+        async def replayed() -> Message:
+            return replay.pop() if replay else await receive()
+
+        return await self.app(scope, replayed, send)
+
+
+def create_app(
+    backend: Backend, k_max: int = K_MAX, max_body_bytes: int = MAX_BODY_BYTES
+) -> FastAPI:
+    """The recommender API over ``backend``; OpenAPI at ``/docs`` and ``/openapi.json``."""
+    app = FastAPI(
+        title="Two-tower recommender",
+        description="Top-k movies from a two-tower model (ScaNN index) and a UserKNN baseline.",
+        version="1",
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        details = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in errors]
+        return error(422, "invalid_request", "; ".join(map(_describe, errors)), details)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        code = codes.get(exc.status_code, "http_error")
+        return error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error(500, "internal_error", f"{type(exc).__name__}: {exc}"[:300])
+
+    def reply(result: Reply) -> Response:
+        status, body = result
+        if isinstance(body, bytes):
+            return Response(body, status_code=status, media_type="application/json")
+        return JSONResponse(body, status_code=status)
+
+    k_query = Query(10, ge=1, le=k_max, description=f"number of items, 1..{k_max}")
+    model_query = Query("two_tower", description="two_tower or user_knn")
+
+    @app.get(
+        "/recommend/{user_id}",
+        response_model=None,
+        responses={200: {"model": RecommendResponse}, **ERRORS},
+        summary="Top-k items for a known user, seen items excluded",
+    )
+    async def recommend(
+        user_id: int = Path(description="raw MovieLens user id"),
+        k: int = k_query,
+        model: ModelName = model_query,
+    ) -> Response:
+        return reply(await backend.recommend(model, user_id, k))
+
+    @app.post(
+        "/recommend",
+        response_model=None,
+        responses={200: {"model": RecommendResponse}, **ERRORS},
+        summary="Top-k items for a new (cold-start) user described by features / liked items",
+    )
+    async def recommend_cold_start(
+        body: ColdStartRequest, k: int = k_query, model: ModelName = model_query
+    ) -> Response:
+        return reply(await backend.recommend_cold_start(model, body.model_dump(), k))
+
+    @app.get(
+        "/similar/{item_id}",
+        response_model=None,
+        responses={200: {"model": SimilarResponse}, **ERRORS},
+        summary="Nearest items by two-tower item embedding, the item itself excluded",
+    )
+    async def similar(
+        item_id: int = Path(description="raw MovieLens item id"), k: int = k_query
+    ) -> Response:
+        return reply(await backend.similar(item_id, k))
+
+    @app.get("/healthz", response_model=None, summary="Served models and versions")
+    async def healthz() -> Response:
+        return reply(await backend.health())
+
+    return app

@@ -1,0 +1,132 @@
+"""Pydantic models of the serving layer: app arguments, per-deployment ``user_config``, HTTP bodies.
+
+Every model that a user writes (``ServingArgs`` in ``config.yaml``, the deployments'
+``user_config``, the ``POST /recommend`` body) forbids unknown keys, so a typo is an error that
+names the key instead of a setting that is silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ModelName = Literal["two_tower", "user_knn"]
+MODEL_NAMES: tuple[str, ...] = ("two_tower", "user_knn")
+K_MAX = 100  # default cap on k: top-100 is already more than a page of results
+MAX_LIKED_ITEMS = 500  # a cold-start user's history bag; more is a bulk job, not a request
+MAX_BODY_BYTES = 64 * 1024  # the largest legitimate POST /recommend body is ~5 KB
+
+
+def _plain_artifact_name(name: str) -> str:
+    """Artifact folders are single names under the storage root (``model``, ``model_v2``)."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:
+        raise ValueError(f"artifact name must be a plain folder name, got {name!r}")
+    return name
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServingArgs(_Strict):
+    """Arguments of the typed app builder (``args:`` in ``serving/config.yaml``)."""
+
+    storage: str = Field(description="storage root holding data/, model/, index/ and knn/")
+    model_artifact: str = Field("model", description="two-tower export to serve")
+    index_artifact: str = Field("index", description="ScaNN index built for that export")
+    knn_artifact: str = Field("knn", description="fitted UserKNN baseline")
+    k_max: int = Field(K_MAX, ge=1, le=1000, description="largest k a request may ask for")
+    max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1024, le=1 << 20, description="POST limit")
+    request_timeout_s: float = Field(10.0, gt=0, le=300, description="ingress → model deadline")
+    max_batch_size: int = Field(16, ge=1, le=256, description="@serve.batch size of the models")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, le=1, description="@serve.batch wait; 0: batch what is queued, never wait"
+    )
+
+    @field_validator("model_artifact", "index_artifact", "knn_artifact")
+    @classmethod
+    def _artifact_names(cls, name: str) -> str:
+        return _plain_artifact_name(name)
+
+
+class ModelSettings(_Strict):
+    """``user_config`` of a model deployment; changing it rolls out a version in place.
+
+    ``reconfigure`` loads the artifacts named here next to the ones being served and swaps them in
+    only when they load and match (model version, dimension, catalog size); otherwise the old
+    version keeps serving and ``/healthz`` reports the refused one.
+    """
+
+    storage: str | None = Field(None, description="storage root; None: the app's args.storage")
+    model_artifact: str = Field("model", description="two-tower export or UserKNN folder")
+    index_artifact: str = Field("index", description="index folder (two-tower only)")
+    model_version: str | None = Field(None, description="refuse any other loaded version")
+    max_batch_size: int = Field(16, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=1)
+    precomputed_user_embeddings: bool = Field(
+        True, description="known users: index/user_embeddings.npy instead of the user tower"
+    )
+
+    @field_validator("model_artifact", "index_artifact")
+    @classmethod
+    def _artifact_names(cls, name: str) -> str:
+        return _plain_artifact_name(name)
+
+
+class _StrictBody(BaseModel):
+    """Request bodies: no unknown keys and no coercion (``"7"`` or ``true`` is not an id)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class UserFeatures(_StrictBody):
+    """Demographics of a cold-start user; every field is optional (unknown)."""
+
+    age: int | None = Field(None, ge=1, le=120, description="age in years")
+    gender: Literal["M", "F"] | None = Field(None, description="as in MovieLens: M or F")
+    occupation: str | None = Field(
+        None, max_length=64, description="a MovieLens occupation, e.g. 'engineer'"
+    )
+
+
+class ColdStartRequest(_StrictBody):
+    """``POST /recommend`` body: a user outside the training data."""
+
+    features: UserFeatures | None = None
+    liked_item_ids: list[int] = Field(
+        default_factory=list,
+        max_length=MAX_LIKED_ITEMS,
+        description="raw item ids the user liked (their history bag; excluded from results)",
+    )
+
+
+class Item(BaseModel):
+    item_id: int
+    title: str
+    genres: list[str]
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    user_id: int | None = Field(description="raw user id; null for a cold-start user")
+    cold_start: bool
+    model: ModelName
+    model_version: str
+    k: int
+    items: list[Item] = Field(description="best first; seen (or liked) items excluded")
+
+
+class SimilarResponse(BaseModel):
+    item_id: int
+    title: str
+    model: ModelName
+    model_version: str
+    k: int
+    items: list[Item] = Field(description="best first; the item itself excluded")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="machine-readable code, e.g. unknown_user")
+    message: str = Field(description="what is wrong, for a human")
+    details: list[dict] | None = None

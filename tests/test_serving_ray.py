@@ -1,0 +1,233 @@
+"""The real Serve app on the session's Ray: every endpoint and bad input over HTTP, and roll-outs.
+
+One app for the module, deployed from ``serving/config.yaml`` (its storage pointed at artifacts
+fitted here) the way ``serve run``/``serve deploy`` apply a config, behind Serve's HTTP proxy on a
+free 127.0.0.1 port; Serve is shut down at the end. The roll-out test keeps clients requesting
+while the TwoTower ``user_config`` is edited and the config re-applied: a good version, one whose
+index belongs to another model, and a missing one; every request must succeed.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import socket
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from serving.app import build_app
+from serving.artifacts import publish_small_run
+from towers.storage import Storage
+
+from .test_serving import BAD_REQUESTS
+
+pytestmark = [pytest.mark.serve, pytest.mark.ray]
+APP = "recommender"
+CONFIG = Path(__file__).resolve().parents[1] / "serving" / "config.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def run_storage(tiny_storage, tmp_path_factory) -> Storage:
+    storage = Storage(tmp_path_factory.mktemp("serve-run"))
+    shutil.copytree(tiny_storage.path("data"), storage.path("data"))
+    publish_small_run(storage, epochs=2, embedding_dim=16, seed=0)
+    publish_small_run(storage, 1, 16, 1, model_artifact="model_v2", index_artifact="index_v2")
+    return storage
+
+
+def deploy(config: dict[str, Any]) -> None:
+    """Applies a Serve config as ``serve run config.yaml`` / ``serve deploy`` do."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
+
+
+def with_two_tower(config: dict[str, Any], **user_config: Any) -> dict[str, Any]:
+    """A copy of ``config`` whose TwoTower ``user_config`` has these values."""
+    config = copy.deepcopy(config)
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == "TwoTower":
+            deployment["user_config"].update(user_config)
+    return config
+
+
+@pytest.fixture(scope="module")
+def serve_app(ray_session, run_storage):
+    """``(base_url, config)`` of the running app; Serve is shut down after the module."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    config = yaml.safe_load(CONFIG.read_text())
+    config["applications"][0]["args"]["storage"] = run_storage.uri
+    deploy(config)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{base_url}/healthz").status_code == 200, 120)
+        yield base_url, config
+    finally:
+        serve.shutdown()
+
+
+def wait_for(condition, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"condition not met in {timeout_s}s")
+
+
+@pytest.fixture(scope="module")
+def http(serve_app):
+    with httpx.Client(base_url=serve_app[0], timeout=30) as client:
+        yield client
+
+
+def known_ids(run_storage: Storage) -> tuple[int, int]:
+    users = run_storage.read_parquet("data/users.parquet", columns=["user_id"])["user_id"]
+    items = run_storage.read_parquet("data/items.parquet", columns=["item_id"])["item_id"]
+    return int(users.iloc[0]), int(items.iloc[0])
+
+
+def test_endpoints_over_http(http, run_storage):
+    user, item = known_ids(run_storage)
+    health = http.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    versions = {m: h["model_version"] for m, h in health.json()["models"].items()}
+    for model in ("two_tower", "user_knn"):
+        body = http.get(f"/recommend/{user}", params={"k": 5, "model": model}).json()
+        assert body["model"] == model and body["model_version"] == versions[model]
+        assert len(body["items"]) == 5 and body["user_id"] == user
+    cold = http.post("/recommend", params={"k": 4}, json={"liked_item_ids": [item]})
+    assert cold.status_code == 200 and item not in [i["item_id"] for i in cold.json()["items"]]
+    similar = http.get(f"/similar/{item}", params={"k": 3}).json()
+    assert len(similar["items"]) == 3 and item not in [i["item_id"] for i in similar["items"]]
+    assert http.get("/docs").status_code == 200
+    assert "/similar/{item_id}" in http.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "code"), BAD_REQUESTS)
+def test_bad_input_over_http(http, run_storage, method, path, body, status, code):
+    user, item = known_ids(run_storage)
+    path = path.replace("{user}", str(user)).replace("{item}", str(item))
+    content = None if body is None else body.replace(b"{item}", str(item).encode())
+    headers = {"content-type": "application/json"} if body is not None else {}
+    response = http.request(method, path, content=content, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.json()["message"] and (code is None or response.json()["error"] == code)
+
+
+def test_binds_loopback_only(serve_app):
+    port = int(serve_app[0].rsplit(":", 1)[1])
+    addresses = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+    for address in addresses - {"127.0.0.1"}:
+        with pytest.raises(OSError), socket.create_connection((address, port), timeout=2):
+            pass
+
+
+class Load:
+    """Clients requesting in threads until stopped; records every outcome."""
+
+    def __init__(self, base_url: str, user: int, item: int, clients: int = 6) -> None:
+        self.stop, self.lock = threading.Event(), threading.Lock()
+        self.outcomes: Counter[str] = Counter()
+        self.versions: list[str] = []
+        paths = [f"/recommend/{user}?k=5", f"/recommend/{user}?k=5&model=user_knn"]
+        paths.append(f"/similar/{item}?k=5")
+        self.threads = [
+            threading.Thread(target=self.run, args=(base_url, paths[i % len(paths)]), daemon=True)
+            for i in range(clients)
+        ]
+
+    def run(self, base_url: str, path: str) -> None:
+        with httpx.Client(base_url=base_url, timeout=30) as client:
+            while not self.stop.is_set():
+                try:
+                    response = client.get(path)
+                    outcome = str(response.status_code)
+                    version = response.json().get("model_version", "")
+                except Exception as err:  # a dropped connection is a failed request too
+                    outcome, version = type(err).__name__, ""
+                with self.lock:
+                    self.outcomes[outcome] += 1
+                    if "user_knn" not in path:
+                        self.versions.append(version)
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+
+def two_tower_health(http) -> dict:
+    return http.get("/healthz").json()["models"]["two_tower"]
+
+
+def test_rollout_under_load_drops_nothing(serve_app, http, run_storage):
+    base_url, config = serve_app
+    user, item = known_ids(run_storage)
+    v1 = two_tower_health(http)["model_version"]
+
+    def rolled_out(version: str | None = None, refused: str | None = None) -> bool:
+        health = two_tower_health(http)
+        if refused is not None:
+            return refused in str((health.get("refused_version") or {}).get("error"))
+        return health["model_version"] == version and health["refused_version"] is None
+
+    with Load(base_url, user, item) as load:
+        time.sleep(1.0)
+        deploy(with_two_tower(config, model_artifact="model_v2", index_artifact="index_v2"))
+        wait_for(lambda: two_tower_health(http)["model_version"] != v1, 60)
+        v2 = two_tower_health(http)["model_version"]
+        time.sleep(1.0)
+        # The weights of v2 with the index of v1: refused, v2 keeps serving.
+        deploy(with_two_tower(config, model_artifact="model_v2", index_artifact="index"))
+        wait_for(lambda: rolled_out(refused="built for model version"), 60)
+        assert two_tower_health(http)["model_version"] == v2
+        deploy(with_two_tower(config, model_artifact="model_missing"))
+        wait_for(lambda: rolled_out(refused="'model_missing' is missing"), 60)
+        assert two_tower_health(http)["model_version"] == v2
+        time.sleep(1.0)
+        deploy(config)  # back to v1 for the tests after this one
+        wait_for(lambda: rolled_out(v1), 60)
+        time.sleep(1.0)
+    assert set(load.outcomes) == {"200"}, load.outcomes
+    assert load.outcomes["200"] > 50
+    assert set(load.versions) == {v1, v2}  # the refused versions never answered
+    assert load.versions[0] == v1 and load.versions[-1] == v1
+
+
+def test_typed_builder_with_serve_run(serve_app, run_storage):
+    """``python -m serving`` path: ``serve.run(build_app(args))``, here as a second app."""
+    from ray import serve
+
+    serve.run(build_app({"storage": run_storage.uri}), name="typed", route_prefix="/typed")
+    try:
+        user, _ = known_ids(run_storage)
+        response = httpx.get(f"{serve_app[0]}/typed/recommend/{user}", params={"k": 2}, timeout=30)
+        assert response.status_code == 200 and len(response.json()["items"]) == 2
+    finally:
+        serve.delete("typed")
