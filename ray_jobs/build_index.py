@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,6 +91,7 @@ def embed_items_with_ray_data(cfg: BuildIndexConfig, n_items: int) -> np.ndarray
 
 def run(cfg: BuildIndexConfig) -> dict[str, Any]:
     storage = Storage(cfg.storage)
+    cfg = replace(cfg, storage=storage.absolute_uri)  # Ray Data actors run in another cwd
     model_manifest = storage.read_manifest(cfg.model)
     with storage.local_copy(cfg.model) as folder:
         rec = TwoTowerRecommender.load(folder)

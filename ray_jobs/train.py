@@ -321,7 +321,8 @@ def export(cfg: TrainConfig, data: PreparedData, checkpoint_dir: Path) -> dict[s
 def run(cfg: TrainConfig) -> dict[str, Any]:
     storage = Storage(cfg.storage)
     data = load_prepared(storage, cfg.split)
-    cfg = replace(cfg, split=data.split)
+    # Workers run in Ray's own working directory: hand them an absolute storage path.
+    cfg = replace(cfg, split=data.split, storage=storage.absolute_uri)
     start = time.perf_counter()
     result, model_cfg = fit_on_ray(cfg, data)
     if result.error is not None:

@@ -147,3 +147,9 @@ def test_prepare_cli_help_and_errors():
         [sys.executable, "-m", "ray_jobs.prepare", "--seed", "x"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "invalid int value" in bad.stderr
+
+
+def test_absolute_uri_for_workers_in_another_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert Storage("rel/run").absolute_uri == str(tmp_path / "rel" / "run")
+    assert Storage(f"file://{tmp_path}/x").absolute_uri == f"file://{tmp_path}/x"

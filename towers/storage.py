@@ -50,6 +50,11 @@ class Storage:
         self.fs.create_dir(self.root, recursive=True)
 
     @property
+    def absolute_uri(self) -> str:
+        """The URI with a local path made absolute: what Ray workers (other cwd) must be given."""
+        return self.root if self.is_local and "://" not in self.uri else self.uri
+
+    @property
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
 

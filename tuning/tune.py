@@ -103,7 +103,7 @@ def run(cfg: TuneJobConfig) -> dict[str, Any]:
         storage.path(ARTIFACT, "ray") if storage.is_local else f"{cfg.storage}/{ARTIFACT}/ray"
     )
     job = {
-        "storage": cfg.storage,
+        "storage": storage.absolute_uri,  # trials run in Ray's own working directory
         "split": data.split,
         "preset": cfg.preset,
         "max_epochs": cfg.max_epochs,
