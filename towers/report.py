@@ -50,6 +50,11 @@ LABELS = {
 }
 
 
+def _label(name: str) -> str:
+    """Context rows: the paper used another protocol; the Recommenders rows used our split."""
+    return "published, same split" if "Recommenders" in name else "different protocol"
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "–"
 
@@ -88,7 +93,7 @@ def markdown_report(report: dict[str, Any], ks: Sequence[int] = (5, 10, 20)) -> 
         for name, values in context.items():
             if any(c in values for c in cols):
                 cells = [_fmt(values.get(c)) for c in cols]
-                lines.append(f"| *{name}, different protocol* | " + " | ".join(cells) + " |")
+                lines.append(f"| *{name}, {_label(name)}* | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [
         "## Full MAP and rating metrics",
@@ -98,9 +103,7 @@ def markdown_report(report: dict[str, Any], ks: Sequence[int] = (5, 10, 20)) -> 
     ]
     for name, values in {
         **models,
-        **{
-            f"*{n}, different protocol*": v for n, v in context.items() if "map" in v or "rmse" in v
-        },
+        **{f"*{n}, {_label(n)}*": v for n, v in context.items() if "map" in v or "rmse" in v},
     }.items():
         cells = [_fmt(values.get(c)) for c in ("map", "rmse", "mse", "mae", "r2")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
