@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="two_tower", choices=("two_tower", "user_knn"))
     parser.add_argument("--k", type=int, default=10, help="items per request")
     parser.add_argument("--max-batch-size", type=int, default=16, help="Serve @serve.batch size")
-    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.0, help="batch wait")
+    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.002, help="batch wait")
     parser.add_argument(
         "--bare-nice",
         type=int,

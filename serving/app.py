@@ -15,11 +15,14 @@ from serving.deployments import Ingress, TwoTowerDeployment, UserKNNDeployment
 from serving.schemas import ServingArgs
 
 
-def model_user_config(args: ServingArgs, model_artifact: str, index_artifact: str) -> dict:
-    """The initial ``user_config`` of a model deployment (the YAML may replace it)."""
+def model_user_config(args: ServingArgs, **artifacts: str) -> dict:
+    """The initial ``user_config`` of a model deployment (the YAML may replace it).
+
+    The storage root is not in it: the deployments get ``args.storage`` as their default, so a
+    YAML ``user_config`` that names only artifacts still reads the app's storage.
+    """
     return {
-        "model_artifact": model_artifact,
-        "index_artifact": index_artifact,
+        **artifacts,
         "max_batch_size": args.max_batch_size,
         "batch_wait_timeout_s": args.batch_wait_timeout_s,
     }
@@ -30,10 +33,12 @@ def build_app(args: ServingArgs) -> serve.Application:
     if not isinstance(args, ServingArgs):  # called directly with a dict
         args = ServingArgs.model_validate(args)
     two_tower = TwoTowerDeployment.options(
-        user_config=model_user_config(args, args.model_artifact, args.index_artifact)
+        user_config=model_user_config(
+            args, model_artifact=args.model_artifact, index_artifact=args.index_artifact
+        )
     ).bind(args.storage)
     user_knn = UserKNNDeployment.options(
-        user_config=model_user_config(args, args.knn_artifact, args.index_artifact)
+        user_config=model_user_config(args, model_artifact=args.knn_artifact)
     ).bind(args.storage)
     return Ingress.bind(
         two_tower, user_knn, args.k_max, args.max_body_bytes, args.request_timeout_s

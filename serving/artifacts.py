@@ -107,7 +107,11 @@ def load_two_tower_service(default_storage: str, settings: ModelSettings) -> Two
             index,
             load_catalog(storage),
             user_emb if settings.precomputed_user_embeddings else None,
-            info={"storage": uri, "artifact": settings.model_artifact, "index": index.kind},
+            info={
+                "storage": uri,
+                "artifact": settings.model_artifact,
+                "index_artifact": settings.index_artifact,
+            },
         )
     except ArtifactLoadError:
         raise

@@ -131,7 +131,7 @@ class TwoTowerDeployment(ModelDeployment):
     def load(storage: str, settings: ModelSettings) -> ModelService:
         return load_two_tower_service(storage, settings)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def recommend_batch(self, requests: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
         return self._answer_batch(requests)
 
@@ -144,7 +144,7 @@ class UserKNNDeployment(ModelDeployment):
     def load(storage: str, settings: ModelSettings) -> ModelService:
         return load_user_knn_service(storage, settings)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def recommend_batch(self, requests: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
         return self._answer_batch(requests)
 

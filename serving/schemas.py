@@ -41,7 +41,7 @@ class ServingArgs(_Strict):
     request_timeout_s: float = Field(10.0, gt=0, le=300, description="ingress → model deadline")
     max_batch_size: int = Field(16, ge=1, le=256, description="@serve.batch size of the models")
     batch_wait_timeout_s: float = Field(
-        0.0, ge=0, le=1, description="@serve.batch wait; 0: batch what is queued, never wait"
+        0.002, ge=0, le=1, description="@serve.batch wait for a fuller batch (0: never wait)"
     )
 
     @field_validator("model_artifact", "index_artifact", "knn_artifact")
@@ -63,7 +63,7 @@ class ModelSettings(_Strict):
     index_artifact: str = Field("index", description="index folder (two-tower only)")
     model_version: str | None = Field(None, description="refuse any other loaded version")
     max_batch_size: int = Field(16, ge=1, le=256)
-    batch_wait_timeout_s: float = Field(0.0, ge=0, le=1)
+    batch_wait_timeout_s: float = Field(0.002, ge=0, le=1)  # see docs/bench_serving.md
     precomputed_user_embeddings: bool = Field(
         True, description="known users: index/user_embeddings.npy instead of the user tower"
     )

@@ -9,6 +9,14 @@ user tower, the optional rating head, and ``TwoTower`` which joins them.
 ``user_emb @ item_emb.T`` *is* the logit matrix in training and the score in serving (a plain
 maximum-inner-product index needs no extra step). Losses live in ``towers/losses.py``.
 
+The defaults of :class:`TwoTowerConfig` (the ``default`` preset) were tuned on the validation part
+of ML-100K's random split. What helped: full-catalog softmax (vs in-batch), a cosine learning-rate
+decay (also removes most epoch-to-epoch noise), not using the user's other training items as
+negatives, no user-id embedding (it overfits; the history carries the user), dropout 0.3, two
+hidden layers, and the hybrid rating loss at weight 30 (it regularises the towers for ranking too).
+Neutral or worse: temperature 0.05 / 0.1 or learned, unnormalised dot products, weight decay,
+batches of 1024, 128-d embeddings, sum/sqrt(n) history pooling, history dropout 0.5.
+
 Batches are dicts of tensors built by ``towers.training.TrainingContext``:
 
 - user batch: ``user_idx (B,)``, ``user_features (B, 3)``, ``history_items (H,)``,
@@ -49,7 +57,7 @@ class TwoTowerConfig:
     embedding_dim: int = 64  # D: output width of both towers, the retrieval space
     id_dim: int = 64  # width of the user-id, item-id and history embeddings
     feature_dim: int = 16  # width of each demographic / genre / year embedding
-    hidden_dims: tuple[int, ...] = (512, 256)  # dense ReLU layers of each tower before the output
+    hidden_dims: tuple[int, ...] = (256, 256)  # dense ReLU layers of each tower before the output
     dropout: float = 0.3  # dropout after every hidden layer
     use_user_id: bool = False  # a per-user id embedding: it overfits ML-100K, history suffices
     user_id_dropout: float = 0.1  # train-time chance an id becomes "unknown" (with use_user_id)
