@@ -22,6 +22,7 @@ import numpy as np
 
 from ray_jobs.cli import help_field, parse_config
 from ray_jobs.ray_setup import init_ray
+from towers.index import FORMAT_VERSION as INDEX_FORMAT_VERSION
 from towers.index import ExactIndex, make_index, recall_at_k
 from towers.storage import Storage
 from towers.two_tower import TwoTowerRecommender
@@ -125,6 +126,8 @@ def run(cfg: BuildIndexConfig) -> dict[str, Any]:
     manifest = storage.publish(
         "index",
         {
+            "format_version": INDEX_FORMAT_VERSION,
+            "measured_recall": index.measured_recall,
             "kind": index.kind,
             "model": cfg.model,
             "model_version": rec.version,

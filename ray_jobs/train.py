@@ -31,6 +31,7 @@ from towers.training import (
     TrainingContext,
     make_batches,
     make_optimizer,
+    make_scheduler,
     train_epoch,
     unwrap,
     validate,
@@ -129,6 +130,9 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     torch.manual_seed(config.seed)
     model = TwoTower(config)
     optimizer = make_optimizer(model, config)
+    # Per-step cosine schedule over config.epochs; every rank takes len // global batch steps.
+    steps = max(1, len(data.train) // config.batch_size)
+    scheduler = make_scheduler(optimizer, config, steps)
     state, best_model = LoopState(), None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -136,6 +140,8 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             _, tensors, state = load_checkpoint(Path(folder))
         model.load_state_dict(tensors["model"])
         optimizer.load_state_dict(tensors["optimizer"])
+        if tensors.get("scheduler"):
+            scheduler.load_state_dict(tensors["scheduler"])
         best_model = tensors["best_model"] or None
         state.resumed_at.append(state.epoch)
         print(f"[rank {rank}] resumed from epoch {state.epoch} ({state.phase})", flush=True)
@@ -153,7 +159,11 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             break
         start = time.perf_counter()
         stats = train_epoch(
-            model, optimizer, _epoch_batches(loop, data, state, epoch), full_ctx if refit else ctx
+            model,
+            optimizer,
+            _epoch_batches(loop, data, state, epoch),
+            full_ctx if refit else ctx,
+            scheduler=scheduler,
         )
         stats = _all_reduce_stats(stats, time.perf_counter() - start)
         row = {"epoch": epoch, "phase": state.phase, **stats}
@@ -177,8 +187,10 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             fresh = TwoTower(config).to(device)
             unwrap(model).load_state_dict(fresh.state_dict())
             optimizer = make_optimizer(model, config)
+            full_steps = max(1, len(data.full_train) // config.batch_size)
+            scheduler = make_scheduler(optimizer, config, full_steps)
             state.phase, state.epoch = "refit", -1
-        _report(row, model, optimizer, state, best_model, rank)
+        _report(row, model, optimizer, scheduler, state, best_model, rank)
         if loop["crash_after_epoch"] == epoch and not resumed:
             raise RuntimeError(f"fault injection: crashing after epoch {epoch}")
         if done_search and not (loop["refit"] and len(data.valid)):
@@ -202,7 +214,7 @@ def _all_reduce_stats(stats: dict[str, float], seconds: float) -> dict[str, floa
     }
 
 
-def _report(row, model, optimizer, state: LoopState, best_model, rank: int) -> None:
+def _report(row, model, optimizer, scheduler, state: LoopState, best_model, rank: int) -> None:
     import ray.train
 
     metrics = {k: v for k, v in row.items() if isinstance(v, (int, float, str))}
@@ -215,7 +227,7 @@ def _report(row, model, optimizer, state: LoopState, best_model, rank: int) -> N
         checkpoint = None
         if rank == 0:  # rank 0 writes; every rank reports (report is a barrier)
             print(shown, flush=True)
-            save_checkpoint(Path(folder), model, optimizer, state, best_model)
+            save_checkpoint(Path(folder), model, optimizer, state, best_model, scheduler)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import time
 from collections.abc import Sequence
 
@@ -84,13 +83,13 @@ def serve_with_ray(args: ServingArgs, host: str, port: int, access_log: bool = F
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` shuts down as cleanly as Ctrl-C
     serve.start(http_options={"host": host, "port": port})
     # Access logs cost ~3 log lines per request across processes; off unless asked for.
     logging_config = {"enable_access_log": access_log}
-    serve.run(build_app(args), name=APP_NAME, route_prefix="/", logging_config=logging_config)
-    print(f"serving on http://{host}:{port}  docs: /docs  (Ctrl-C stops)", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` shuts down cleanly too
     try:
+        serve.run(build_app(args), name=APP_NAME, route_prefix="/", logging_config=logging_config)
+        print(f"serving on http://{host}:{port}  docs: /docs  (Ctrl-C stops)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -98,6 +97,10 @@ def serve_with_ray(args: ServingArgs, host: str, port: int, access_log: bool = F
     finally:
         print("shutting down Serve", flush=True)
         serve.shutdown()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -40,6 +40,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: LoopState,
     best_model: dict[str, torch.Tensor] | None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> None:
     """Writes ``state.pt`` (tensors and numbers only) and ``config.json`` into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -48,6 +49,7 @@ def save_checkpoint(
         "model": {k: v.detach().cpu() for k, v in core.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "best_model": best_model or {},
+        "scheduler": scheduler.state_dict() if scheduler is not None else {},
     }
     torch.save(payload, folder / STATE_FILE)
     meta = {"model_config": core.config.to_dict(), "loop": asdict(state)}

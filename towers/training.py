@@ -44,7 +44,12 @@ def unwrap(model: nn.Module) -> TwoTower:
 
 
 def infer_rating_scale(train: Interactions) -> tuple[float, float]:
-    """``(min, max)`` of the training ratings; ``(0, max)`` when all ratings are equal."""
+    """``(min, max)`` of the training ratings; widened to include [0, 1] when they are all equal.
+
+    Prefer passing the data set's own scale (``PreparedData.rating_scale``) where it is known.
+    """
+    if len(train) == 0:
+        return (0.0, 1.0)
     lo, hi = float(train.rating.min()), float(train.rating.max())
     return (lo, hi) if hi > lo else (min(0.0, lo), max(hi, 1.0))
 

@@ -27,7 +27,14 @@ from ray_jobs.ray_setup import init_ray
 from towers.dataset import load_prepared
 from towers.model import TwoTower, TwoTowerConfig
 from towers.storage import Storage
-from towers.training import TrainingContext, make_batches, make_optimizer, train_epoch, validate
+from towers.training import (
+    TrainingContext,
+    make_batches,
+    make_optimizer,
+    make_scheduler,
+    train_epoch,
+    validate,
+)
 from tuning.plots import plot_learning_curves, plot_metric_vs_lr
 
 log = logging.getLogger("tune")
@@ -85,9 +92,10 @@ def trial(params: dict[str, Any]) -> None:
     model = TwoTower(config)
     optimizer = make_optimizer(model, config)
     ctx = TrainingContext.build(data.features, data.train, config, data.rating_scale)
+    scheduler = make_scheduler(optimizer, config, max(1, len(data.train) // config.batch_size))
     for epoch in range(job["max_epochs"]):
         batches = make_batches(data.train, config.batch_size, config.seed, epoch)
-        stats = train_epoch(model, optimizer, batches, ctx)
+        stats = train_epoch(model, optimizer, batches, ctx, scheduler=scheduler)
         metrics = validate(model, ctx, data.train, data.valid)
         tune.report({"epoch": epoch, "loss": stats["loss"], **metrics})
 
