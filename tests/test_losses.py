@@ -10,14 +10,8 @@ import torch.nn.functional as F
 
 from towers.losses import MASKED, full_softmax, in_batch_softmax, pointwise_bce, rating_mse
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids spin-waiting on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: one intra-op thread (tests/conftest.py) avoids spin-waiting on 2 busy cores.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sigmoid(x: float) -> float:

@@ -13,14 +13,8 @@ from towers.interactions import Interactions
 from towers.model import PRESETS, TwoTower, TwoTowerConfig
 from towers.training import TrainingContext
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids spin-waiting on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: one intra-op thread (tests/conftest.py) avoids spin-waiting on 2 busy cores.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 N_USERS, N_ITEMS, N_GENRES = 12, 20, 5

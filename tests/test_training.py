@@ -22,14 +22,8 @@ from towers.training import (
     validate,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids spin-waiting on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: one intra-op thread (tests/conftest.py) avoids spin-waiting on 2 busy cores.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = dict(embedding_dim=16, id_dim=16, feature_dim=4, hidden_dims=(32,), batch_size=64)

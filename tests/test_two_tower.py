@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tests.recommender_contract import RecommenderContract
 from towers.features import FeatureTables
@@ -19,13 +18,8 @@ from towers.two_tower import REQUIRED_FILES, TwoTowerRecommender
 SMALL = dict(embedding_dim=16, id_dim=16, feature_dim=4, hidden_dims=(32,), batch_size=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids spin-waiting on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: one intra-op thread (tests/conftest.py) avoids spin-waiting on 2 busy cores.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_features(n_users: int, n_items: int, seed: int = 0) -> FeatureTables:
