@@ -158,6 +158,25 @@ def test_history_dropout_keeps_bags_normalised() -> None:
     assert torch.all(((sums - 1).abs() < 1e-5) | (sums == 0))
 
 
+def test_max_history_samples_long_histories_but_masks_every_positive() -> None:
+    _, ctx = build()
+    users = torch.arange(N_USERS - 1).repeat(400)  # each user 400 times, 5 history items each
+    torch.manual_seed(2)
+    batch = ctx.user_batch(users, max_history=2)
+    kept = torch.bincount(batch["history_rows"], minlength=len(users)).float()
+    assert kept.mean().item() == pytest.approx(2.0, abs=0.1)  # ~max_history of 5 per row
+    sums = torch.zeros(len(users)).index_add(0, batch["history_rows"], batch["history_weights"])
+    assert torch.all(((sums - 1).abs() < 1e-5) | (sums == 0))  # still a mean per row
+    # Every history item is equally likely to be kept: an unbiased sample of the mean.
+    counts = torch.bincount(batch["history_items"], minlength=N_ITEMS).float()
+    full = torch.bincount(ctx.history_items, minlength=N_ITEMS).float() * 400
+    rate = counts[full > 0] / full[full > 0]
+    assert rate.min() > 0.3 and rate.max() < 0.5  # each kept ~2/5 of the time
+    # The loss still sees the whole history (all positives masked), not the sample.
+    assert len(batch["positive_items"]) == 5 * len(users)
+    assert torch.equal(torch.bincount(batch["positive_rows"]), torch.full((len(users),), 5))
+
+
 def test_user_without_history_and_cold_start() -> None:
     model, ctx = build()
     model.eval()

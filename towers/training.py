@@ -132,6 +132,7 @@ class TrainingContext:
         user_idx: torch.Tensor,
         exclude_items: torch.Tensor | None = None,
         history_dropout: float = 0.0,
+        max_history: int = 0,
     ) -> Batch:
         """The user tower's input for ``(B,)`` users, their history pooled as a weighted bag.
 
@@ -140,13 +141,18 @@ class TrainingContext:
             exclude_items: ``(B,)`` the target item of each row, removed from that row's history
                 (training pair ``(u, i)`` must not see ``i`` in ``u``'s pool), or None.
             history_dropout: chance of dropping each remaining history item (training only).
+            max_history: when > 0, a row with ``n`` history items keeps each with chance
+                ``max_history / n`` (so about ``max_history`` of them): an unbiased sample of the
+                mean that bounds the cost of long histories (training only).
 
         Returns:
-            Dict with ``user_idx (B,)``, ``user_features (B, 3)``, ``history_items (H,)``,
-            ``history_rows (H,)`` (the row of each entry), ``history_offsets (B,)``,
-            ``history_weights (H,)`` (``1/kept`` for kept entries, 0 for removed ones),
+            Dict with ``user_idx (B,)``, ``user_features (B, 3)``, ``history_items (H,)`` (the
+            kept entries only), ``history_rows (H,)`` (the row of each entry),
+            ``history_offsets (B,)``, ``history_weights (H,)`` (``1/kept``, so each bag is a mean),
             ``genre_profile (B, G)``, ``history_rating_weights (H,)`` (``weight x (rating - bag
-            mean)``) and ``history_mean_rating (B,)`` (bag mean, ratings scaled to [0, 1]).
+            mean)``), ``history_mean_rating (B,)`` (bag mean, ratings scaled to [0, 1]), and
+            ``positive_rows``/``positive_items`` — every training item of every row, for losses
+            that must not treat them as negatives.
         """
         user_idx = user_idx.to(self.device)
         starts = self.history_indptr[user_idx]  # (B,)
@@ -154,15 +160,28 @@ class TrainingContext:
         offsets = torch.cumsum(lengths, 0) - lengths  # (B,)
         rows = torch.repeat_interleave(torch.arange(len(user_idx), device=self.device), lengths)
         position = torch.arange(len(rows), device=self.device) - offsets[rows] + starts[rows]
-        items = self.history_items[position]  # (H,)
-        keep = torch.ones_like(items, dtype=torch.bool)
+        all_items = self.history_items[position]  # (H,)
+        keep = torch.ones_like(all_items, dtype=torch.bool)
         if exclude_items is not None:
-            keep &= items != exclude_items.to(self.device)[rows]
-        if history_dropout > 0:
-            keep &= torch.rand(items.shape, device=self.device) >= history_dropout
-        ratings = self.history_ratings[position]  # (H,)
+            keep &= all_items != exclude_items.to(self.device)[rows]
+        chance = torch.ones(len(user_idx), device=self.device) * (1.0 - history_dropout)  # (B,)
+        if max_history > 0:
+            chance = chance * (max_history / lengths.clamp(min=1)).clamp(max=1.0)
+        if history_dropout > 0 or max_history > 0:
+            keep &= torch.rand(all_items.shape, device=self.device) < chance[rows]
+        items, kept_rows, position = all_items[keep], rows[keep], position[keep]
+        counts = torch.bincount(kept_rows, minlength=len(user_idx))  # (B,)
         feats = self.user_features[user_idx]  # (B, 3)
-        return self._user_batch(user_idx, feats, items, ratings, rows, offsets, keep)
+        batch = self._user_batch(
+            user_idx,
+            feats,
+            items,
+            self.history_ratings[position],
+            kept_rows,
+            torch.cumsum(counts, 0) - counts,
+        )
+        batch["positive_rows"], batch["positive_items"] = rows, all_items
+        return batch
 
     def cold_user_batch(self, features_row: np.ndarray, liked_items: list[int]) -> Batch:
         """A batch of one user who is not in the training data (the "unknown user" id row).
@@ -180,7 +199,6 @@ class TrainingContext:
             torch.full((len(items),), 0.5, device=self.device),
             torch.zeros_like(items),
             torch.zeros(1, dtype=torch.int64, device=self.device),
-            torch.ones_like(items, dtype=torch.bool),
         )
 
     def _user_batch(
@@ -191,12 +209,12 @@ class TrainingContext:
         ratings: torch.Tensor,
         rows: torch.Tensor,
         offsets: torch.Tensor,
-        keep: torch.Tensor,
     ) -> Batch:
+        """Pools the history entries ``items (H,)`` (``rows (H,)`` sorted) as per-row means."""
         zeros = torch.zeros(len(user_idx), device=self.device)
-        kept = zeros.index_add(0, rows, keep.float())  # (B,)
-        weights = keep.float() / kept.clamp(min=1.0)[rows]  # (H,) each bag sums to 1 (or 0)
-        # The mean over *kept* entries only: the target's own rating must not leak into it.
+        kept = zeros.index_add(0, rows, torch.ones_like(ratings))  # (B,)
+        weights = 1.0 / kept.clamp(min=1.0)[rows]  # (H,) each non-empty bag sums to 1
+        # The mean over the pooled entries only: the target's own rating must not leak into it.
         mean_rating = zeros.index_add(0, rows, weights * ratings)  # (B,) in [0, 1]
         rating_weights = weights * (ratings - mean_rating[rows])  # (H,)
         genre_profile = F.embedding_bag(
@@ -291,7 +309,10 @@ def batch_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Te
     user_idx, item_idx = batch["user_idx"], batch["item_idx"]  # (B,), (B,)
     target = ctx.scale_rating(batch["rating"])  # (B,) in [0, 1]
     user_batch = ctx.user_batch(
-        user_idx, exclude_items=item_idx, history_dropout=cfg.history_dropout
+        user_idx,
+        exclude_items=item_idx,
+        history_dropout=cfg.history_dropout,
+        max_history=cfg.max_history,
     )
     full = cfg.loss != "pointwise" and cfg.negatives == "full"
     item_batch = ctx.item_batch(None if full else item_idx)
@@ -302,7 +323,7 @@ def batch_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Te
     if full:
         rows = cols = None
         if cfg.mask_train_positives:
-            rows, cols = user_batch["history_rows"], user_batch["history_items"]
+            rows, cols = user_batch["positive_rows"], user_batch["positive_items"]
         loss = full_softmax(user_emb, item_emb, item_idx, rows, cols)
     else:
         log_q = ctx.item_log_q[item_idx] if cfg.logq_correction else None

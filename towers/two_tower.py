@@ -222,7 +222,7 @@ class TwoTowerRecommender(Recommender):
         users, inverse = np.unique(user_idx, return_inverse=True)
         user_t = torch.as_tensor(users, device=ctx.device)
         user_emb = embed_users(model, ctx, user_t)[torch.as_tensor(inverse, device=ctx.device)]
-        item_t = torch.as_tensor(item_idx, device=ctx.device)
+        item_t = torch.tensor(item_idx, device=ctx.device)  # a copy: item_idx may be read-only
         with torch.no_grad():
             scaled = model.predict_rating(user_emb, item_emb[item_t], user_t[inverse], item_t)
         lo, hi = ctx.rating_scale

@@ -1,0 +1,110 @@
+"""One row of the quality ablation (docs/QUALITY.md): fit, refit, score on test, in one process.
+
+    .venv/bin/python -m bench.quality --storage runs/demo [--split random] [--preset default] \\
+        [--set batch_size=1024 --set epochs=20 ...] [--threads 1] [--out rows.jsonl]
+
+The same protocol as the Ray jobs, without Ray so that a row costs only its epochs: early
+stopping on validation ``config.early_stopping_metric`` (test never seen), then a fresh model
+refitted on train ∪ valid for ``best_epoch + 1`` epochs (same seed, same cosine schedule), then
+``towers.metrics.evaluate`` on test with training items excluded — what ``ray_jobs.evaluate``
+does for the exported model. Prints the validation and test metrics and appends a JSON row to
+``--out`` when given. The storage root must hold prepared data (``python -m ray_jobs.prepare``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from towers.dataset import load_prepared
+from towers.metrics import evaluate
+from towers.model import TwoTowerConfig
+from towers.storage import Storage
+from towers.training import fit
+from towers.two_tower import TwoTowerRecommender
+
+VALID_KEYS = ("recall@10", "ndcg@10", "precision@10", "map@10", "rmse")
+SHOWN = ("precision@5", "precision@10", "recall@10", "ndcg@10", "map@10", "precision@20", "rmse")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value``, the value a Python literal (``1e-3``, ``(256, 256)``, ``True``) or a word."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw
+
+
+def run_row(
+    storage: Storage, split: str | None, preset: str, overrides: dict[str, Any], refit: bool
+) -> dict[str, Any]:
+    data = load_prepared(storage, split)
+    config = TwoTowerConfig.from_preset(preset, **overrides)
+    start = time.perf_counter()
+    scale = data.rating_scale
+    model, history = fit(config, data.train, data.valid, data.features, rating_scale=scale)
+    metric = config.early_stopping_metric
+    values = [h[metric] for h in history]
+    best_epoch = values.index(min(values) if metric == "rmse" else max(values))
+    train = data.train
+    if refit:
+        model, _ = fit(
+            config, data.full_train, None, data.features, best_epoch + 1, rating_scale=scale
+        )
+        train = data.full_train
+    rec = TwoTowerRecommender.from_model(model, data.features, train, data.rating_scale)
+    test = evaluate(rec, data.full_train, data.test)
+    return {
+        "split": data.split,
+        "preset": preset,
+        "overrides": overrides,
+        "refit": refit,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "seconds": round(time.perf_counter() - start, 1),
+        "valid": {
+            k: round(v, 4) for k, v in history[best_epoch].items() if "@" in k or k == "rmse"
+        },
+        "test": {k: round(float(v), 4) for k, v in test.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--storage", required=True, help="storage root with prepared data")
+    parser.add_argument("--split", default=None, help="prepared split (default: the first)")
+    parser.add_argument("--preset", default="default", help="TwoTowerConfig preset")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", type=parse_override, default=[],
+        metavar="KEY=VALUE", help="override one TwoTowerConfig field (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--no-refit", dest="refit", action="store_false", help="skip the refit")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--out", type=Path, default=None, help="append the row to this JSONL")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    row = run_row(Storage(args.storage), args.split, args.preset, dict(args.overrides), args.refit)
+    print(
+        f"{row['split']} {args.preset} {row['overrides']} best epoch {row['best_epoch']} "
+        f"({row['epochs_run']} run) {row['seconds']}s | valid ndcg@10 "
+        f"{row['valid'].get('ndcg@10', float('nan')):.4f} | test "
+        + " ".join(f"{k} {row['test'][k]:.4f}" for k in SHOWN if k in row["test"])
+    )
+    if args.out is not None:
+        with args.out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
