@@ -177,6 +177,22 @@ def test_max_history_samples_long_histories_but_masks_every_positive() -> None:
     assert torch.equal(torch.bincount(batch["positive_rows"]), torch.full((len(users),), 5))
 
 
+def test_recent_history_pools_the_newest_items_without_the_target() -> None:
+    model, ctx = build(recent_history=2)
+    train = make_train()  # timestamps grow with the row: a user's last rows are the newest
+    newest = train.item_idx[train.user_idx == 0][-2:]  # (2,)
+    batch = ctx.user_batch(torch.tensor([0, 0]), exclude_items=torch.tensor([99, newest[1]]))
+    split = int(batch["recent_offsets"][1])  # row 0's bag, then row 1's
+    first, second = batch["recent_items"][:split], batch["recent_items"][split:]
+    assert sorted(first.tolist()) == sorted(newest.tolist())
+    assert second.tolist() == [newest[0]]  # the target left out
+    assert torch.allclose(batch["recent_weights"], torch.tensor([0.5, 0.5, 1.0]))
+    cold = ctx.cold_user_batch(np.array([1, 2, 3]), [4, 5, 6])
+    assert cold["recent_items"].tolist() == [5, 6]  # the last liked items are the recent ones
+    model.eval()
+    assert model.user_embeddings(batch).shape == (2, model.config.embedding_dim)
+
+
 def test_user_without_history_and_cold_start() -> None:
     model, ctx = build()
     model.eval()

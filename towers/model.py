@@ -66,6 +66,7 @@ class TwoTowerConfig:
     use_history: bool = True  # mean of the user's training items' embeddings (off in the paper)
     history_dropout: float = 0.2  # train-time chance each history item is dropped from the pool
     max_history: int = 0  # > 0: training pools a random ~max_history of a user's items (speed)
+    recent_history: int = 0  # > 0: also pool the user's N most recent items (own table)
     use_genre_profile: bool = True  # mean genre multi-hot of the user's history
     use_rating_history: bool = True  # history pooled by centred rating (+ mean rating): tastes
     rating_history_dropout: float = 0.1  # train-time chance a row's ratings are hidden (cold start)
@@ -250,6 +251,9 @@ class UserTower(nn.Module):
             # roles, as in YouTube-DNN. Mode "sum" with weights that sum to 1 per bag is a mean.
             self.history = nn.EmbeddingBag(config.n_items, config.id_dim, mode="sum")
             in_dim += config.id_dim
+        if config.recent_history > 0:
+            self.recent_history = nn.EmbeddingBag(config.n_items, config.id_dim, mode="sum")
+            in_dim += config.id_dim
         if config.use_genre_profile:
             self.genre_profile = nn.Linear(max(config.n_genres, 1), config.feature_dim, bias=False)
             in_dim += config.feature_dim
@@ -281,6 +285,13 @@ class UserTower(nn.Module):
                 per_sample_weights=user_batch["history_weights"],  # (H,)
             )  # (B, E)
             parts.append(pooled)
+        if cfg.recent_history > 0:
+            recent = self.recent_history(
+                user_batch["recent_items"],  # (R,)
+                user_batch["recent_offsets"],  # (B,)
+                per_sample_weights=user_batch["recent_weights"],  # (R,)
+            )  # (B, E)
+            parts.append(recent)
         if cfg.use_genre_profile:
             parts.append(self.genre_profile(user_batch["genre_profile"]))  # (B, F)
         if cfg.use_rating_history:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,6 +55,15 @@ def infer_rating_scale(train: Interactions) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (min(0.0, lo), max(hi, 1.0))
 
 
+def recency_ranks(train: Interactions) -> np.ndarray:
+    """``(N,)`` rank of each row among its user's rows by timestamp, 0 = the most recent."""
+    order = np.lexsort((train.item_idx, -train.timestamp, train.user_idx))  # user, newest first
+    first = np.searchsorted(train.user_idx[order], train.user_idx[order], side="left")
+    ranks = np.empty(len(train), dtype=np.int64)
+    ranks[order] = np.arange(len(train)) - first
+    return ranks
+
+
 @dataclass
 class TrainingContext:
     """Tensors shared by every step of one worker, built once from features and training data.
@@ -67,6 +77,8 @@ class TrainingContext:
         history_indptr: ``(n_users + 1,)`` int64 CSR row pointers of the training history.
         history_items: ``(nnz,)`` int64 CSR column indices (the items of each user).
         history_ratings: ``(nnz,)`` float32 their ratings scaled to [0, 1].
+        history_recency: ``(nnz,)`` int64 rank of each entry among its user's items by time,
+            0 = the most recent (ties broken by item).
         item_log_q: ``(n_items,)`` float32 log of each item's share of training pairs.
     """
 
@@ -78,6 +90,7 @@ class TrainingContext:
     history_indptr: torch.Tensor
     history_items: torch.Tensor
     history_ratings: torch.Tensor
+    history_recency: torch.Tensor
     item_log_q: torch.Tensor
 
     @classmethod
@@ -96,6 +109,11 @@ class TrainingContext:
             )
         rating_scale = rating_scale or infer_rating_scale(train)
         csr = train.to_csr()  # sorted by user, then item; values are raw ratings
+        recency = recency_ranks(train)  # (nnz,) per row of train
+        # Same (user, item) pattern built the same way: .data lines up with csr.indices.
+        recency_csr = sp.csr_matrix(
+            (recency + 1, (train.user_idx, train.item_idx)), shape=(train.n_users, train.n_items)
+        )
         lo, hi = rating_scale
         counts = np.bincount(train.item_idx, minlength=train.n_items).astype(np.float64)
         log_q = np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))
@@ -109,6 +127,7 @@ class TrainingContext:
             history_indptr=t(csr.indptr, dtype=torch.int64),
             history_items=t(csr.indices, dtype=torch.int64),
             history_ratings=t((csr.data - lo) / (hi - lo), dtype=torch.float32),
+            history_recency=t(recency_csr.data - 1, dtype=torch.int64),
             item_log_q=t(log_q, dtype=torch.float32),
         ).to(device)
 
@@ -159,8 +178,8 @@ class TrainingContext:
         lengths = self.history_indptr[user_idx + 1] - starts  # (B,)
         offsets = torch.cumsum(lengths, 0) - lengths  # (B,)
         rows = torch.repeat_interleave(torch.arange(len(user_idx), device=self.device), lengths)
-        position = torch.arange(len(rows), device=self.device) - offsets[rows] + starts[rows]
-        all_items = self.history_items[position]  # (H,)
+        position_all = torch.arange(len(rows), device=self.device) - offsets[rows] + starts[rows]
+        all_items = self.history_items[position_all]  # (H,)
         keep = torch.ones_like(all_items, dtype=torch.bool)
         if exclude_items is not None:
             keep &= all_items != exclude_items.to(self.device)[rows]
@@ -169,7 +188,7 @@ class TrainingContext:
             chance = chance * (max_history / lengths.clamp(min=1)).clamp(max=1.0)
         if history_dropout > 0 or max_history > 0:
             keep &= torch.rand(all_items.shape, device=self.device) < chance[rows]
-        items, kept_rows, position = all_items[keep], rows[keep], position[keep]
+        items, kept_rows, position = all_items[keep], rows[keep], position_all[keep]
         counts = torch.bincount(kept_rows, minlength=len(user_idx))  # (B,)
         feats = self.user_features[user_idx]  # (B, 3)
         batch = self._user_batch(
@@ -181,7 +200,21 @@ class TrainingContext:
             torch.cumsum(counts, 0) - counts,
         )
         batch["positive_rows"], batch["positive_items"] = rows, all_items
+        if self.config.recent_history > 0:
+            recent = self.history_recency[position_all] < self.config.recent_history
+            if exclude_items is not None:
+                recent &= all_items != exclude_items.to(self.device)[rows]
+            batch.update(self._recent_bag(all_items[recent], rows[recent], len(user_idx)))
         return batch
+
+    def _recent_bag(self, items: torch.Tensor, rows: torch.Tensor, n_rows: int) -> Batch:
+        """Mean bags of recent items: ``recent_items``, ``recent_offsets``, ``recent_weights``."""
+        counts = torch.bincount(rows, minlength=n_rows)  # (B,)
+        return {
+            "recent_items": items,
+            "recent_offsets": torch.cumsum(counts, 0) - counts,
+            "recent_weights": 1.0 / counts.clamp(min=1)[rows].float(),
+        }
 
     def cold_user_batch(self, features_row: np.ndarray, liked_items: list[int]) -> Batch:
         """A batch of one user who is not in the training data (the "unknown user" id row).
@@ -192,7 +225,7 @@ class TrainingContext:
         """
         items = torch.as_tensor(list(liked_items), dtype=torch.int64, device=self.device)
         feats = torch.as_tensor(np.asarray(features_row), dtype=torch.int64, device=self.device)
-        return self._user_batch(
+        batch = self._user_batch(
             torch.tensor([self.config.n_users], device=self.device),
             feats.reshape(1, -1),
             items,
@@ -200,6 +233,10 @@ class TrainingContext:
             torch.zeros_like(items),
             torch.zeros(1, dtype=torch.int64, device=self.device),
         )
+        if self.config.recent_history > 0:  # the last liked items count as the most recent
+            recent = items[-self.config.recent_history :] if len(items) else items
+            batch.update(self._recent_bag(recent, torch.zeros_like(recent), 1))
+        return batch
 
     def _user_batch(
         self,
