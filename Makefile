@@ -39,8 +39,13 @@ format: install
 demo: install
 	$(PY) -m ray_jobs.demo --storage $(STORAGE)
 
+# The benchmarks behind docs/BENCHMARKS.md, one after another (tens of minutes on 2 cores).
 bench: install
-	$(PY) -m bench.run_all
+	$(PY) -m bench.bench_prepare
+	$(PY) -m bench.bench_train --epochs 4
+	$(PY) -m bench.bench_knn
+	$(PY) -m bench.bench_index
+	$(PY) -m bench.bench_serving --storage /tmp/serve_bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

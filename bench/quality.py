@@ -78,11 +78,36 @@ def run_row(
     }
 
 
+TABLE_KEYS = ("precision@5", "precision@10", "recall@10", "ndcg@10", "map", "precision@20", "rmse")
+
+
+def markdown_rows(path: Path) -> str:
+    """The rows of a ``--out`` JSONL file as a markdown table (docs/QUALITY.md)."""
+    lines = [
+        "| split | settings (over the preset) | best epoch | valid NDCG@10 | "
+        + " | ".join(TABLE_KEYS)
+        + " |",
+        "|---|---|---:|---:|" + "---:|" * len(TABLE_KEYS),
+    ]
+    for text in path.read_text().splitlines():
+        row = json.loads(text)
+        settings = ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "–"
+        if row["preset"] != "default":
+            settings = f"preset {row['preset']}; {settings}"
+        values = " | ".join(f"{row['test'].get(k, float('nan')):.4f}" for k in TABLE_KEYS)
+        lines.append(
+            f"| {row['split']} | {settings} | {row['best_epoch']} | "
+            f"{row['valid'].get('ndcg@10', float('nan')):.4f} | {values} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--storage", required=True, help="storage root with prepared data")
+    parser.add_argument("--storage", help="storage root with prepared data")
+    parser.add_argument("--table", type=Path, help="print a --out JSONL file as markdown, exit")
     parser.add_argument("--split", default=None, help="prepared split (default: the first)")
     parser.add_argument("--preset", default="default", help="TwoTowerConfig preset")
     parser.add_argument(
@@ -93,6 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="append the row to this JSONL")
     args = parser.parse_args(argv)
+    if args.table is not None:
+        print(markdown_rows(args.table))
+        return
+    if args.storage is None:
+        parser.error("--storage is required (or --table FILE)")
     torch.set_num_threads(args.threads)
     row = run_row(Storage(args.storage), args.split, args.preset, dict(args.overrides), args.refit)
     print(
