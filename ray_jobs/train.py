@@ -12,8 +12,12 @@ resume through ``ray.train.get_checkpoint()``), the trainer, and the export.
 from __future__ import annotations
 
 import logging
+import os
+import re
+import signal
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -82,8 +86,13 @@ class TrainConfig:
     max_failures: int = help_field(2, "worker-group restarts from the last checkpoint on failure")
     export_as: str = help_field("model", "artifact folder the exported model goes to")
     crash_after_epoch: int = help_field(-1, "fault injection for tests: fail once after epoch N")
+    kill_worker_at: str = help_field(
+        "", "fault injection for tests: 'EPOCH:STEP' = the last rank SIGKILLs itself there, once"
+    )
 
     def __post_init__(self) -> None:
+        if self.kill_worker_at and not re.fullmatch(r"\d+:\d+", self.kill_worker_at):
+            raise ValueError(f"--kill-worker-at must be EPOCH:STEP, got {self.kill_worker_at!r}")
         if self.num_workers < 1:
             raise ValueError(f"--num-workers must be >= 1, got {self.num_workers}")
         if "/" in self.export_as or self.export_as in ("", ".", "..", "data"):
@@ -115,6 +124,31 @@ def _epoch_batches(loop: dict[str, Any], data: PreparedData, state: LoopState, e
     ctx = ray.train.get_context()
     rank = (ctx.get_world_rank(), ctx.get_world_size())
     return make_batches(source, per_worker, loop["model"]["seed"], epoch, rank)
+
+
+def _with_fault(batches: Iterable, loop: dict[str, Any], epoch: int) -> Iterator:
+    """Yields ``batches``; the last rank kills its own process at ``kill_worker_at``, once.
+
+    A SIGKILL mid-epoch is what an OOM kill or a lost node looks like to Ray Train. A marker file
+    next to the checkpoints makes it fire only on the first attempt.
+    """
+    import ray.train
+
+    ctx = ray.train.get_context()
+    target = loop["kill_worker_at"]
+    marker = Path(loop["storage_path"]) / "fault_injected"
+    armed = bool(target) and ctx.get_world_rank() == ctx.get_world_size() - 1
+    for step, batch in enumerate(batches):
+        if armed and f"{epoch}:{step}" == target and not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"killed pid {os.getpid()} at epoch {epoch} step {step}\n")
+            # Ray Train's controller registers reported checkpoints when it polls the workers
+            # (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default). A real mid-epoch death comes
+            # long after the last report; dying sooner would (correctly) redo one more epoch.
+            time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
+            print(f"fault injection: SIGKILL to pid {os.getpid()} at {target}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield batch
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
@@ -161,7 +195,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         stats = train_epoch(
             model,
             optimizer,
-            _epoch_batches(loop, data, state, epoch),
+            _with_fault(_epoch_batches(loop, data, state, epoch), loop, epoch),
             full_ctx if refit else ctx,
             scheduler=scheduler,
         )
@@ -255,6 +289,8 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
         )
     model_cfg = cfg.model_config(data)
     storage = Storage(cfg.storage)
+    if cfg.kill_worker_at and not storage.is_local:
+        raise ValueError("--kill-worker-at (fault injection) needs a local storage root")
     split = data.split
     datasets = {}
     if cfg.data_loader == "ray_data":
@@ -266,6 +302,7 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
             storage.path(f"data/splits/{split}/valid.parquet"), filesystem=fs
         )
         datasets = {"train": train_ds, "full": train_ds.union(valid_ds)}
+    run_name = f"{cfg.export_as}-{int(time.time())}"
     loop = {
         "storage": cfg.storage,
         "split": split,
@@ -275,6 +312,8 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
         "data_loader": cfg.data_loader,
         "cpus_per_worker": cfg.cpus_per_worker,
         "crash_after_epoch": cfg.crash_after_epoch,
+        "kill_worker_at": cfg.kill_worker_at,
+        "storage_path": storage.path(f"train/{run_name}") if storage.is_local else "",
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -288,7 +327,7 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
             },
         ),
         run_config=ray.train.RunConfig(
-            name=f"{cfg.export_as}-{int(time.time())}",
+            name=run_name,
             storage_path=storage.path("train") if storage.is_local else f"{cfg.storage}/train",
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
