@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from ray import serve
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from serving.artifacts import load_two_tower_service, load_user_knn_service
@@ -150,47 +150,79 @@ class UserKNNDeployment(ModelDeployment):
 
 
 class HandleBackend:
-    """``serving.http.Backend`` over the model deployments' handles, with a deadline per call."""
+    """``serving.http.Backend`` over the model deployments' handles, with a deadline per call.
+
+    A call whose replica was lost while answering it (``RayActorError``: the actor was killed,
+    crashed or its node went away) is sent once more within the same deadline; Serve routes the
+    repeat to a replica that is still alive. Every model method only reads, so a repeat is safe,
+    and a replica's death costs no request. ``/healthz`` reports how often that happened.
+    """
 
     def __init__(self, models: dict[str, DeploymentHandle], timeout_s: float) -> None:
         self.models, self.timeout_s = models, timeout_s
+        self.retries_after_replica_loss = 0
 
-    async def _call(self, response: DeploymentResponse) -> Any:
-        async def result() -> Any:
-            return await response
-
-        try:
-            return await asyncio.wait_for(result(), self.timeout_s)
-        except asyncio.TimeoutError:
-            response.cancel()
-            return 504, {"error": "timeout", "message": f"no answer in {self.timeout_s:g}s"}
-        except RayTaskError as err:  # a bug in the model code, not the request's fault
-            log.error("model call raised: %s", err)
-            return 500, {"error": "internal_error", "message": str(err.cause)[:300]}
-        except Exception as err:  # replica died, back-pressure, shutting down: retryable
-            log.warning("model call failed: %s: %s", type(err).__name__, err)
-            message = f"model unavailable ({type(err).__name__}); retry"
-            return 503, {"error": "unavailable", "message": message}
+    async def _call(self, model: str, method: str, *args: Any) -> Any:
+        """``models[model].method.remote(*args)``'s result, or a ``(status, error body)``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        for attempt in (1, 2):
+            response: DeploymentResponse = getattr(self.models[model], method).remote(*args)
+            try:
+                return await asyncio.wait_for(_awaited(response), max(0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                response.cancel()
+                return 504, {"error": "timeout", "message": f"no answer in {self.timeout_s:g}s"}
+            except Exception as err:
+                if attempt == 1 and _replica_lost(err):
+                    self.retries_after_replica_loss += 1
+                    log.warning("%s.%s: replica lost (%s); sending once more", model, method, err)
+                    continue
+                return _failure(err)
+        raise AssertionError("unreachable")
 
     async def recommend(self, model: str, user_id: int, k: int) -> Reply:
-        return await self._call(self.models[model].recommend.remote(user_id, k))
+        return await self._call(model, "recommend", user_id, k)
 
     async def recommend_cold_start(self, model: str, body: dict[str, Any], k: int) -> Reply:
-        return await self._call(self.models[model].recommend_cold_start.remote(body, k))
+        return await self._call(model, "recommend_cold_start", body, k)
 
     async def similar(self, item_id: int, k: int) -> Reply:
-        return await self._call(self.models["two_tower"].similar.remote(item_id, k))
+        return await self._call("two_tower", "similar", item_id, k)
 
     async def health(self) -> Reply:
         names = list(self.models)
-        results = await asyncio.gather(*(self._call(self.models[n].health.remote()) for n in names))
+        results = await asyncio.gather(*(self._call(n, "health") for n in names))
         models, ok = {}, True
         for name, result in zip(names, results, strict=True):
             if isinstance(result, tuple):  # (status, error body) from _call
                 ok, models[name] = False, result[1]
             else:
                 models[name] = result
-        return (200 if ok else 503), {"status": "ok" if ok else "degraded", "models": models}
+        body = {"status": "ok" if ok else "degraded", "models": models}
+        body["ingress_retries_after_replica_loss"] = self.retries_after_replica_loss
+        return (200 if ok else 503), body
+
+
+async def _awaited(response: DeploymentResponse) -> Any:
+    return await response
+
+
+def _replica_lost(err: Exception) -> bool:
+    """The replica died or cannot be reached (also when Ray wraps that in a task error)."""
+    cause = err.cause if isinstance(err, RayTaskError) else err
+    return isinstance(cause, RayActorError)
+
+
+def _failure(err: Exception) -> tuple[int, dict[str, str]]:
+    """A model call's exception as an HTTP error: 500 for a bug in the model code, else 503."""
+    if isinstance(err, RayTaskError) and not _replica_lost(err):
+        log.error("model call raised: %s", err)
+        return 500, {"error": "internal_error", "message": str(err.cause)[:300]}
+    # A replica lost twice, back-pressure, Serve shutting down: the client may retry.
+    log.warning("model call failed: %s: %s", type(err).__name__, err)
+    message = f"model unavailable ({type(err).__name__}); retry"
+    return 503, {"error": "unavailable", "message": message}
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})

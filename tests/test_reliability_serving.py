@@ -5,11 +5,12 @@ The app is the one of ``tests/test_serving_ray.py`` (its fixtures, imported here
 ``serving/config.yaml`` on the session's Ray with artifacts fitted for this module), with the
 TwoTower deployment at two fixed replicas. Under steady load from client threads:
 
-* one TwoTower replica's actor is killed with ``ray.kill``: Serve starts a replacement and at
-  least 99.9% of the requests succeed;
-* new versions that are broken (a file missing from the export; item and user embeddings of
-  another dimension than the model) are refused with a clear error in ``/healthz`` while the old
-  version answers every request.
+* one TwoTower replica's actor is killed with ``ray.kill`` while it holds requests: Serve
+  starts a replacement and at least 99.9% of the requests succeed (the requests lost with the
+  replica are sent once more by the ingress, ``serving.deployments.HandleBackend``);
+* new versions that are broken (a file missing from the export; user embeddings, or an index
+  manifest, of another dimension than the model) are refused with a clear error in ``/healthz``
+  while the old version answers every request.
 
 Then the hostile-request strategy of ``tests/test_reliability_fuzz.py`` runs over real HTTP
 through Serve's proxy, plus a few malformed HTTP messages sent on a raw socket.
@@ -50,8 +51,13 @@ MIN_SUCCESS = 0.999
 
 
 def two_replicas(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with TwoTower at a fixed two replicas instead of autoscaling."""
-    config = with_two_tower(config)
+    """``config`` with TwoTower at a fixed two replicas instead of autoscaling.
+
+    Requests wait up to 100 ms in a replica for a fuller ``@serve.batch`` (2 ms by default), so
+    each replica holds several in flight: the kill below lands on requests being answered, not
+    only on an idle replica that Serve's router can simply stop choosing.
+    """
+    config = with_two_tower(config, batch_wait_timeout_s=0.1)
     for deployment in config["applications"][0]["deployments"]:
         if deployment["name"] == TWO_TOWER:
             deployment.pop("autoscaling_config", None)
@@ -144,7 +150,7 @@ def test_killed_replica_is_replaced_and_requests_succeed(two_replica_app, run_st
     base_url, _ = two_replica_app
     before = running_replicas()
     assert len(before) == 2, before
-    with SteadyLoad(base_url, all_users(run_storage)) as load:
+    with SteadyLoad(base_url, all_users(run_storage), clients=16) as load:
         time.sleep(2.0)
         killed_at = time.monotonic()
         ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
@@ -154,8 +160,10 @@ def test_killed_replica_is_replaced_and_requests_succeed(two_replica_app, run_st
         time.sleep(2.0)
     outcomes, total = load.outcomes, sum(load.outcomes.values())
     failures = [(round(t - killed_at, 2), o) for t, o, _ in load.records if o != "200"]
+    retried = httpx.get(f"{base_url}/healthz", timeout=30).json()
     print(f"\nreplica killed, replaced in {replaced_s:.1f}s; {total} requests {dict(outcomes)}")
-    print(f"failures (seconds after the kill, outcome): {failures}")
+    print(f"failures (seconds after the kill, outcome): {failures}; requests the ingress sent "
+          f"once more: {retried['ingress_retries_after_replica_loss']}")  # fmt: skip
     assert before[1] in running_replicas()  # the survivor kept serving
     assert total >= 1000, outcomes  # enough requests for 99.9% to mean something
     assert load.success_rate() >= MIN_SUCCESS, (outcomes, failures)

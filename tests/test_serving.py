@@ -248,6 +248,64 @@ def test_reconfigure_swaps_versions_and_refuses_broken_ones(run_storage, two_tow
         asyncio.run(fresh.reconfigure({"model_artifact": "nope"}))
 
 
+class _Response:
+    """A ``DeploymentResponse`` stand-in: awaiting it returns or raises ``outcome``."""
+
+    def __init__(self, outcome: object) -> None:
+        self.outcome = outcome
+
+    def __await__(self):
+        async def settle() -> object:
+            if self.outcome == "hang":
+                await asyncio.sleep(60)
+            if isinstance(self.outcome, BaseException):
+                raise self.outcome
+            return self.outcome
+
+        return settle().__await__()
+
+    def cancel(self) -> None:
+        pass
+
+
+class _Method:
+    """``handle.method``: each ``.remote()`` call answers the next outcome."""
+
+    def __init__(self, *outcomes: object) -> None:
+        self.outcomes, self.calls = list(outcomes), 0
+
+    def remote(self, *args: object) -> _Response:
+        self.calls += 1
+        return _Response(self.outcomes.pop(0))
+
+
+def test_ingress_sends_once_more_when_a_replica_is_lost():
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
+
+    from serving.deployments import HandleBackend
+
+    def backend(method: _Method, timeout_s: float = 5.0) -> HandleBackend:
+        handle = type("Handle", (), {"recommend": method})()
+        return HandleBackend({"two_tower": handle}, timeout_s)
+
+    ok = (200, b"{}")
+    for lost in (ActorDiedError(), ActorUnavailableError("gone", None)):
+        method = _Method(lost, ok)
+        ingress = backend(method)
+        assert asyncio.run(ingress.recommend("two_tower", 1, 5)) == ok
+        assert method.calls == 2 and ingress.retries_after_replica_loss == 1
+    method = _Method(ActorDiedError(), ActorDiedError(), ok)  # lost twice: 503, no third call
+    status, body = asyncio.run(backend(method).recommend("two_tower", 1, 5))
+    assert (status, body["error"], method.calls) == (503, "unavailable", 2)
+    bug = RayTaskError("recommend", "Traceback ...", ValueError("bug"))
+    method = _Method(bug, ok)  # a bug in the model code: 500, not repeated
+    status, body = asyncio.run(backend(method).recommend("two_tower", 1, 5))
+    assert (status, body["error"], method.calls) == (500, "internal_error", 1)
+    method = _Method("hang", ok)  # no answer within the deadline: 504, not repeated
+    status, body = asyncio.run(backend(method, timeout_s=0.05).recommend("two_tower", 1, 5))
+    assert (status, body["error"], method.calls) == (504, "timeout", 1)
+
+
 # --- HTTP (FastAPI over the services in this process) --------------------------------------------
 
 
