@@ -40,7 +40,9 @@ def bare_loop(storage: Storage, epochs: int, threads: int) -> list[float]:
     return rates
 
 
-def ray_run(storage: Storage, epochs: int, workers: int, loader: str) -> tuple[list[float], float]:
+def ray_run(
+    storage: Storage, epochs: int, workers: int, loader: str, cache_below_mb: float = 256.0
+) -> tuple[list[float], float]:
     start = time.perf_counter()
     manifest = train.run(
         train.TrainConfig(
@@ -50,6 +52,7 @@ def ray_run(storage: Storage, epochs: int, workers: int, loader: str) -> tuple[l
             patience=epochs,
             refit=False,
             data_loader=loader,
+            cache_below_mb=cache_below_mb,
             export_as=f"bench_w{workers}_{loader}",
             max_failures=0,
         )
@@ -73,9 +76,13 @@ def main() -> None:
     rows = []
     bare = bare_loop(storage, args.epochs, threads=1)
     rows.append(("bare loop, 1 thread", np.mean(bare[1:]), 0.0))
-    for workers, loader in ((1, "ray_data"), (1, "local"), (2, "ray_data"), (2, "local")):
-        rates, startup = ray_run(storage, args.epochs, workers, loader)
-        rows.append((f"Ray Train {workers} worker(s), {loader}", np.mean(rates[1:]), startup))
+    cases = [(1, "ray_data", 256.0), (1, "local", 0.0), (2, "ray_data", 256.0)]
+    cases += [(2, "ray_data", 0.0), (2, "local", 0.0)]
+    for workers, loader, cache in cases:
+        rates, startup = ray_run(storage, args.epochs, workers, loader, cache)
+        label = loader if loader == "local" else f"ray_data{' cached' if cache else ' re-read'}"
+        rows.append((f"Ray Train {workers} worker(s), {label}", np.mean(rates[1:]), startup))
+        print(rows[-1], flush=True)
     base = rows[0][1]
     print(f"\n{'run':<34} {'steady samples/s':>17} {'x bare':>7} {'start-up + other s':>19}")
     for name, rate, startup in rows:
