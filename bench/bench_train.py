@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ray_jobs import prepare, train
+from ray_jobs.ray_setup import init_ray
 from towers.dataset import load_prepared
 from towers.model import TwoTower, TwoTowerConfig
 from towers.storage import Storage
@@ -41,13 +42,14 @@ def bare_loop(storage: Storage, epochs: int, threads: int) -> list[float]:
 
 
 def ray_run(
-    storage: Storage, epochs: int, workers: int, loader: str, cache_below_mb: float = 256.0
+    storage: Storage, epochs: int, workers: int, loader: str, cache_below_mb: float, cpus: float
 ) -> tuple[list[float], float]:
     start = time.perf_counter()
     manifest = train.run(
         train.TrainConfig(
             storage=storage.uri,
             num_workers=workers,
+            cpus_per_worker=cpus,
             epochs=epochs,
             patience=epochs,
             refit=False,
@@ -69,24 +71,31 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--storage", default="/tmp/bench_train")
+    parser.add_argument("--two-cpu", action="store_true", help="also 2-thread bare / 1x2-CPU Ray")
     args = parser.parse_args()
     storage = Storage(args.storage)
     if not storage.is_complete("data"):
         prepare.run(prepare.PrepareConfig(storage=args.storage, split="random"))
+    init_ray(3)  # 2 CPUs of workers + Ray Data's reads: the largest case below, for every run
     rows = []
     bare = bare_loop(storage, args.epochs, threads=1)
     rows.append(("bare loop, 1 thread", np.mean(bare[1:]), 0.0))
-    cases = [(1, "ray_data", 256.0), (1, "local", 0.0), (2, "ray_data", 256.0)]
-    cases += [(2, "ray_data", 0.0), (2, "local", 0.0)]
-    for workers, loader, cache in cases:
-        rates, startup = ray_run(storage, args.epochs, workers, loader, cache)
+    cases = [(1, "ray_data", 256.0, 1), (1, "local", 0.0, 1), (2, "ray_data", 256.0, 1)]
+    cases += [(2, "ray_data", 0.0, 1), (2, "local", 0.0, 1)]
+    if args.two_cpu:
+        bare2 = bare_loop(storage, args.epochs, threads=2)
+        rows.append(("bare loop, 2 threads", np.mean(bare2[1:]), 0.0))
+        cases += [(1, "ray_data", 256.0, 2), (1, "local", 0.0, 2)]
+    for workers, loader, cache, cpus in cases:
+        rates, startup = ray_run(storage, args.epochs, workers, loader, cache, cpus)
         label = loader if loader == "local" else f"ray_data{' cached' if cache else ' re-read'}"
-        rows.append((f"Ray Train {workers} worker(s), {label}", np.mean(rates[1:]), startup))
+        name = f"Ray {workers} worker(s) x {cpus} CPU, {label}"
+        rows.append((name, np.mean(rates[1:]), startup))
         print(rows[-1], flush=True)
     base = rows[0][1]
-    print(f"\n{'run':<34} {'steady samples/s':>17} {'x bare':>7} {'start-up + other s':>19}")
+    print(f"\n{'run':<40} {'steady samples/s':>17} {'x bare':>7} {'start-up + other s':>19}")
     for name, rate, startup in rows:
-        print(f"{name:<34} {rate:>17,.0f} {rate / base:>7.2f} {startup:>19.1f}")
+        print(f"{name:<40} {rate:>17,.0f} {rate / base:>7.2f} {startup:>19.1f}")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,13 @@ import sys
 
 from ray_jobs import pipeline
 
+# One Ray Train worker with both cores: with the full-catalog softmax every DDP rank recomputes
+# the whole item tower, so on 2 cores 2 workers x 1 CPU train no faster than 1 worker x 1 CPU,
+# while 1 worker x 2 CPUs is ~1.3x faster (docs/BENCHMARKS.md). Flags given later override these.
+DEMO_DEFAULTS = ["--dataset", "ml-100k", "--num-workers", "1", "--cpus-per-worker", "2"]
+
 EXAMPLES = """
-Try, from another terminal, while this one serves:
+Try, from another terminal, while this one serves (Ctrl-C here stops it):
   curl '127.0.0.1:{port}/recommend/196?k=5'
   curl '127.0.0.1:{port}/recommend/196?k=5&model=user_knn'
   curl '127.0.0.1:{port}/similar/50?k=5'
@@ -29,11 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     serve = "--no-serve" not in argv
     argv = [a for a in argv if a != "--no-serve"]
-    cfg = pipeline.parse_config(pipeline.PipelineConfig, ["--dataset", "ml-100k", *argv])
+    cfg = pipeline.parse_config(pipeline.PipelineConfig, [*DEMO_DEFAULTS, *argv])
     pipeline.run(cfg)
     if serve:
-        print(EXAMPLES.format(port=cfg.port), flush=True)
-        pipeline.serve_forever(cfg)
+        pipeline.serve_forever(cfg, EXAMPLES.format(port=cfg.port))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class PipelineConfig:
     data_dir: str | None = help_field(None, "folder with the data set's files")
     split: Literal["random", "temporal"] = help_field("random", "split to train and report on")
     num_workers: int = help_field(2, "Ray Train workers")
+    cpus_per_worker: float = help_field(1.0, "CPUs (torch threads) per Ray Train worker")
     use_gpu: bool = help_field(False, "train on GPUs (one per worker)")
     tune: bool = help_field(False, "run the Ray Tune search and train the tuned config too")
     tune_samples: int = help_field(16, "Tune trials when --tune")
@@ -126,13 +127,18 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             split=cfg.split,
             preset=preset,
             num_workers=cfg.num_workers,
+            cpus_per_worker=cfg.cpus_per_worker,
             use_gpu=cfg.use_gpu,
             export_as=artifact,
             **overrides,
         )
         inputs = fingerprint(
             data=data_fp,
-            **{k: v for k, v in asdict(train_cfg).items() if k not in ("storage", "num_workers")},
+            **{
+                k: v
+                for k, v in asdict(train_cfg).items()
+                if k not in ("storage", "num_workers", "cpus_per_worker")
+            },
         )
         manifest = steps.step(
             f"train:{preset}" if not best else "train:tuned",
@@ -172,11 +178,11 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     return summary
 
 
-def serve_forever(cfg: PipelineConfig) -> None:
-    """Starts the Serve app on 127.0.0.1 and blocks until Ctrl-C."""
+def serve_forever(cfg: PipelineConfig, ready_message: str = "") -> None:
+    """Starts the Serve app on 127.0.0.1, prints ``ready_message`` once up, blocks until Ctrl-C."""
     from serving.__main__ import main as serve_main
 
-    serve_main(["--storage", cfg.storage, "--port", str(cfg.port)])
+    serve_main(["--storage", cfg.storage, "--port", str(cfg.port)], ready_message)
 
 
 def main(argv: list[str] | None = None) -> None:

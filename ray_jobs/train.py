@@ -300,13 +300,12 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
         fs = None if storage.is_local else storage.fs
         paths = [storage.path(f"data/splits/{split}/{part}.parquet") for part in ("train", "valid")]
         train_ds, valid_ds = (ray.data.read_parquet(p, filesystem=fs) for p in paths)
-        full_ds = train_ds.union(valid_ds)
         size = sum(storage.fs.get_file_info(p).size or 0 for p in paths)
         if size <= cfg.cache_below_mb * 2**20:
             # Small splits are read once into the object store; otherwise every epoch re-runs
             # the read tasks (bench/bench_train.py measures both).
-            train_ds, full_ds = train_ds.materialize(), full_ds.materialize()
-        datasets = {"train": train_ds, "full": full_ds}
+            train_ds, valid_ds = train_ds.materialize(), valid_ds.materialize()
+        datasets = {"train": train_ds, "full": train_ds.union(valid_ds)}
     run_name = f"{cfg.export_as}-{int(time.time())}"
     loop = {
         "storage": cfg.storage,

@@ -74,8 +74,10 @@ def serve_without_ray(args: ServingArgs, host: str, port: int) -> None:
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
-def serve_with_ray(args: ServingArgs, host: str, port: int, access_log: bool = False) -> None:
-    """Deploys the Serve app and blocks until Ctrl-C."""
+def serve_with_ray(
+    args: ServingArgs, host: str, port: int, access_log: bool = False, ready_message: str = ""
+) -> None:
+    """Deploys the Serve app, prints ``ready_message`` once it answers, blocks until Ctrl-C."""
     import ray
     from ray import serve
 
@@ -90,6 +92,8 @@ def serve_with_ray(args: ServingArgs, host: str, port: int, access_log: bool = F
     try:
         serve.run(build_app(args), name=APP_NAME, route_prefix="/", logging_config=logging_config)
         print(f"serving on http://{host}:{port}  docs: /docs  (Ctrl-C stops)", flush=True)
+        if ready_message:
+            print(ready_message, flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -103,12 +107,12 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, ready_message: str = "") -> None:
     ns, args = parse_args(argv)
     if ns.no_ray:
         serve_without_ray(args, ns.host, ns.port)
     else:
-        serve_with_ray(args, ns.host, ns.port, ns.access_log)
+        serve_with_ray(args, ns.host, ns.port, ns.access_log, ready_message)
 
 
 if __name__ == "__main__":
