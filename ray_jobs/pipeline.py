@@ -112,8 +112,12 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         tune_inputs = fingerprint(data=data_fp, split=cfg.split, samples=cfg.tune_samples)
 
         def run_tune() -> None:
+            from ray_jobs.ray_setup import init_ray
             from tuning import tune
 
+            # Size the local Ray for the training steps after the search too (workers + 1 CPU
+            # for Ray Data's reads): a Ray started for 2 trials would be too small for them.
+            init_ray(max(2, cfg.num_workers * cfg.cpus_per_worker + 1))
             tune.run(tune.TuneJobConfig(storage=uri, split=cfg.split, num_samples=cfg.tune_samples))
 
         tuned = steps.step("tune", "tuning", tune_inputs, run_tune)

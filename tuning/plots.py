@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import NullFormatter
 
 
 def _png(fig) -> bytes:
@@ -27,6 +28,11 @@ def plot_metric_vs_lr(table: pd.DataFrame, metric: str) -> bytes:
         rows = table[table["embedding_dim"] == dim]
         ax.scatter(rows["lr"], rows[f"best_{metric}"], color=cmap(i), label=f"D={dim}", s=40)
     ax.set_xscale("log")
+    # Ticks at 1 and 3 x 10^e: matplotlib's own minor labels (2, 3, 4 … x 10^e) overlap.
+    lo, hi = table["lr"].min(), table["lr"].max()
+    ticks = [m * 10.0**e for e in range(-7, 1) for m in (1, 3) if lo / 3 <= m * 10.0**e <= hi * 3]
+    ax.set_xticks(ticks, [f"{t:.0e}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("learning rate")
     ax.set_ylabel(f"validation {metric} (best epoch)")
     ax.set_title("Tune trials: validation metric vs learning rate")
