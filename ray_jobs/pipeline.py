@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from ray_jobs import build_index, evaluate, prepare, train
 from ray_jobs.cli import help_field, parse_config
+from towers.model import TwoTowerConfig
 from towers.storage import ArtifactError, Storage
 
 log = logging.getLogger("pipeline")
@@ -109,7 +110,12 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     if cfg.paper:
         runs.append(("model_paper", "paper", None))
     if cfg.tune:
-        tune_inputs = fingerprint(data=data_fp, split=cfg.split, samples=cfg.tune_samples)
+        tune_inputs = fingerprint(
+            data=data_fp,
+            split=cfg.split,
+            samples=cfg.tune_samples,
+            max_epochs=TwoTowerConfig.from_preset("default").epochs,
+        )
 
         def run_tune() -> None:
             from ray_jobs.ray_setup import init_ray

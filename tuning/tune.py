@@ -52,7 +52,9 @@ class TuneJobConfig:
     num_samples: int = help_field(16, "number of trials")
     max_concurrent: int = help_field(2, "trials running at once (one per core here)")
     scheduler: Literal["asha", "none"] = help_field("asha", "early stopping of weak trials")
-    max_epochs: int = help_field(12, "epochs per trial at most (ASHA's max_t)")
+    max_epochs: int | None = help_field(
+        None, "epochs per trial at most (ASHA's max_t); default: the preset's own epochs"
+    )
     grace_period: int = help_field(2, "ASHA: epochs every trial gets before it can be stopped")
     workers_per_trial: int = help_field(1, "CPU workers per trial (1: the loop runs in the trial)")
     use_gpu: bool = help_field(False, "a GPU per trial")
@@ -60,6 +62,10 @@ class TuneJobConfig:
     resume: bool = help_field(False, "restore an interrupted search from STORAGE/tuning/ray")
 
     def __post_init__(self) -> None:
+        if self.max_epochs is None:
+            # The budget the chosen config will be trained with: a shorter search favours
+            # settings that learn fast, not the ones that end best (measured: docs/BENCHMARKS.md).
+            self.max_epochs = TwoTowerConfig.from_preset(self.preset).epochs
         if self.num_samples < 1 or self.max_concurrent < 1 or self.max_epochs < 1:
             raise ValueError("--num-samples, --max-concurrent and --max-epochs must be >= 1")
         if self.workers_per_trial != 1:
