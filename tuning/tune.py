@@ -147,8 +147,11 @@ def run(cfg: TuneJobConfig) -> dict[str, Any]:
                 mode="max",
                 scheduler=scheduler,
                 num_samples=cfg.num_samples,
-                max_concurrent_trials=cfg.max_concurrent,
-                search_alg=BasicVariantGenerator(random_state=cfg.seed),
+                # Tune ignores max_concurrent_trials for a BasicVariantGenerator passed in (it only
+                # wraps Searchers); the generator must carry the limit itself.
+                search_alg=BasicVariantGenerator(
+                    random_state=cfg.seed, max_concurrent=cfg.max_concurrent
+                ),
             ),
             run_config=tune.RunConfig(name="search", storage_path=experiment, verbose=1),
         )
