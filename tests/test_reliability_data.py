@@ -52,11 +52,6 @@ def test_malformed_raw_files_name_file_and_problem(tmp_path, dataset, file, cont
     assert file in str(err.value) or str(folder) in str(err.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: numbers beyond int64 go through float64 (towers/movielens.py _to_number): an "
-    "id is refused under the name -9223372036854775808, a timestamp is accepted as that value",
-)
 @pytest.mark.parametrize(
     "line",
     ["99999999999999999999999\t10\t5\t881250949", "1\t10\t5\t99999999999999999999999"],

@@ -101,7 +101,15 @@ def _to_number(frame: pd.DataFrame, column: str, path: Path, dtype: str) -> pd.S
     if dtype.startswith("int"):
         if not np.all(np.mod(values.to_numpy(np.float64), 1) == 0):
             raise DataError(f"{path}: column '{column}' must hold integers")
-        return values.astype(dtype)
+        # Text goes through float64, exact only below 2^53: larger ids or timestamps would be
+        # silently altered (or wrap to int64's minimum), so they are refused as written.
+        huge = values.abs().to_numpy(np.float64) >= 2.0**53
+        if huge.any():
+            examples = frame.loc[huge, column].str.strip().head(3).tolist()
+            raise DataError(
+                f"{path}: column '{column}' has {int(huge.sum())} integers too large to read "
+                f"exactly (e.g. {examples!r}); ids and timestamps must be below 2^53"
+            )
     return values.astype(dtype)
 
 
@@ -113,7 +121,7 @@ def _interactions(frame: pd.DataFrame, path: Path, cols: dict[str, str]) -> pd.D
             "user_id": _to_number(frame, cols["user_id"], path, "int64"),
             "item_id": _to_number(frame, cols["item_id"], path, "int64"),
             "rating": _to_number(frame, cols["rating"], path, "float32"),
-            "timestamp": _to_number(frame, cols["timestamp"], path, "float64").astype("int64"),
+            "timestamp": _to_number(frame, cols["timestamp"], path, "int64"),
         }
     )
 
