@@ -14,6 +14,11 @@ from tuning import tune
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
+def test_search_runs_at_most_max_concurrent_trials():
+    cfg = tune.TuneJobConfig(storage="unused", max_concurrent=2)
+    assert tune.search_algorithm(cfg).max_concurrent == 2  # 0 (unlimited) before the fix
+
+
 def test_two_trial_search_and_resume(ray_session, tiny_storage, tmp_path):
     cfg = tune.TuneJobConfig(storage=tiny_storage.uri, num_samples=2, max_epochs=2, grace_period=1)
     manifest = tune.run(cfg)

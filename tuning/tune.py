@@ -84,6 +84,17 @@ def search_space() -> dict[str, Any]:
     }
 
 
+def search_algorithm(cfg: TuneJobConfig):
+    """Random search, seeded, at most ``cfg.max_concurrent`` trials at once.
+
+    Tune ignores ``TuneConfig.max_concurrent_trials`` for a ``BasicVariantGenerator`` passed in
+    (it only wraps ``Searcher``s), so the generator carries the limit itself.
+    """
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.max_concurrent)
+
+
 def trial(params: dict[str, Any]) -> None:
     """One trial: the plain loop, a report per epoch (ASHA decides whether it goes on)."""
     from ray import tune
@@ -137,8 +148,6 @@ def run(cfg: TuneJobConfig) -> dict[str, Any]:
             if cfg.scheduler == "asha"
             else FIFOScheduler()
         )
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
         tuner = tune.Tuner(
             trainable,
             param_space={**search_space(), "job": job},
@@ -147,11 +156,7 @@ def run(cfg: TuneJobConfig) -> dict[str, Any]:
                 mode="max",
                 scheduler=scheduler,
                 num_samples=cfg.num_samples,
-                # Tune ignores max_concurrent_trials for a BasicVariantGenerator passed in (it only
-                # wraps Searchers); the generator must carry the limit itself.
-                search_alg=BasicVariantGenerator(
-                    random_state=cfg.seed, max_concurrent=cfg.max_concurrent
-                ),
+                search_alg=search_algorithm(cfg),
             ),
             run_config=tune.RunConfig(name="search", storage_path=experiment, verbose=1),
         )
