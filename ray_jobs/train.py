@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -338,7 +339,14 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
         ),
         datasets=datasets or None,
     )
-    return trainer.fit(), model_cfg
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit(), model_cfg
+    finally:
+        # fit() installs Ray Train's own SIGINT handler (abort this run) and leaves it in place;
+        # whatever this process does next (evaluate, build the index, serve) gets Ctrl-C back.
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
 
 
 def export(cfg: TrainConfig, data: PreparedData, checkpoint_dir: Path) -> dict[str, Any]:

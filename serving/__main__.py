@@ -86,9 +86,6 @@ def serve_with_ray(
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` shuts down as cleanly as Ctrl-C
-    # A TorchTrainer.fit() earlier in this process (the pipeline, the demo) leaves Ray Train's
-    # own SIGINT handler installed, which would swallow Ctrl-C here: take it back.
-    signal.signal(signal.SIGINT, _interrupt)
     serve.start(http_options={"host": host, "port": port})
     # Access logs cost ~3 log lines per request across processes; off unless asked for.
     logging_config = {"enable_access_log": access_log}

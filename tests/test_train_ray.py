@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,9 @@ def two_workers(ray_session, tiny_storage):
 
 
 def test_two_workers_match_one_worker(tiny_storage, two_workers):
+    before = signal.getsignal(signal.SIGINT)
     one = run_train(tiny_storage, num_workers=1, export_as="model_w1")
+    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C is ours again after fit()
     two = two_workers
     loss1 = np.array([h["loss"] for h in one["history"]])
     loss2 = np.array([h["loss"] for h in two["history"]])
