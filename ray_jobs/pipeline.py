@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 from ray_jobs import build_index, evaluate, prepare, train
 from ray_jobs.cli import help_field, parse_config
-from towers.model import TwoTowerConfig
 from towers.storage import ArtifactError, Storage
 
 log = logging.getLogger("pipeline")
@@ -110,21 +109,19 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     if cfg.paper:
         runs.append(("model_paper", "paper", None))
     if cfg.tune:
-        tune_inputs = fingerprint(
-            data=data_fp,
-            split=cfg.split,
-            samples=cfg.tune_samples,
-            max_epochs=TwoTowerConfig.from_preset("default").epochs,
-        )
+        from tuning import tune
+
+        tune_cfg = tune.TuneJobConfig(storage=uri, split=cfg.split, num_samples=cfg.tune_samples)
+        settings = {k: v for k, v in asdict(tune_cfg).items() if k != "storage"}
+        tune_inputs = fingerprint(data=data_fp, **settings)
 
         def run_tune() -> None:
             from ray_jobs.ray_setup import init_ray
-            from tuning import tune
 
             # Size the local Ray for the training steps after the search too (workers + 1 CPU
             # for Ray Data's reads): a Ray started for 2 trials would be too small for them.
             init_ray(max(2, cfg.num_workers * cfg.cpus_per_worker + 1))
-            tune.run(tune.TuneJobConfig(storage=uri, split=cfg.split, num_samples=cfg.tune_samples))
+            tune.run(tune_cfg)
 
         tuned = steps.step("tune", "tuning", tune_inputs, run_tune)
         runs.append(("model_tuned", "default", tuned["best_config"]))

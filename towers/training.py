@@ -180,14 +180,15 @@ class TrainingContext:
         rows = torch.repeat_interleave(torch.arange(len(user_idx), device=self.device), lengths)
         position_all = torch.arange(len(rows), device=self.device) - offsets[rows] + starts[rows]
         all_items = self.history_items[position_all]  # (H,)
-        keep = torch.ones_like(all_items, dtype=torch.bool)
+        not_target = torch.ones_like(all_items, dtype=torch.bool)
         if exclude_items is not None:
-            keep &= all_items != exclude_items.to(self.device)[rows]
+            not_target = all_items != exclude_items.to(self.device)[rows]
+        keep = not_target
         chance = torch.ones(len(user_idx), device=self.device) * (1.0 - history_dropout)  # (B,)
         if max_history > 0:
             chance = chance * (max_history / lengths.clamp(min=1)).clamp(max=1.0)
         if history_dropout > 0 or max_history > 0:
-            keep &= torch.rand(all_items.shape, device=self.device) < chance[rows]
+            keep = keep & (torch.rand(all_items.shape, device=self.device) < chance[rows])
         items, kept_rows, position = all_items[keep], rows[keep], position_all[keep]
         counts = torch.bincount(kept_rows, minlength=len(user_idx))  # (B,)
         feats = self.user_features[user_idx]  # (B, 3)
@@ -201,9 +202,7 @@ class TrainingContext:
         )
         batch["positive_rows"], batch["positive_items"] = rows, all_items
         if self.config.recent_history > 0:
-            recent = self.history_recency[position_all] < self.config.recent_history
-            if exclude_items is not None:
-                recent &= all_items != exclude_items.to(self.device)[rows]
+            recent = not_target & (self.history_recency[position_all] < self.config.recent_history)
             batch.update(self._recent_bag(all_items[recent], rows[recent], len(user_idx)))
         return batch
 
