@@ -21,7 +21,6 @@ from __future__ import annotations
 import random
 import shutil
 import socket
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,6 +35,7 @@ from towers.storage import Storage
 
 from .test_reliability_fuzz import FUZZ, MAX_SECONDS, FuzzRequest, Tally, any_request, check
 from .test_serving_ray import (  # noqa: F401  (fixtures, found by name)
+    ClientThreads,
     deploy,
     http,
     known_ids,
@@ -90,7 +90,7 @@ def two_replica_app(serve_app, http):
     return base_url, two_replicas(config)
 
 
-class SteadyLoad:
+class SteadyLoad(ClientThreads):
     """Client threads asking ``GET /recommend/{user}`` for random known users until stopped.
 
     Every request is recorded as ``(time, outcome)``: the status code, or the exception name of
@@ -99,11 +99,8 @@ class SteadyLoad:
 
     def __init__(self, base_url: str, users: list[int], clients: int = 6) -> None:
         self.base_url, self.users = base_url, users
-        self.stop, self.lock = threading.Event(), threading.Lock()
         self.records: list[tuple[float, str, str]] = []  # (time, outcome, model_version)
-        self.threads = [
-            threading.Thread(target=self.run, args=(seed,), daemon=True) for seed in range(clients)
-        ]
+        super().__init__([(seed,) for seed in range(clients)])
 
     def run(self, seed: int) -> None:
         rng = random.Random(seed)
@@ -128,16 +125,6 @@ class SteadyLoad:
     def success_rate(self) -> float:
         outcomes = self.outcomes
         return outcomes["200"] / max(1, sum(outcomes.values()))
-
-    def __enter__(self) -> SteadyLoad:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
 
 
 def all_users(storage: Storage) -> list[int]:

@@ -143,19 +143,36 @@ def test_binds_loopback_only(serve_app):
             pass
 
 
-class Load:
+class ClientThreads:
+    """Client threads, each running ``self.run(*args)`` until stopped; a context manager."""
+
+    def __init__(self, thread_args: list[tuple]) -> None:
+        self.stop, self.lock = threading.Event(), threading.Lock()
+        self.threads = [threading.Thread(target=self.run, args=a, daemon=True) for a in thread_args]
+
+    def run(self, *args: Any) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> ClientThreads:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+
+class Load(ClientThreads):
     """Clients requesting in threads until stopped; records every outcome."""
 
     def __init__(self, base_url: str, user: int, item: int, clients: int = 6) -> None:
-        self.stop, self.lock = threading.Event(), threading.Lock()
         self.outcomes: Counter[str] = Counter()
         self.versions: list[str] = []
         paths = [f"/recommend/{user}?k=5", f"/recommend/{user}?k=5&model=user_knn"]
         paths.append(f"/similar/{item}?k=5")
-        self.threads = [
-            threading.Thread(target=self.run, args=(base_url, paths[i % len(paths)]), daemon=True)
-            for i in range(clients)
-        ]
+        super().__init__([(base_url, paths[i % len(paths)]) for i in range(clients)])
 
     def run(self, base_url: str, path: str) -> None:
         with httpx.Client(base_url=base_url, timeout=30) as client:
@@ -170,16 +187,6 @@ class Load:
                     self.outcomes[outcome] += 1
                     if "user_knn" not in path:
                         self.versions.append(version)
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
 
 
 def two_tower_health(http) -> dict:
