@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 TARGETS = {  # name -> (extra CLI flags, extra environment)
     "bare": (["--no-ray"], {}),
@@ -104,18 +105,28 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
     raise RuntimeError(f"{url}/healthz not ready after {timeout_s:.0f}s")
 
 
-def stop_target(proc: subprocess.Popen) -> None:
-    """Ctrl-C (Serve shuts down cleanly), then SIGTERM/SIGKILL to the process group we started."""
-    for sig, wait_s in ((signal.SIGINT, 40), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        if proc.poll() is not None:
-            break
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-    with contextlib.suppress(ProcessLookupError):  # Ray worker processes left in the group
+def stop_target(proc: subprocess.Popen, clean_s: float = 60) -> None:
+    """Stops a server as ``kill`` would, then SIGKILLs whatever it started that is still alive.
+
+    SIGTERM goes to the server process alone (``python -m serving`` shuts Serve down on it as on
+    Ctrl-C). Not SIGINT: a server started from a background shell job inherits SIGINT ignored.
+    Not the whole process group first: it holds the GCS and raylet that ``ray.init`` started,
+    which then die before ``serve.shutdown()`` has stopped HAProxy, and the orphaned HAProxy
+    keeps ports 8404/9101 so that the next Serve start fails. Both happened here.
+    """
+    try:
+        started = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:  # already gone
+        started = []
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(clean_s)
+    with contextlib.suppress(ProcessLookupError):  # the group: the server and Ray's daemons
         os.killpg(proc.pid, signal.SIGKILL)
+    for child in started:  # and what left the group (Ray workers, HAProxy)
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    proc.wait()
 
 
 def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict[str, float]:

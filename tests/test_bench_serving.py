@@ -1,0 +1,70 @@
+"""``bench/bench_serving.py`` process handling, without Ray: what a stopped target leaves."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from bench.bench_serving import stop_target
+
+# A stand-in for `python -m serving` started from a background shell job: SIGINT ignored, a
+# SIGTERM handler that exits cleanly, and a grandchild in its own session (as HAProxy is, under a
+# Ray worker), which a signal to the server's process group does not reach.
+SERVER = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                         start_new_session=True)
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_stop_target_stops_a_sigint_deaf_server_and_what_it_started_outside_its_group():
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    grandchild = psutil.Process(int(proc.stdout.readline()))
+    assert grandchild.is_running()
+    assert grandchild.pid in {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+
+    stop_target(proc, clean_s=20)
+
+    assert proc.returncode == 0  # SIGTERM's clean exit, not SIGKILL (-9)
+    assert gone(grandchild)
+
+
+def test_stop_target_escalates_to_sigkill_when_the_server_ignores_sigterm():
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\n"
+            "time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout.readline().strip() == "up"
+    stop_target(proc, clean_s=1)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def gone(process: psutil.Process, timeout_s: float = 10) -> bool:
+    """Exited (a zombie counts: its parent, not us, has to reap it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
