@@ -22,8 +22,7 @@ import numpy as np
 
 from ray_jobs.cli import help_field, parse_config
 from ray_jobs.ray_setup import init_ray
-from towers.index import FORMAT_VERSION as INDEX_FORMAT_VERSION
-from towers.index import ExactIndex, make_index, recall_at_k
+from towers.index import ExactIndex, make_index, publish_saved_index, recall_at_k
 from towers.storage import Storage
 from towers.two_tower import TwoTowerRecommender
 
@@ -116,30 +115,20 @@ def run(cfg: BuildIndexConfig) -> dict[str, Any]:
     if recall < cfg.min_recall:
         raise RuntimeError(f"index recall@10 {recall:.3f} is below --min-recall {cfg.min_recall}")
     index.measured_recall = {"k": 10, "recall": recall, "n_queries": len(users)}
-    storage.begin_artifact("index")
     with tempfile.TemporaryDirectory() as tmp:
         index.save(Path(tmp) / "index")
         if cfg.user_embeddings:
             all_users = rec.user_embeddings(np.arange(rec.n_users))
             np.save(Path(tmp) / "index" / "user_embeddings.npy", all_users)
-        storage.upload_dir(Path(tmp) / "index", "index")
-    manifest = storage.publish(
-        "index",
-        {
-            "format_version": INDEX_FORMAT_VERSION,
-            "measured_recall": index.measured_recall,
-            "kind": index.kind,
-            "model": cfg.model,
-            "model_version": rec.version,
-            "dim": index.dim,
-            "size": index.size,
-            "settings": index.settings_dict(),
-            "measured_recall@10": recall,
-            "recall_users": len(users),
-            "embed_seconds": round(embed_s, 2),
-            "model_manifest_version": model_manifest.get("version"),
-        },
-    )
+        manifest = publish_saved_index(
+            Path(tmp) / "index",
+            storage,
+            "index",
+            model=cfg.model,
+            recall_users=len(users),
+            embed_seconds=round(embed_s, 2),
+            model_manifest_version=model_manifest.get("version"),
+        )
     print(
         f"index/: {index.kind} over {index.size} items (D={index.dim}) for model "
         f"{rec.version}; recall@10 vs exact {recall:.4f} on {len(users)} users; "

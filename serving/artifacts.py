@@ -14,16 +14,14 @@ and ``.npy`` with ``allow_pickle=False``, JSON, Parquet and ScaNN's own protobuf
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from serving.recommenders import Catalog, TwoTowerService, UserKNNService
 from serving.schemas import ModelSettings
-from towers.index import FORMAT_VERSION, IDS_FILE, MANIFEST, ItemIndex, make_index
+from towers.index import IDS_FILE, ItemIndex, make_index, publish_saved_index
 from towers.storage import Storage
 
 USER_EMBEDDINGS_FILE = "user_embeddings.npy"
@@ -57,29 +55,13 @@ def load_item_index(
         raise ArtifactLoadError(
             f"{storage.uri}: {artifact}/ has dimension {manifest.get('dim')}, the model {dim}"
         )
-    with storage.local_copy(artifact) as folder, tempfile.TemporaryDirectory() as tmp:
-        own = json.loads((folder / MANIFEST).read_text())
-        if "format_version" not in own:
-            # ray_jobs.build_index publishes the storage manifest over the index's own one; it
-            # carries every field ItemIndex.load reads except format_version. Load through links.
-            folder = _relinked(folder, Path(tmp), {**own, "format_version": FORMAT_VERSION})
+    with storage.local_copy(artifact) as folder:
         index = ItemIndex.load(folder, expected_version=model_version, expected_dim=dim)
         ids = np.load(folder / IDS_FILE, allow_pickle=False)
         user_emb = None
         if (folder / USER_EMBEDDINGS_FILE).is_file():
             user_emb = np.load(folder / USER_EMBEDDINGS_FILE, allow_pickle=False)
     return index, ids, user_emb
-
-
-def _relinked(source: Path, tmp: Path, manifest: dict[str, Any]) -> Path:
-    """A folder of symlinks to ``source``'s entries with ``manifest`` as its manifest."""
-    target = tmp / "index"
-    target.mkdir()
-    for entry in source.iterdir():
-        if entry.name != MANIFEST:
-            (target / entry.name).symlink_to(entry.resolve(), entry.is_dir())
-    (target / MANIFEST).write_text(json.dumps(manifest))
-    return target
 
 
 def load_two_tower_service(default_storage: str, settings: ModelSettings) -> TwoTowerService:
@@ -196,19 +178,7 @@ def publish_small_run(
         np.save(
             Path(tmp) / "index" / USER_EMBEDDINGS_FILE, rec.user_embeddings(np.arange(rec.n_users))
         )
-        storage.begin_artifact(index_artifact)
-        storage.upload_dir(Path(tmp) / "index", index_artifact)
-        storage.publish(
-            index_artifact,
-            {
-                "kind": index.kind,
-                "model": model_artifact,
-                "model_version": rec.version,
-                "dim": index.dim,
-                "size": index.size,
-                "settings": index.settings_dict(),
-            },
-        )
+        publish_saved_index(Path(tmp) / "index", storage, index_artifact, model=model_artifact)
         knn = UserKNN(n_neighbors=20).fit(data.full_train)
         knn.save(Path(tmp) / "knn")
         storage.begin_artifact(knn_artifact)

@@ -27,8 +27,10 @@ from towers.index import (
     ScannSettings,
     make_index,
     measure_recall,
+    publish_saved_index,
     recall_at_k,
 )
+from towers.storage import Storage
 
 DIM = 16
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +119,22 @@ def test_save_load_round_trip_survives_a_move(catalog, kind, tmp_path):
     for got, want in zip(loaded.search(queries, 10), before, strict=True):
         np.testing.assert_array_equal(got, want)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copied"]  # no temp dirs left
+
+
+def test_published_index_has_one_manifest_both_readers_accept(catalog, tmp_path):
+    _, queries, _, scann = catalog
+    scann.save(tmp_path / "local")
+    np.save(tmp_path / "local" / "extra.npy", np.arange(3))  # e.g. known-user embeddings
+    storage = Storage(tmp_path / "run")
+    publish_saved_index(tmp_path / "local", storage, "index", model="model")
+    manifest = storage.read_manifest("index", model="model", kind="scann", dim=DIM)
+    assert "extra.npy" in manifest["files"] and "manifest.json" not in manifest["files"]
+    loaded = ItemIndex.load(storage.path("index"), expected_version="v1", expected_dim=DIM)
+    np.testing.assert_array_equal(loaded.search(queries, 5)[1], scann.search(queries, 5)[1])
+    # Manifests published before they recorded format_version load as format 1.
+    del manifest["format_version"]
+    storage.write_json("index/manifest.json", manifest)
+    assert ItemIndex.load(storage.path("index")).size == scann.size
 
 
 def test_tune_trades_recall_for_speed_and_is_saved(tmp_path):

@@ -2,8 +2,8 @@
 
 ``tests/test_movielens.py`` covers empty files, missing columns, non-numeric and out-of-range
 ratings, unknown ids, duplicates and fractional ids; these are the hostile cases beside them
-(binary junk, wrong separators, ragged rows, broken quoting, NaN/inf, damaged Parquet). The
-``xfail`` tests record two gaps found here, left to the owners of the loader and of storage.
+(binary junk, wrong separators, ragged rows, broken quoting, NaN/inf, damaged Parquet, including
+damage that keeps the file's size, which only the manifest's SHA-256 digests catch).
 """
 
 from __future__ import annotations
@@ -78,20 +78,17 @@ def test_damaged_prepared_parquet_is_refused_naming_the_file(prepared):
     train.write_bytes(b"x" * 10)  # truncated: the manifest's size check
     with pytest.raises(ArtifactError, match="train.parquet has 10 bytes, manifest says"):
         load_prepared(prepared)
-    train.write_bytes(b"x" * size)  # same size, not Parquet: the reader's own check
-    with pytest.raises(Exception, match="train.parquet.*(?i:parquet magic bytes)"):
+    train.write_bytes(b"x" * size)  # same size, not Parquet: the manifest's SHA-256
+    with pytest.raises(ArtifactError, match="train.parquet is damaged or was changed"):
         load_prepared(prepared)
     Path(prepared.path("data/manifest.json")).unlink()
     with pytest.raises(ArtifactError, match="incomplete"):
         load_prepared(prepared)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: manifests record file sizes, not checksums, so a same-size corruption inside "
-    "a Parquet data page can load as different numbers (14 of 46 positions tried)",
-)
 def test_same_size_corruption_is_detected(prepared):
+    """Byte flips at ~46 positions of a split file: every one is refused, none loads as other
+    numbers. (Before manifests recorded SHA-256 digests, 14 of 46 loaded silently.)"""
     train = Path(prepared.path("data/splits/random/train.parquet"))
     before = pd.read_parquet(train)
     raw = bytearray(train.read_bytes())
@@ -103,6 +100,7 @@ def test_same_size_corruption_is_detected(prepared):
         try:
             load_prepared(prepared)
             outcomes.append("same" if pd.read_parquet(train).equals(before) else "silent")
-        except Exception:
+        except ArtifactError as err:
+            assert "train.parquet is damaged" in str(err)
             outcomes.append("refused")
-    assert "silent" not in outcomes, outcomes
+    assert set(outcomes) == {"refused"}, outcomes

@@ -32,6 +32,15 @@ def test_manifest_published_last_and_checked(tmp_path):
     assert s.read_manifest("model", dim=8)["files"] == {"weights.bin": 5}
     with pytest.raises(ArtifactError, match="has dim=8, expected 16"):
         s.read_manifest("model", dim=16)
+    manifest = s.read_manifest("model")
+    assert manifest["sha256"] == {"weights.bin": hashlib.sha256(b"12345").hexdigest()}
+    (tmp_path / "model" / "weights.bin").write_bytes(b"12346")  # same size, other bytes
+    with pytest.raises(ArtifactError, match="weights.bin is damaged or was changed"):
+        s.read_manifest("model")
+    assert s.read_manifest("model", checksums=False)["version"] == "v1"  # sizes only
+    legacy = {k: v for k, v in manifest.items() if k != "sha256"}  # written before digests
+    s.write_json("model/manifest.json", legacy)
+    assert s.read_manifest("model")["files"] == {"weights.bin": 5}
     (tmp_path / "model" / "weights.bin").write_bytes(b"12")  # truncated behind our back
     with pytest.raises(ArtifactError, match="has 2 bytes, manifest says 5"):
         s.read_manifest("model")

@@ -24,11 +24,14 @@ import warnings
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+if TYPE_CHECKING:
+    from towers.storage import Storage
 
 MANIFEST = "manifest.json"
 IDS_FILE = "ids.npy"
@@ -290,7 +293,9 @@ class ItemIndex(ABC):
             raise IncompleteIndexError(
                 f"{directory}: {MANIFEST} is not valid JSON ({err})"
             ) from err
-        required = {"format_version", "kind", "model_version", "dim", "size", "settings", "files"}
+        # Storage manifests published before they carried format_version hold format 1.
+        manifest.setdefault("format_version", 1)
+        required = {"kind", "model_version", "dim", "size", "settings", "files"}
         if missing := sorted(required - manifest.keys()):
             raise IncompleteIndexError(f"{directory}: {MANIFEST} lacks fields {missing}")
         if manifest["format_version"] > FORMAT_VERSION:
@@ -583,6 +588,22 @@ class ScannIndex(ItemIndex):
                 f"{directory}: searcher holds {self._searcher.size()} items, ids {self.size}"
             )
         self._set_threads()
+
+
+def publish_saved_index(
+    folder: str | os.PathLike[str], storage: Storage, artifact: str, **fields: Any
+) -> dict[str, Any]:
+    """Uploads the index saved in local ``folder`` (``ItemIndex.save``) as ``artifact`` and
+    publishes it, with the other files put in ``folder`` since (known-user embeddings).
+
+    One ``manifest.json`` serves both readers: the storage manifest carries the index's own
+    fields (what ``ItemIndex.load`` reads), ``fields``, and the storage's file sizes and digests.
+    """
+    own = json.loads((Path(folder) / MANIFEST).read_text())
+    del own["files"]  # the storage manifest lists every uploaded file
+    storage.begin_artifact(artifact)
+    storage.upload_dir(Path(folder), artifact, exclude={MANIFEST})
+    return storage.publish(artifact, {**own, **fields})
 
 
 def make_index(

@@ -3,12 +3,14 @@
 Artifacts (``data/``, ``model/``, ``index/``, ``knn/``, ``reports/``, ``tuning/``) are folders under
 the root. Each is published by writing its files first and its ``manifest.json`` last (itself via a
 temp name and a move), after deleting any old manifest: a reader that finds a manifest knows every
-file it lists is complete, and checks their sizes. A crash mid-write leaves an artifact without a
-manifest, which readers refuse with a message naming what is missing.
+file it lists is complete, and checks their sizes and SHA-256 digests. A crash mid-write leaves an
+artifact without a manifest, which readers refuse with a message naming what is missing; a file
+changed or damaged after publishing (even at the same size) is refused by its digest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import posixpath
@@ -16,7 +18,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -116,33 +118,39 @@ class Storage:
             self.fs.delete_file(manifest)
 
     def publish(self, artifact: str, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Writes ``artifact/manifest.json`` last, recording every file's size for readers."""
-        files = {}
+        """Writes ``artifact/manifest.json`` last, recording every file's size and SHA-256."""
+        files, digests = {}, {}
         selector = pafs.FileSelector(self.path(artifact), recursive=True)
-        for info in self.fs.get_file_info(selector):
+        for info in sorted(self.fs.get_file_info(selector), key=lambda i: i.path):
             rel = posixpath.relpath(info.path, self.path(artifact))
             if info.type == pafs.FileType.File and rel != MANIFEST and ".tmp-" not in rel:
                 files[rel] = info.size
+                digests[rel] = self._sha256(info.path)
         full = {
             "schema_version": SCHEMA_VERSION,
             "artifact": artifact,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **manifest,
             "files": files,
+            "sha256": digests,
         }
         self.write_json(f"{artifact}/{MANIFEST}", full)
         return full
 
-    def read_manifest(self, artifact: str, **expected: Any) -> dict[str, Any]:
+    def read_manifest(
+        self, artifact: str, *, checksums: bool = True, **expected: Any
+    ) -> dict[str, Any]:
         """Reads and checks ``artifact``'s manifest.
 
         Args:
             artifact: folder name under the root, e.g. ``"model"``.
+            checksums: also re-read every file and compare its SHA-256 with the manifest's
+                (about 1 s per GB; manifests written before digests were recorded have sizes only).
             **expected: manifest fields that must equal the given values (e.g. ``dim=64``).
 
         Raises:
-            ArtifactError: naming the missing manifest, a missing or truncated file, or a field
-                whose value differs from the expected one.
+            ArtifactError: naming the missing manifest, a missing, truncated or damaged file, or a
+                field whose value differs from the expected one.
         """
         if not self.exists(artifact, MANIFEST):
             hint = "incomplete (a crash mid-write?)" if self.exists(artifact) else "missing"
@@ -159,6 +167,13 @@ class Storage:
                 raise ArtifactError(
                     f"{self.uri}: {artifact}/{rel} has {info.size} bytes, manifest says {size}"
                 )
+        for rel, digest in manifest.get("sha256", {}).items() if checksums else ():
+            if self._sha256(self.path(artifact, rel)) != digest:
+                raise ArtifactError(
+                    f"{self.uri}: {artifact}/{rel} is damaged or was changed after it was "
+                    "written: its SHA-256 differs from the manifest's; rerun the step that "
+                    "writes it"
+                )
         for key, value in expected.items():
             if value is not None and manifest.get(key) != value:
                 raise ArtifactError(
@@ -166,6 +181,13 @@ class Storage:
                     f"expected {value!r}"
                 )
         return manifest
+
+    def _sha256(self, path: str) -> str:
+        digest = hashlib.sha256()
+        with self.fs.open_input_stream(path) as src:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def is_complete(self, artifact: str, **expected: Any) -> bool:
         try:
@@ -176,10 +198,10 @@ class Storage:
 
     # --- local folders for libraries that write files themselves (ScaNN, safetensors) --------
 
-    def upload_dir(self, local: Path, artifact: str) -> None:
-        """Copies a local folder's files into ``artifact/`` (no manifest: call ``publish``)."""
+    def upload_dir(self, local: Path, artifact: str, exclude: Collection[str] = ()) -> None:
+        """Copies a local folder's files, but ``exclude``, into ``artifact/`` (then ``publish``)."""
         for path in sorted(Path(local).rglob("*")):
-            if path.is_file():
+            if path.is_file() and path.relative_to(local).as_posix() not in exclude:
                 self.write_bytes(
                     f"{artifact}/{path.relative_to(local).as_posix()}", path.read_bytes()
                 )
