@@ -84,7 +84,9 @@ def serve_with_ray(
     from serving.app import build_app
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False)
+        from ray_jobs.ray_setup import start_ray
+
+        start_ray(include_dashboard=False)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` shuts down as cleanly as Ctrl-C
     serve.start(http_options={"host": host, "port": port})
     # Access logs cost ~3 log lines per request across processes; off unless asked for.
