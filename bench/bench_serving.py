@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -266,6 +267,53 @@ def median(runs: list[dict], key: str) -> float:
     return float(statistics.median(r[key] for r in runs))
 
 
+def plot(rows: list[dict]) -> bytes:
+    """PNG: req/s and p99 against connections, one line per target (medians over rounds), the
+    bare process's rounds pooled over all pairs; the target's 50 ms p99 as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[int, list[dict]]] = {}
+    for r in rows:
+        series.setdefault(r["target"], {}).setdefault(r["connections"], []).append(r)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in sorted(series, key=lambda n: (n != "bare", n)):
+        points = sorted(series[name].items())
+        x = [c for c, _ in points]
+        style = {"marker": "o", "label": name}
+        style |= {"color": "black", "linestyle": "--"} if name == "bare" else {}
+        left.plot(x, [median(runs, "rps") for _, runs in points], **style)
+        right.plot(x, [median(runs, "p99_ms") for _, runs in points], **style)
+    right.axhline(50, color="red", linewidth=0.8, linestyle=":", label="p99 target 50 ms")
+    for ax, label in ((left, "requests/s"), (right, "p99 latency, ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["connections"] for r in rows}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("wrk connections")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    right.set_yscale("log")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    left.set_title("GET /recommend throughput (median of rounds)")
+    right.set_title("p99 latency (median of rounds)")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_outputs(rows: list[dict], out: Path) -> None:
+    """``rows.jsonl`` (every measurement), ``table.md`` and ``serving.png`` under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "table.md").write_text(table(rows) + "\n")
+    (out / "serving.png").write_bytes(plot(rows))
+    print(f"wrote {out}/rows.jsonl, table.md, serving.png")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--storage", default="/tmp/serve_bench", help="prepared storage root")
@@ -287,7 +335,30 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--startup-timeout", type=float, default=240.0, help="seconds")
     parser.add_argument("--smoke-test", action="store_true", help="tiny data, bare, 2 s runs")
+    parser.add_argument(
+        "--out", type=Path, help="also write rows.jsonl, table.md and serving.png (a plot) here"
+    )
+    parser.add_argument(
+        "--from-rows",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="no measuring: the table (and --out files) from earlier runs' printed JSON rows",
+    )
     args = parser.parse_args(argv)
+    if args.from_rows:
+        rows = [
+            json.loads(line)
+            for file in args.from_rows
+            for line in file.read_text().splitlines()
+            if line.startswith("{")
+        ]
+        if not rows:
+            sys.exit(f"no JSON rows in {', '.join(map(str, args.from_rows))}")
+        print(table(rows))
+        if args.out:
+            write_outputs(rows, args.out)
+        return
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: install it with `apt-get install -y wrk` (Debian/Ubuntu)")
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
@@ -301,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = bench(args, storage, Path(tmp))
         print(f"load average at end: {os.getloadavg()}")
     print(table(rows))
+    if args.out:
+        write_outputs(rows, args.out)
 
 
 if __name__ == "__main__":

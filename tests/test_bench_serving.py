@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -68,3 +69,23 @@ def gone(process: psutil.Process, timeout_s: float = 10) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_table_and_plot_from_saved_rows(tmp_path, capsys):
+    from bench.bench_serving import main
+
+    rows = [
+        {"target": t, "pair": "serve", "connections": c, "round": r, "rps": rps, "p50_ms": 5.0,
+         "p99_ms": p99, "errors": 0, "requests": 100}
+        for c in (1, 16)
+        for r in range(3)
+        for t, rps, p99 in (("bare", 1000.0 + r, 10.0), ("serve", 400.0 + 100 * r, 40.0 + r))
+    ]  # fmt: skip
+    log = tmp_path / "run.txt"
+    log.write_text("load average ...\n" + "".join(json.dumps(r) + "\n" for r in rows) + "| x |\n")
+    main(["--from-rows", str(log), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert "| serve | 16 | 500 | 1001 | 0.50 | 5.0 | 41.0 | 10.0 | 0 / 300 |" in out
+    assert (tmp_path / "out" / "table.md").read_text().count("| serve |") == 2
+    assert len((tmp_path / "out" / "rows.jsonl").read_text().splitlines()) == len(rows)
+    assert (tmp_path / "out" / "serving.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
