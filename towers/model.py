@@ -20,7 +20,7 @@ For speed on CPUs (ML-100K in ~2 s per epoch on 2 cores) the default trains 20 e
 1024-pair batches at lr 3e-3 and pools a random ~64 of a long history per pair; batches of 2048
 or a narrower item tower cost ranking quality (docs/QUALITY.md has the table).
 
-Batches are dicts of tensors built by ``towers.training.TrainingContext``:
+Batches are dicts of tensors built by ``towers.context.TrainingContext``:
 
 - user batch: ``user_idx (B,)``, ``user_features (B, 3)``, ``history_items (H,)``,
   ``history_offsets (B,)``, ``history_weights (H,)`` (``1/n`` per kept item, so the bag is a

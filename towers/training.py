@@ -1,9 +1,8 @@
 """The plain training loop: framework-free, so the same code runs in a bare process and in every
 Ray Train DDP worker (``train_loop_per_worker`` calls :func:`train_epoch` on its shard).
 
-- :class:`TrainingContext` — the per-worker tensors the loop needs besides the batch: feature
-  tables, the training history as CSR, item popularity (for logQ), the config and the rating
-  scale. It turns ``user_idx``/``item_idx`` into the model's user and item batches.
+- :class:`TrainingContext` (``towers.context``, re-exported here) — the per-worker tensors the
+  loop needs besides the batch; it turns ``user_idx``/``item_idx`` into the model's inputs.
 - :func:`make_batches` — deterministic per-epoch shuffling and sharding for the bare loop.
 - :func:`train_epoch` — one pass; works on a plain ``TwoTower`` or one wrapped in DDP.
 - :func:`validate` — full-catalog Recall@k / NDCG@k (training items excluded) and RMSE.
@@ -21,14 +20,12 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from towers.context import Batch, TrainingContext
 from towers.features import FeatureTables
 from towers.interactions import Interactions
 from towers.losses import full_softmax, in_batch_softmax, pointwise_bce, rating_mse
@@ -36,248 +33,10 @@ from towers.metrics import ranking_metrics
 from towers.model import TwoTower, TwoTowerConfig
 from towers.recommender import top_k_excluding
 
-Batch = dict[str, torch.Tensor]
-
 
 def unwrap(model: nn.Module) -> TwoTower:
     """The ``TwoTower`` inside a DDP (or any ``.module``) wrapper, or the model itself."""
     return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
-
-
-def infer_rating_scale(train: Interactions) -> tuple[float, float]:
-    """``(min, max)`` of the training ratings; widened to include [0, 1] when they are all equal.
-
-    Prefer passing the data set's own scale (``PreparedData.rating_scale``) where it is known.
-    """
-    if len(train) == 0:
-        return (0.0, 1.0)
-    lo, hi = float(train.rating.min()), float(train.rating.max())
-    return (lo, hi) if hi > lo else (min(0.0, lo), max(hi, 1.0))
-
-
-def recency_ranks(train: Interactions) -> np.ndarray:
-    """``(N,)`` rank of each row among its user's rows by timestamp, 0 = the most recent."""
-    order = np.lexsort((train.item_idx, -train.timestamp, train.user_idx))  # user, newest first
-    first = np.searchsorted(train.user_idx[order], train.user_idx[order], side="left")
-    ranks = np.empty(len(train), dtype=np.int64)
-    ranks[order] = np.arange(len(train)) - first
-    return ranks
-
-
-@dataclass
-class TrainingContext:
-    """Tensors shared by every step of one worker, built once from features and training data.
-
-    Attributes:
-        config: the model/loss config.
-        rating_scale: ``(lo, hi)`` raw rating range, mapped to [0, 1] for the losses.
-        user_features: ``(n_users, 3)`` int64 age bucket, gender, occupation.
-        item_genres: ``(n_items, G)`` float32 genre multi-hot.
-        item_year_bucket: ``(n_items,)`` int64.
-        history_indptr: ``(n_users + 1,)`` int64 CSR row pointers of the training history.
-        history_items: ``(nnz,)`` int64 CSR column indices (the items of each user).
-        history_ratings: ``(nnz,)`` float32 their ratings scaled to [0, 1].
-        history_recency: ``(nnz,)`` int64 rank of each entry among its user's items by time,
-            0 = the most recent (ties broken by item).
-        item_log_q: ``(n_items,)`` float32 log of each item's share of training pairs.
-    """
-
-    config: TwoTowerConfig
-    rating_scale: tuple[float, float]
-    user_features: torch.Tensor
-    item_genres: torch.Tensor
-    item_year_bucket: torch.Tensor
-    history_indptr: torch.Tensor
-    history_items: torch.Tensor
-    history_ratings: torch.Tensor
-    history_recency: torch.Tensor
-    item_log_q: torch.Tensor
-
-    @classmethod
-    def build(
-        cls,
-        features: FeatureTables,
-        train: Interactions,
-        config: TwoTowerConfig,
-        rating_scale: tuple[float, float] | None = None,
-        device: str | torch.device = "cpu",
-    ) -> TrainingContext:
-        if (features.n_users, features.n_items) != (train.n_users, train.n_items):
-            raise ValueError(
-                f"features cover ({features.n_users}, {features.n_items}) users/items, training "
-                f"data ({train.n_users}, {train.n_items})"
-            )
-        rating_scale = rating_scale or infer_rating_scale(train)
-        csr = train.to_csr()  # sorted by user, then item; values are raw ratings
-        recency = recency_ranks(train)  # (nnz,) per row of train
-        # Same (user, item) pattern built the same way: .data lines up with csr.indices.
-        recency_csr = sp.csr_matrix(
-            (recency + 1, (train.user_idx, train.item_idx)), shape=(train.n_users, train.n_items)
-        )
-        lo, hi = rating_scale
-        counts = np.bincount(train.item_idx, minlength=train.n_items).astype(np.float64)
-        log_q = np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))
-        t = torch.tensor  # copies: the inputs may be read-only views
-        return cls(
-            config=config,
-            rating_scale=(float(lo), float(hi)),
-            user_features=t(features.user_features, dtype=torch.int64),
-            item_genres=t(features.item_genres, dtype=torch.float32),
-            item_year_bucket=t(features.item_year_bucket, dtype=torch.int64),
-            history_indptr=t(csr.indptr, dtype=torch.int64),
-            history_items=t(csr.indices, dtype=torch.int64),
-            history_ratings=t((csr.data - lo) / (hi - lo), dtype=torch.float32),
-            history_recency=t(recency_csr.data - 1, dtype=torch.int64),
-            item_log_q=t(log_q, dtype=torch.float32),
-        ).to(device)
-
-    @property
-    def device(self) -> torch.device:
-        return self.history_items.device
-
-    def to(self, device: str | torch.device) -> TrainingContext:
-        moved = {
-            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()
-        }
-        return TrainingContext(**moved)
-
-    def scale_rating(self, rating: torch.Tensor) -> torch.Tensor:
-        """Raw ratings → [0, 1]."""
-        lo, hi = self.rating_scale
-        return (rating.float() - lo) / (hi - lo)
-
-    def user_batch(
-        self,
-        user_idx: torch.Tensor,
-        exclude_items: torch.Tensor | None = None,
-        history_dropout: float = 0.0,
-        max_history: int = 0,
-    ) -> Batch:
-        """The user tower's input for ``(B,)`` users, their history pooled as a weighted bag.
-
-        Args:
-            user_idx: ``(B,)`` user indices.
-            exclude_items: ``(B,)`` the target item of each row, removed from that row's history
-                (training pair ``(u, i)`` must not see ``i`` in ``u``'s pool), or None.
-            history_dropout: chance of dropping each remaining history item (training only).
-            max_history: when > 0, a row with ``n`` history items keeps each with chance
-                ``max_history / n`` (so about ``max_history`` of them): an unbiased sample of the
-                mean that bounds the cost of long histories (training only).
-
-        Returns:
-            Dict with ``user_idx (B,)``, ``user_features (B, 3)``, ``history_items (H,)`` (the
-            kept entries only), ``history_rows (H,)`` (the row of each entry),
-            ``history_offsets (B,)``, ``history_weights (H,)`` (``1/kept``, so each bag is a mean),
-            ``genre_profile (B, G)``, ``history_rating_weights (H,)`` (``weight x (rating - bag
-            mean)``), ``history_mean_rating (B,)`` (bag mean, ratings scaled to [0, 1]), and
-            ``positive_rows``/``positive_items`` — every training item of every row, for losses
-            that must not treat them as negatives.
-        """
-        user_idx = user_idx.to(self.device)
-        starts = self.history_indptr[user_idx]  # (B,)
-        lengths = self.history_indptr[user_idx + 1] - starts  # (B,)
-        offsets = torch.cumsum(lengths, 0) - lengths  # (B,)
-        rows = torch.repeat_interleave(torch.arange(len(user_idx), device=self.device), lengths)
-        position_all = torch.arange(len(rows), device=self.device) - offsets[rows] + starts[rows]
-        all_items = self.history_items[position_all]  # (H,)
-        not_target = torch.ones_like(all_items, dtype=torch.bool)
-        if exclude_items is not None:
-            not_target = all_items != exclude_items.to(self.device)[rows]
-        keep = not_target
-        chance = torch.ones(len(user_idx), device=self.device) * (1.0 - history_dropout)  # (B,)
-        if max_history > 0:
-            chance = chance * (max_history / lengths.clamp(min=1)).clamp(max=1.0)
-        if history_dropout > 0 or max_history > 0:
-            keep = keep & (torch.rand(all_items.shape, device=self.device) < chance[rows])
-        items, kept_rows, position = all_items[keep], rows[keep], position_all[keep]
-        counts = torch.bincount(kept_rows, minlength=len(user_idx))  # (B,)
-        feats = self.user_features[user_idx]  # (B, 3)
-        batch = self._user_batch(
-            user_idx,
-            feats,
-            items,
-            self.history_ratings[position],
-            kept_rows,
-            torch.cumsum(counts, 0) - counts,
-        )
-        batch["positive_rows"], batch["positive_items"] = rows, all_items
-        if self.config.recent_history > 0:
-            recent = not_target & (self.history_recency[position_all] < self.config.recent_history)
-            batch.update(self._recent_bag(all_items[recent], rows[recent], len(user_idx)))
-        return batch
-
-    def _recent_bag(self, items: torch.Tensor, rows: torch.Tensor, n_rows: int) -> Batch:
-        """Mean bags of recent items: ``recent_items``, ``recent_offsets``, ``recent_weights``."""
-        counts = torch.bincount(rows, minlength=n_rows)  # (B,)
-        return {
-            "recent_items": items,
-            "recent_offsets": torch.cumsum(counts, 0) - counts,
-            "recent_weights": 1.0 / counts.clamp(min=1)[rows].float(),
-        }
-
-    def cold_user_batch(self, features_row: np.ndarray, liked_items: list[int]) -> Batch:
-        """A batch of one user who is not in the training data (the "unknown user" id row).
-
-        Their ratings are unknown: every liked item gets the mid-scale rating 0.5, so the
-        rating-centred pool is empty and the mean-rating input is 0, exactly as for the training
-        rows whose ratings the model hides (``rating_history_dropout``).
-        """
-        items = torch.as_tensor(list(liked_items), dtype=torch.int64, device=self.device)
-        feats = torch.as_tensor(np.asarray(features_row), dtype=torch.int64, device=self.device)
-        batch = self._user_batch(
-            torch.tensor([self.config.n_users], device=self.device),
-            feats.reshape(1, -1),
-            items,
-            torch.full((len(items),), 0.5, device=self.device),
-            torch.zeros_like(items),
-            torch.zeros(1, dtype=torch.int64, device=self.device),
-        )
-        if self.config.recent_history > 0:  # the last liked items count as the most recent
-            recent = items[-self.config.recent_history :] if len(items) else items
-            batch.update(self._recent_bag(recent, torch.zeros_like(recent), 1))
-        return batch
-
-    def _user_batch(
-        self,
-        user_idx: torch.Tensor,
-        user_features: torch.Tensor,
-        items: torch.Tensor,
-        ratings: torch.Tensor,
-        rows: torch.Tensor,
-        offsets: torch.Tensor,
-    ) -> Batch:
-        """Pools the history entries ``items (H,)`` (``rows (H,)`` sorted) as per-row means."""
-        zeros = torch.zeros(len(user_idx), device=self.device)
-        kept = zeros.index_add(0, rows, torch.ones_like(ratings))  # (B,)
-        weights = 1.0 / kept.clamp(min=1.0)[rows]  # (H,) each non-empty bag sums to 1
-        # The mean over the pooled entries only: the target's own rating must not leak into it.
-        mean_rating = zeros.index_add(0, rows, weights * ratings)  # (B,) in [0, 1]
-        rating_weights = weights * (ratings - mean_rating[rows])  # (H,)
-        genre_profile = F.embedding_bag(
-            items, self.item_genres, offsets, mode="sum", per_sample_weights=weights
-        )  # (B, G)
-        return {
-            "user_idx": user_idx,
-            "user_features": user_features,
-            "history_items": items,
-            "history_rows": rows,
-            "history_offsets": offsets,
-            "history_weights": weights,
-            "genre_profile": genre_profile,
-            "history_rating_weights": rating_weights,
-            "history_mean_rating": mean_rating,
-        }
-
-    def item_batch(self, item_idx: torch.Tensor | None = None) -> Batch:
-        """The item tower's input for ``(N,)`` items, or for the whole catalog when None."""
-        if item_idx is None:
-            item_idx = torch.arange(len(self.item_year_bucket), device=self.device)
-        item_idx = item_idx.to(self.device)
-        return {
-            "item_idx": item_idx,
-            "item_genres": self.item_genres[item_idx],
-            "item_year_bucket": self.item_year_bucket[item_idx],
-        }
 
 
 def make_batches(
