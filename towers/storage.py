@@ -145,7 +145,8 @@ class Storage:
         Args:
             artifact: folder name under the root, e.g. ``"model"``.
             checksums: also re-read every file and compare its SHA-256 with the manifest's
-                (about 1 s per GB; manifests written before digests were recorded have sizes only).
+                (~0.8 s per GB from the page cache here; manifests written before digests were
+                recorded have sizes only).
             **expected: manifest fields that must equal the given values (e.g. ``dim=64``).
 
         Raises:
