@@ -45,7 +45,7 @@ bench: install
 	$(PY) -m bench.bench_train --epochs 4
 	$(PY) -m bench.bench_knn
 	$(PY) -m bench.bench_index
-	$(PY) -m bench.bench_serving --storage /tmp/serve_bench
+	$(PY) -m bench.bench_serving --storage /tmp/serve_bench --prepare --out runs/bench_serving
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -147,6 +147,39 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict[st
     }
 
 
+# The ML-100K artifacts the servers load, each with the job that writes it (in order: each needs
+# the ones above). Two epochs: the benchmark measures serving, not the model's quality.
+ARTIFACT_STEPS = [
+    ("data", ["ray_jobs.prepare"]),
+    ("model", ["ray_jobs.train", "--num-workers", "1", "--epochs", "2", "--data-loader", "local"]),
+    ("index", ["ray_jobs.build_index"]),
+    ("knn", ["ray_jobs.evaluate"]),
+]
+
+
+def ensure_artifacts(storage: str, prepare: bool) -> None:
+    """Runs the jobs for the artifacts ``storage`` lacks (with ``prepare``, a few minutes), or
+    exits naming them and the commands that write them."""
+    from towers.storage import Storage
+
+    complete = [Storage(storage).is_complete(artifact) for artifact, _ in ARTIFACT_STEPS]
+    if all(complete):
+        return
+    first = complete.index(False)  # rerun from there: later artifacts depend on it
+    commands = [
+        [sys.executable, "-m", *job, "--storage", storage] for _, job in ARTIFACT_STEPS[first:]
+    ]
+    if not prepare:
+        missing = [a for (a, _), done in zip(ARTIFACT_STEPS, complete, strict=True) if not done]
+        sys.exit(
+            f"{storage} lacks {', '.join(missing)}: rerun with --prepare, or run\n  "
+            + "\n  ".join(" ".join(c) for c in commands)
+        )
+    for command in commands:
+        print("preparing:", " ".join(command), flush=True)
+        subprocess.run(command, check=True)
+
+
 def user_ids(storage: str, limit: int = 1000) -> list[int]:
     from towers.storage import Storage
 
@@ -336,6 +369,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--startup-timeout", type=float, default=240.0, help="seconds")
     parser.add_argument("--smoke-test", action="store_true", help="tiny data, bare, 2 s runs")
     parser.add_argument(
+        "--prepare",
+        action="store_true",
+        help="first write the ML-100K artifacts the storage lacks (prepare, 2-epoch train, "
+        "index, evaluate: a few minutes)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="also write rows.jsonl, table.md and serving.png (a plot) here"
     )
     parser.add_argument(
@@ -368,6 +407,8 @@ def main(argv: list[str] | None = None) -> None:
             if "--targets" not in (argv or sys.argv):
                 args.targets = "bare"
             args.concurrency, args.duration, args.warmup, args.rounds = "1,4", 2.0, 1.0, 1
+        else:
+            ensure_artifacts(storage, args.prepare)
         print(f"load average at start: {os.getloadavg()}; {os.cpu_count()} CPUs", flush=True)
         rows = bench(args, storage, Path(tmp))
         print(f"load average at end: {os.getloadavg()}")

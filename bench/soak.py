@@ -32,7 +32,15 @@ from pathlib import Path
 
 import psutil
 
-from bench.bench_serving import LUA, Server, run_wrk, smoke_storage, stop_target, user_ids
+from bench.bench_serving import (
+    LUA,
+    Server,
+    ensure_artifacts,
+    run_wrk,
+    smoke_storage,
+    stop_target,
+    user_ids,
+)
 
 MIB = 1 << 20
 # cmdline fragment → role; Ray names a worker process after its actor ("ray::ProxyActor").
@@ -173,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bare-nice", type=int, default=15, help="niceness of a bare target")
     parser.add_argument("--startup-timeout", type=float, default=240.0, help="seconds")
     parser.add_argument("--smoke-test", action="store_true", help="tiny data, bare, 5 s")
+    parser.add_argument(
+        "--prepare", action="store_true", help="first write the artifacts the storage lacks"
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: install it with `apt-get install -y wrk` (Debian/Ubuntu)")
@@ -186,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             if "--seconds" not in given:
                 args.seconds = 5.0
             args.window, args.warmup = min(args.window, 2.0), 1.0
+        else:
+            ensure_artifacts(storage, args.prepare)
         print(f"load average at start: {os.getloadavg()}; {os.cpu_count()} CPUs", flush=True)
         result = soak(args, storage, Path(tmp))
         print(f"load average at end: {os.getloadavg()}")

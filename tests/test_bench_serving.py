@@ -9,6 +9,7 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from bench.bench_serving import stop_target
 
@@ -89,3 +90,23 @@ def test_table_and_plot_from_saved_rows(tmp_path, capsys):
     assert (tmp_path / "out" / "table.md").read_text().count("| serve |") == 2
     assert len((tmp_path / "out" / "rows.jsonl").read_text().splitlines()) == len(rows)
     assert (tmp_path / "out" / "serving.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_artifacts_are_named_with_the_commands_that_write_them(tmp_path):
+    from bench.bench_serving import ensure_artifacts
+    from towers.storage import Storage
+
+    with pytest.raises(SystemExit, match="lacks data, model, index, knn: rerun with --prepare"):
+        ensure_artifacts(str(tmp_path), prepare=False)
+    storage = Storage(tmp_path)
+    for artifact in ("data", "model", "index"):
+        storage.write_bytes(f"{artifact}/x", b"1")
+        storage.publish(artifact, {})
+    with pytest.raises(SystemExit) as stop:
+        ensure_artifacts(str(tmp_path), prepare=False)
+    message = str(stop.value)
+    assert "lacks knn:" in message and "ray_jobs.evaluate --storage" in message
+    assert "ray_jobs.train" not in message  # only what follows the first missing artifact
+    storage.write_bytes("knn/x", b"1")
+    storage.publish("knn", {})
+    ensure_artifacts(str(tmp_path), prepare=False)  # complete: nothing to do
