@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from ray_jobs import pipeline
+from serving.__main__ import require_free_port
 
 # One Ray Train worker with both cores: with the full-catalog softmax every DDP rank recomputes
 # the whole item tower, so on 2 cores 2 workers x 1 CPU train no faster than 1 worker x 1 CPU,
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     serve = "--no-serve" not in argv
     argv = [a for a in argv if a != "--no-serve"]
     cfg = pipeline.parse_config(pipeline.PipelineConfig, [*DEMO_DEFAULTS, *argv])
+    if serve:  # before minutes of work, not after
+        require_free_port("127.0.0.1", cfg.port)
     pipeline.run(cfg)
     if serve:
         pipeline.serve_forever(cfg, EXAMPLES.format(port=cfg.port))

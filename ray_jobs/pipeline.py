@@ -96,6 +96,10 @@ class Steps:
 
 
 def run(cfg: PipelineConfig) -> dict[str, Any]:
+    if cfg.serve:  # before minutes of work, not after
+        from serving.__main__ import require_free_port
+
+        require_free_port("127.0.0.1", cfg.port)
     steps = Steps(cfg)
     uri = cfg.storage
     start = time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import time
 from collections.abc import Sequence
 
@@ -48,6 +49,24 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
     except ValueError as err:
         parser.error(str(err))
         raise  # unreachable
+
+
+def require_free_port(host: str, port: int) -> None:
+    """Exits with a clear message when ``host:port`` cannot be bound (a server already there).
+
+    Checked before anything starts: otherwise Ray and the app come up first and Serve's proxy
+    then fails with a traceback per retry, and ``make demo`` finds out after its pipeline.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise SystemExit(
+                f"cannot serve on {host}:{port}: {err.strerror} (another server, or an earlier "
+                "demo still running?). Stop it, or choose another port with --port."
+            ) from None
 
 
 def serve_without_ray(args: ServingArgs, host: str, port: int) -> None:
@@ -111,6 +130,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None, ready_message: str = "") -> None:
     ns, args = parse_args(argv)
+    require_free_port(ns.host, ns.port)
     if ns.no_ray:
         serve_without_ray(args, ns.host, ns.port)
     else:

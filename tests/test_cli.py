@@ -65,3 +65,46 @@ def test_help_lists_every_field(capsys):
     out = capsys.readouterr().out
     for option in ("--name", "--count", "--rate", "--mode", "--flag", "--config", "how many"):
         assert option in out
+
+
+@pytest.fixture
+def busy_port():
+    """A port with a listener on 127.0.0.1, as a server left running would hold it."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+def test_a_busy_port_is_refused_before_anything_starts(busy_port, tmp_path):
+    import subprocess
+    import sys
+
+    from serving.__main__ import require_free_port
+
+    with pytest.raises(SystemExit, match=f"cannot serve on 127.0.0.1:{busy_port}: .*--port"):
+        require_free_port("127.0.0.1", busy_port)
+    storage = tmp_path / "run"
+    demo = subprocess.run(
+        [sys.executable, "-m", "ray_jobs.demo", "--storage", str(storage), "--port",
+         str(busy_port)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert demo.returncode == 1 and f"cannot serve on 127.0.0.1:{busy_port}" in demo.stderr
+    assert not storage.exists()  # refused before the pipeline wrote anything
+
+
+def test_a_port_passes_once_its_server_is_gone():
+    import socket
+
+    from serving.__main__ import require_free_port
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with pytest.raises(SystemExit):
+            require_free_port("127.0.0.1", port)
+    require_free_port("127.0.0.1", port)  # closed: free again
