@@ -69,6 +69,29 @@ def require_free_port(host: str, port: int) -> None:
             ) from None
 
 
+def require_artifacts(args: ServingArgs) -> None:
+    """Exits naming every artifact the app would fail to load for want of a complete manifest.
+
+    Before Ray starts: otherwise each replica fails in turn, with a traceback per attempt, and
+    the reason surfaces ~30 s later. (Whether the artifacts fit each other, the replicas check.)
+    """
+    from towers.storage import ArtifactError, Storage
+
+    storage = Storage(args.storage)
+    problems = []
+    for artifact in ("data", args.model_artifact, args.index_artifact, args.knn_artifact):
+        try:
+            storage.read_manifest(artifact)
+        except ArtifactError as err:
+            problems.append(str(err))
+    if problems:
+        raise SystemExit(
+            f"cannot serve {args.storage}:\n  "
+            + "\n  ".join(problems)
+            + f"\nwrite them with: python -m ray_jobs.pipeline --storage {args.storage}"
+        )
+
+
 def serve_without_ray(args: ServingArgs, host: str, port: int) -> None:
     """The app and both models in this process (uvicorn, one event loop)."""
     import torch
@@ -131,6 +154,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None, ready_message: str = "") -> None:
     ns, args = parse_args(argv)
     require_free_port(ns.host, ns.port)
+    require_artifacts(args)
     if ns.no_ray:
         serve_without_ray(args, ns.host, ns.port)
     else:

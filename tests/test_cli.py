@@ -108,3 +108,25 @@ def test_a_port_passes_once_its_server_is_gone():
         with pytest.raises(SystemExit):
             require_free_port("127.0.0.1", port)
     require_free_port("127.0.0.1", port)  # closed: free again
+
+
+def test_missing_artifacts_are_named_before_ray_starts(tmp_path):
+    import subprocess
+    import sys
+
+    from towers.storage import Storage
+
+    storage = Storage(tmp_path / "run")
+    storage.write_bytes("data/x", b"1")
+    storage.publish("data", {})
+    storage.write_bytes("model/x", b"1")  # begun, never published: a crash mid-export
+    served = subprocess.run(
+        [sys.executable, "-m", "serving", "--storage", storage.uri, "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert served.returncode == 1, served.stderr
+    lines = served.stderr.splitlines()  # the first line is ours: nothing of Ray's came before
+    assert lines[0] == f"cannot serve {storage.uri}:"
+    assert "artifact 'model' is incomplete (a crash mid-write?)" in lines[1]
+    assert "'index' is missing" in lines[2] and "'knn' is missing" in lines[3]
+    assert lines[4] == f"write them with: python -m ray_jobs.pipeline --storage {storage.uri}"
