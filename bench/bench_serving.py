@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -308,6 +307,8 @@ def plot(rows: list[dict]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from towers.report import png_bytes
+
     series: dict[str, dict[int, list[dict]]] = {}
     for r in rows:
         series.setdefault(r["target"], {}).setdefault(r["connections"], []).append(r)
@@ -332,10 +333,7 @@ def plot(rows: list[dict]) -> bytes:
     right.legend(fontsize=8)
     left.set_title("GET /recommend throughput (median of rounds)")
     right.set_title("p99 latency (median of rounds)")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def write_outputs(rows: list[dict], out: Path) -> None:

@@ -137,6 +137,13 @@ def plot_metrics_vs_k(report: dict[str, Any], ks: Sequence[int] = (5, 10, 20)) -
     axes[1, 1].set_xlabel("k")
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(f"{report['dataset']} ({report['split']} split): ranking metrics vs k")
+    return png_bytes(fig)
+
+
+def png_bytes(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (the size every plot of the project uses); closes it."""
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -11,12 +9,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import NullFormatter
 
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+from towers.report import png_bytes
 
 
 def plot_metric_vs_lr(table: pd.DataFrame, metric: str) -> bytes:
@@ -38,7 +31,7 @@ def plot_metric_vs_lr(table: pd.DataFrame, metric: str) -> bytes:
     ax.set_title("Tune trials: validation metric vs learning rate")
     ax.grid(alpha=0.3)
     ax.legend(title="embedding dim", fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_learning_curves(curves: pd.DataFrame, metric: str) -> bytes:
@@ -52,4 +45,4 @@ def plot_learning_curves(curves: pd.DataFrame, metric: str) -> bytes:
     ax.grid(alpha=0.3)
     if curves["trial"].nunique() <= 12:
         ax.legend(fontsize=7, ncol=2)
-    return _png(fig)
+    return png_bytes(fig)
