@@ -63,13 +63,7 @@ def is_done(storage: Storage, artifact: str, inputs: str, force: bool) -> bool:
 
 def stamp(storage: Storage, artifact: str, inputs: str) -> dict[str, Any]:
     """Adds the inputs fingerprint to a freshly published artifact's manifest."""
-    manifest = storage.read_manifest(artifact, checksums=False)  # its step just wrote it
-    extra = {
-        k: v
-        for k, v in manifest.items()
-        if k not in ("files", "sha256", "schema_version", "artifact", "created_at")
-    }
-    return storage.publish(artifact, {**extra, "inputs": inputs})
+    return storage.add_to_manifest(artifact, inputs=inputs)
 
 
 class Steps:

@@ -162,3 +162,17 @@ def test_absolute_uri_for_workers_in_another_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert Storage("rel/run").absolute_uri == str(tmp_path / "rel" / "run")
     assert Storage(f"file://{tmp_path}/x").absolute_uri == f"file://{tmp_path}/x"
+
+
+def test_fields_added_to_a_published_manifest_keep_its_checks(tmp_path):
+    s = Storage(tmp_path)
+    s.write_bytes("model/weights.bin", b"12345")
+    published = s.publish("model", {"version": "v1"})
+    added = s.add_to_manifest("model", inputs="abc")
+    assert s.read_manifest("model", inputs="abc", version="v1") == added
+    assert {k: v for k, v in added.items() if k != "inputs"} == published  # the rest as published
+    (tmp_path / "model" / "weights.bin").write_bytes(b"12346")
+    with pytest.raises(ArtifactError, match="weights.bin is damaged"):
+        s.read_manifest("model")
+    with pytest.raises(ArtifactError, match="'index' is missing"):
+        s.add_to_manifest("index", inputs="abc")

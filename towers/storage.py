@@ -183,6 +183,13 @@ class Storage:
                 )
         return manifest
 
+    def add_to_manifest(self, artifact: str, **fields: Any) -> dict[str, Any]:
+        """Adds ``fields`` to a published manifest (atomically); its files are as published, so
+        they are neither listed nor hashed again."""
+        manifest = {**self.read_manifest(artifact, checksums=False), **fields}
+        self.write_json(f"{artifact}/{MANIFEST}", manifest)
+        return manifest
+
     def _sha256(self, path: str) -> str:
         digest = hashlib.sha256()
         with self.fs.open_input_stream(path) as src:
