@@ -52,13 +52,13 @@ def fingerprint(**inputs: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def is_done(storage: Storage, artifact: str, inputs: str, force: bool) -> bool:
-    if force:
-        return False
+def up_to_date(storage: Storage, artifact: str, inputs: str) -> dict[str, Any] | None:
+    """``artifact``'s manifest (its files checked) when it was built from ``inputs``, else None."""
     try:
-        return storage.read_manifest(artifact).get("inputs") == inputs
+        manifest = storage.read_manifest(artifact)
     except ArtifactError:
-        return False
+        return None
+    return manifest if manifest.get("inputs") == inputs else None
 
 
 def stamp(storage: Storage, artifact: str, inputs: str) -> dict[str, Any]:
@@ -75,10 +75,11 @@ class Steps:
         self.timings: dict[str, float] = {}
 
     def step(self, name: str, artifact: str, inputs: str, action) -> dict[str, Any]:
-        if is_done(self.storage, artifact, inputs, self.cfg.force):
+        done = None if self.cfg.force else up_to_date(self.storage, artifact, inputs)
+        if done is not None:
             print(f"[pipeline] {name:<12} skipped: {self.storage.uri}/{artifact} is up to date")
             self.timings[name] = 0.0
-            return self.storage.read_manifest(artifact)
+            return done
         print(f"[pipeline] {name:<12} running …", flush=True)
         start = time.perf_counter()
         action()
