@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from towers.index import ExactIndex, ItemIndex, ScannIndex, ScannSettings, recall_at_k
+from towers.index import ExactIndex, ItemIndex, ScannIndex, ScannSettings, index_recall
 
 
 @dataclass
@@ -123,7 +123,7 @@ def run_dataset(cfg: BenchConfig, dataset: str) -> list[dict[str, object]]:
         rows.append(
             {"dataset": dataset, "index": f"scann {scann.settings.mode} leaves {to_search}/"
              f"{leaves} reorder {reorder}{default}", "build_s": scann_build, "qps": qps,
-             "cpu_qps": cpu_qps, "recall": recall_at_k(ids, exact_ids)}
+             "cpu_qps": cpu_qps, "recall": index_recall(ids, exact_ids)}
         )  # fmt: skip
     for row in rows:
         row["speedup"], row["cpu_speedup"] = row["qps"] / exact_qps, row["cpu_qps"] / exact_cpu_qps

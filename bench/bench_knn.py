@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from towers.interactions import Interactions
-from towers.knn import DEFAULT_GRID, MODES, UserKNN, tune_user_knn
-from towers.metrics import evaluate, ranking_metrics
+from towers.data.interactions import Interactions
+from towers.evaluation.knn_selection import DEFAULT_GRID, tune_user_knn
+from towers.evaluation.protocol import evaluate_model
+from towers.metrics.ranking import ranking_metrics
+from towers.recommenders.user_knn import MODES, UserKNN
 
 SIZES = {  # name -> (users, items, interactions)
     "100k": (943, 1_682, 100_000),
@@ -107,7 +109,7 @@ def bench_mode(
     lists = recommend_all(model, 20, args.batch_size)
     relevant = test.to_csr(binary=True)
     metrics_s = best_of(args.repeats, lambda: ranking_metrics(lists, relevant, ks=(5, 10, 20)))
-    evaluate_s = best_of(args.repeats, lambda: evaluate(model, train, test))
+    evaluate_s = best_of(args.repeats, lambda: evaluate_model(model, train, test))
     single_per_user = single_s / len(sample)
     batched_per_user = recommend_s / train.n_users
     return Row(
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         "single call us/user",
         "single / batched per user",
         "metrics k=5,10,20 s",
-        "evaluate() s",
+        "evaluate_model() s",
     )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

@@ -159,7 +159,7 @@ ARTIFACT_STEPS = [
 def ensure_artifacts(storage: str, prepare: bool) -> None:
     """Runs the jobs for the artifacts ``storage`` lacks (with ``prepare``, a few minutes), or
     exits naming them and the commands that write them."""
-    from towers.storage import Storage
+    from towers.storage.root import Storage
 
     complete = [Storage(storage).is_complete(artifact) for artifact, _ in ARTIFACT_STEPS]
     if all(complete):
@@ -180,7 +180,7 @@ def ensure_artifacts(storage: str, prepare: bool) -> None:
 
 
 def user_ids(storage: str, limit: int = 1000) -> list[int]:
-    from towers.storage import Storage
+    from towers.storage.root import Storage
 
     ids = Storage(storage).read_parquet("data/users.parquet", columns=["user_id"])["user_id"]
     return [int(i) for i in ids.to_numpy()[:limit]]
@@ -189,9 +189,9 @@ def user_ids(storage: str, limit: int = 1000) -> list[int]:
 def smoke_storage(folder: Path) -> str:
     """Tiny synthetic data + artifacts (no Ray) for ``--smoke-test``."""
     from serving.artifacts import publish_small_run
-    from towers.dataset import write_prepared
-    from towers.storage import Storage
-    from towers.synthetic import SyntheticSpec, generate
+    from towers.data.prepared import write_prepared
+    from towers.data.synthetic import SyntheticSpec, generate
+    from towers.storage.root import Storage
 
     storage = Storage(folder)
     raw = generate(SyntheticSpec(n_users=120, n_items=200, n_interactions=6_000, seed=7))
@@ -307,7 +307,7 @@ def plot(rows: list[dict]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from towers.report import png_bytes
+    from towers.evaluation.report import png_bytes
 
     series: dict[str, dict[int, list[dict]]] = {}
     for r in rows:

@@ -5,8 +5,8 @@
 All runs train the same model on the same ML-100K split with the same global batch. Steady state
 = mean samples/s over epochs after the first; start-up = wall time of `TorchTrainer.fit()` minus
 the time spent in epochs (worker group, process group, Ray Data and checkpoint overheads).
-The bare loop runs `towers.training.train_epoch` in this process with the same thread budget as
-one Ray worker (1 thread per worker CPU).
+The bare loop runs `towers.training.steps.train_epoch` in this process with the same thread
+budget as one Ray worker (1 thread per worker CPU).
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ import numpy as np
 import torch
 
 from ray_jobs import prepare, train
-from ray_jobs.ray_setup import init_ray
-from towers.dataset import load_prepared
-from towers.model import TwoTower, TwoTowerConfig
-from towers.storage import Storage
-from towers.training import TrainingContext, make_batches, make_optimizer, train_epoch
+from towers.data.prepared import load_prepared
+from towers.launch.ray_init import init_ray
+from towers.model.config import TwoTowerConfig
+from towers.model.network import TwoTower
+from towers.storage.root import Storage
+from towers.training.inputs import TrainingContext
+from towers.training.steps import make_batches, make_optimizer, train_epoch
 
 
 def bare_loop(storage: Storage, epochs: int, threads: int) -> list[float]:

@@ -2,7 +2,7 @@
 
     python -m bench.gpu_check --out results.json [--epochs 3]
 
-What a `--use-gpu` Ray Train worker runs is `towers.training.train_epoch` on `cuda` with the
+What a `--use-gpu` Ray Train worker runs is `towers.training.steps.train_epoch` on `cuda` with the
 model wrapped in DDP over an NCCL process group (Ray sets the group up). This script runs exactly
 that in one process (an NCCL group of world size 1, which still goes through DDP's all-reduce
 hooks) on ML-100K-shaped synthetic data, next to the same loop on the CPU, and reports samples/s,
@@ -20,12 +20,14 @@ import time
 import numpy as np
 import torch
 
-from towers.features import build_feature_tables
-from towers.interactions import Interactions
-from towers.model import TwoTower, TwoTowerConfig
-from towers.splits import split_interactions
-from towers.synthetic import SyntheticSpec, generate
-from towers.training import TrainingContext, make_batches, make_optimizer, train_epoch, validate
+from towers.data.features import build_feature_tables
+from towers.data.interactions import Interactions
+from towers.data.splits import split_interactions
+from towers.data.synthetic import SyntheticSpec, generate
+from towers.model.config import TwoTowerConfig
+from towers.model.network import TwoTower
+from towers.training.inputs import TrainingContext
+from towers.training.steps import make_batches, make_optimizer, train_epoch, validation_metrics
 
 
 def synthetic_split():
@@ -67,7 +69,7 @@ def run(device: str, ddp: bool, epochs: int, train, valid, features) -> dict:
         stats = train_epoch(model, optimizer, make_batches(train, config.batch_size, 0, epoch), ctx)
         if device == "cuda":
             torch.cuda.synchronize()
-        rows.append({"epoch": epoch, **stats, **validate(model, ctx, train, valid)})
+        rows.append({"epoch": epoch, **stats, **validation_metrics(model, ctx, train, valid)})
     return {"device": device, "ddp": ddp, "bf16": config.bf16, "epochs": rows}
 
 

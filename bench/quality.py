@@ -6,9 +6,10 @@
 The same protocol as the Ray jobs, without Ray so that a row costs only its epochs: early
 stopping on validation ``config.early_stopping_metric`` (test never seen), then a fresh model
 refitted on train ∪ valid for ``best_epoch + 1`` epochs (same seed, same cosine schedule), then
-``towers.metrics.evaluate`` on test with training items excluded — what ``ray_jobs.evaluate``
-does for the exported model. Prints the validation and test metrics and appends a JSON row to
-``--out`` when given. The storage root must hold prepared data (``python -m ray_jobs.prepare``).
+``towers.evaluation.protocol.evaluate_model`` on test with training items excluded — what
+``ray_jobs.evaluate`` does for the exported model. Prints the validation and test metrics and
+appends a JSON row to ``--out`` when given. The storage root must hold prepared data
+(``python -m ray_jobs.prepare``).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from typing import Any
 
 import torch
 
-from towers.dataset import load_prepared
-from towers.metrics import evaluate
-from towers.model import TwoTowerConfig
-from towers.storage import Storage
-from towers.training import fit
-from towers.two_tower import TwoTowerRecommender
+from towers.data.prepared import load_prepared
+from towers.evaluation.protocol import evaluate_model
+from towers.model.config import TwoTowerConfig
+from towers.recommenders.two_tower import TwoTowerRecommender
+from towers.storage.root import Storage
+from towers.training.loop import fit
 
 VALID_KEYS = ("recall@10", "ndcg@10", "precision@10", "map@10", "rmse")
 SHOWN = ("precision@5", "precision@10", "recall@10", "ndcg@10", "map@10", "precision@20", "rmse")
@@ -62,7 +63,7 @@ def run_row(
         )
         train = data.full_train
     rec = TwoTowerRecommender.from_model(model, data.features, train, data.rating_scale)
-    test = evaluate(rec, data.full_train, data.test)
+    test = evaluate_model(rec, data.full_train, data.test)
     return {
         "split": data.split,
         "preset": preset,

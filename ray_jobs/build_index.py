@@ -20,11 +20,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ray_jobs.cli import help_field, parse_config
-from ray_jobs.ray_setup import init_ray
-from towers.index import ExactIndex, make_index, publish_saved_index, recall_at_k
-from towers.storage import Storage
-from towers.two_tower import TwoTowerRecommender
+from towers.artifacts import publish_saved_index
+from towers.index import ExactIndex, index_recall, make_index
+from towers.launch.cli import help_field, parse_config
+from towers.launch.ray_init import init_ray
+from towers.recommenders.two_tower import TwoTowerRecommender
+from towers.storage.root import Storage
 
 log = logging.getLogger("build_index")
 
@@ -111,7 +112,7 @@ def run(cfg: BuildIndexConfig) -> dict[str, Any]:
     seen = rec.seen_matrix()[users]
     _, approx_ids = index.search(queries, 10, exclude=seen)
     _, exact_ids = exact.search(queries, 10, exclude=seen)
-    recall = recall_at_k(approx_ids, exact_ids)
+    recall = index_recall(approx_ids, exact_ids)
     if recall < cfg.min_recall:
         raise RuntimeError(f"index recall@10 {recall:.3f} is below --min-recall {cfg.min_recall}")
     index.measured_recall = {"k": 10, "recall": recall, "n_queries": len(users)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from ray_jobs import pipeline
-from serving.__main__ import require_free_port
+from serving.server import require_free_port
 
 # One Ray Train worker with both cores: with the full-catalog softmax every DDP rank recomputes
 # the whole item tower, so on 2 cores 2 workers x 1 CPU train no faster than 1 worker x 1 CPU,

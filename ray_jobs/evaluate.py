@@ -18,15 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray_jobs.cli import help_field, parse_config
-from towers.dataset import PreparedData, load_prepared
-from towers.knn import UserKNN, tune_user_knn
-from towers.metrics import evaluate
-from towers.popularity import PopularityRecommender
-from towers.recommender import Recommender
-from towers.report import markdown_report, plot_metrics_vs_k
-from towers.storage import Storage
-from towers.two_tower import TwoTowerRecommender
+from towers.data.prepared import PreparedData, load_prepared
+from towers.evaluation.knn_selection import tune_user_knn
+from towers.evaluation.protocol import evaluate_model
+from towers.evaluation.report import markdown_report, plot_metrics_vs_k
+from towers.launch.cli import help_field, parse_config
+from towers.recommenders.base import Recommender
+from towers.recommenders.popularity import PopularityRecommender
+from towers.recommenders.two_tower import TwoTowerRecommender
+from towers.recommenders.user_knn import UserKNN
+from towers.storage.root import Storage
 
 log = logging.getLogger("evaluate")
 KS = (5, 10, 20)
@@ -102,7 +103,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     results: dict[str, dict[str, float]] = {}
     for name, model in models.items():
         start = time.perf_counter()
-        results[name] = evaluate(model, data.full_train, data.test, ks=KS)
+        results[name] = evaluate_model(model, data.full_train, data.test, ks=KS)
         log.info("%s evaluated in %.2fs", name, time.perf_counter() - start)
     report = {
         "dataset": data.manifest["dataset"],

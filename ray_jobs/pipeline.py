@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from ray_jobs import build_index, evaluate, prepare, train
-from ray_jobs.cli import help_field, parse_config
-from towers.storage import ArtifactError, Storage
+from towers.launch.cli import help_field, parse_config
+from towers.storage.root import ArtifactError, Storage
 
 log = logging.getLogger("pipeline")
 
@@ -92,7 +92,7 @@ class Steps:
 
 def run(cfg: PipelineConfig) -> dict[str, Any]:
     if cfg.serve:  # before minutes of work, not after
-        from serving.__main__ import require_free_port
+        from serving.server import require_free_port
 
         require_free_port("127.0.0.1", cfg.port)
     steps = Steps(cfg)
@@ -115,7 +115,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         tune_inputs = fingerprint(data=data_fp, **settings)
 
         def run_tune() -> None:
-            from ray_jobs.ray_setup import init_ray
+            from towers.launch.ray_init import init_ray
 
             # Size the local Ray for the training steps after the search too (workers + 1 CPU
             # for Ray Data's reads): a Ray started for 2 trials would be too small for them.
@@ -186,9 +186,10 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
 
 def serve_forever(cfg: PipelineConfig, ready_message: str = "") -> None:
     """Starts the Serve app on 127.0.0.1, prints ``ready_message`` once up, blocks until Ctrl-C."""
-    from serving.__main__ import main as serve_main
+    from serving.schemas import ServingArgs
+    from serving.server import run_server
 
-    serve_main(["--storage", cfg.storage, "--port", str(cfg.port)], ready_message)
+    run_server(ServingArgs(storage=cfg.storage), port=cfg.port, ready_message=ready_message)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,14 +13,15 @@ from typing import Literal
 
 import pyarrow as pa
 
-from ray_jobs.cli import help_field, parse_config
-from towers.dataset import summary, write_prepared
-from towers.movielens import RATING_SCALES, RawData, read_folder
-from towers.sources import locate
-from towers.splits import SPLITS
-from towers.storage import Storage
-from towers.synthetic import SyntheticSpec, iter_interaction_chunks, synthetic_items_users
-from towers.validation import validate
+from towers.data.movielens import RATING_SCALES, read_folder
+from towers.data.prepared import summary, write_prepared
+from towers.data.raw import RawData
+from towers.data.sources import locate
+from towers.data.splits import SPLITS
+from towers.data.synthetic import SyntheticSpec, iter_interaction_chunks, synthetic_items_users
+from towers.data.validation import validate_raw
+from towers.launch.cli import help_field, parse_config
+from towers.storage.root import Storage
 
 log = logging.getLogger("prepare")
 Dataset = Literal["ml-100k", "ml-1m", "ml-latest-small", "ml-20m", "ml-25m", "ml-32m", "synthetic"]
@@ -75,7 +76,7 @@ def load_raw(cfg: PrepareConfig) -> tuple[RawData, dict[str, int]]:
         return raw, {"duplicate_pairs": 0}  # the generator draws distinct pairs per user
     folder = locate(cfg.dataset, cfg.data_dir)
     log.info("reading %s from %s", cfg.dataset, folder)
-    return validate(read_folder(folder, cfg.dataset))
+    return validate_raw(read_folder(folder, cfg.dataset))
 
 
 def run(cfg: PrepareConfig) -> dict:

@@ -26,22 +26,28 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ray_jobs.cli import help_field, parse_config
-from ray_jobs.ray_setup import init_ray
-from towers.checkpoint import LoopState, load_checkpoint, model_from_checkpoint, save_checkpoint
-from towers.dataset import PreparedData, load_prepared
-from towers.model import TwoTower, TwoTowerConfig
-from towers.storage import Storage
-from towers.training import (
-    TrainingContext,
+from towers.data.prepared import PreparedData, load_prepared
+from towers.launch.cli import help_field, parse_config
+from towers.launch.ray_init import init_ray
+from towers.model.config import TwoTowerConfig
+from towers.model.network import TwoTower
+from towers.recommenders.two_tower import TwoTowerRecommender
+from towers.storage.root import Storage
+from towers.training.checkpoint import (
+    LoopState,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from towers.training.inputs import TrainingContext
+from towers.training.steps import (
     make_batches,
     make_optimizer,
     make_scheduler,
     train_epoch,
     unwrap,
-    validate,
+    validation_metrics,
 )
-from towers.two_tower import TwoTowerRecommender
 
 log = logging.getLogger("train")
 MODEL_OVERRIDES = (
@@ -64,7 +70,7 @@ class TrainConfig:
     storage: str = help_field("runs/demo", "storage root holding data/ (local folder or URI)")
     split: str | None = help_field(None, "prepared split to train on (default: the first)")
     preset: Literal["default", "paper"] = help_field(
-        "default", "model preset (towers.model.PRESETS)"
+        "default", "model preset (towers.model.config.PRESETS)"
     )
     num_workers: int = help_field(2, "Ray Train workers (DDP ranks)")
     use_gpu: bool = help_field(False, "one GPU per worker, NCCL and bf16 autocast")
@@ -206,7 +212,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         stats = _all_reduce_stats(stats, time.perf_counter() - start)
         row = {"epoch": epoch, "phase": state.phase, **stats}
         if not refit:
-            row.update(validate(model, ctx, data.train, data.valid))
+            row.update(validation_metrics(model, ctx, data.train, data.valid))
             metric = row[config.early_stopping_metric]
             metric = -metric if config.early_stopping_metric == "rmse" else metric
             if metric > state.best_metric:

@@ -21,8 +21,9 @@ import numpy as np
 
 from serving.recommenders import Catalog, TwoTowerService, UserKNNService
 from serving.schemas import ModelSettings
-from towers.index import IDS_FILE, ItemIndex, make_index, publish_saved_index
-from towers.storage import Storage
+from towers.artifacts import publish_saved_index
+from towers.index import IDS_FILE, ItemIndex, make_index
+from towers.storage.root import Storage
 
 USER_EMBEDDINGS_FILE = "user_embeddings.npy"
 
@@ -66,7 +67,7 @@ def load_item_index(
 
 def load_two_tower_service(default_storage: str, settings: ModelSettings) -> TwoTowerService:
     """The two-tower model, its index and the catalog, or an ``ArtifactLoadError``."""
-    from towers.two_tower import TwoTowerRecommender  # torch: only where a model is served
+    from towers.recommenders.two_tower import TwoTowerRecommender
 
     uri = settings.storage or default_storage
     try:
@@ -106,7 +107,7 @@ def load_two_tower_service(default_storage: str, settings: ModelSettings) -> Two
 
 def load_user_knn_service(default_storage: str, settings: ModelSettings) -> UserKNNService:
     """The UserKNN baseline and the catalog; its version hashes the saved files."""
-    from towers.knn import UserKNN
+    from towers.recommenders.user_knn import UserKNN
 
     uri = settings.storage or default_storage
     try:
@@ -157,10 +158,10 @@ def publish_small_run(
     The layouts are those of ``ray_jobs.train`` (export), ``ray_jobs.build_index`` and
     ``ray_jobs.evaluate`` (``knn/``). Returns ``{"two_tower": version, "dim": D}``.
     """
-    from towers.dataset import load_prepared
-    from towers.knn import UserKNN
-    from towers.model import TwoTowerConfig
-    from towers.two_tower import TwoTowerRecommender
+    from towers.data.prepared import load_prepared
+    from towers.model.config import TwoTowerConfig
+    from towers.recommenders.two_tower import TwoTowerRecommender
+    from towers.recommenders.user_knn import UserKNN
 
     data = load_prepared(storage)
     config = TwoTowerConfig.from_preset(

@@ -229,8 +229,8 @@ class TwoTowerService(ModelService):
     """The two-tower model behind an item index.
 
     Args:
-        recommender: a loaded ``towers.two_tower.TwoTowerRecommender`` (user tower, features,
-            training interactions for the seen-item filter).
+        recommender: a loaded ``towers.recommenders.two_tower.TwoTowerRecommender`` (user
+            tower, features, training interactions for the seen-item filter).
         index: a ``towers.index.ItemIndex`` over its item embeddings, ids = ``item_idx``.
         catalog: ids and metadata; sizes must match the model.
         user_embeddings: optional ``(n_users, D)`` precomputed known-user embeddings.
@@ -326,7 +326,7 @@ class UserKNNService(ModelService):
     """The UserKNN baseline: known users only; scores are its predicted ratings or similarities.
 
     Args:
-        knn: a loaded ``towers.knn.UserKNN``.
+        knn: a loaded ``towers.recommenders.user_knn.UserKNN``.
         catalog: ids and metadata; sizes must match the model.
         version: short content hash of the saved model.
         info: extra ``/healthz`` facts.

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from towers.dataset import PreparedData, load_prepared, write_prepared
-from towers.interactions import Interactions
-from towers.storage import Storage
-from towers.synthetic import SyntheticSpec, generate
+from towers.data.interactions import Interactions
+from towers.data.prepared import PreparedData, load_prepared, write_prepared
+from towers.data.synthetic import SyntheticSpec, generate
+from towers.storage.root import Storage
 
 # Tests never reach GroupLens; the one test of the RecBole fallback is marked `network`.
 os.environ.setdefault("RAY_TWO_TOWER_OFFLINE", "1")
@@ -74,7 +74,7 @@ def tiny_data(tiny_storage) -> PreparedData:
 @pytest.fixture(scope="session")
 def ml100k_dir() -> Path:
     """The ML-100K files from the installed RecBole wheel (``make install`` puts it there)."""
-    from towers.sources import _recbole_installed
+    from towers.data.sources import _recbole_installed
 
     folder = _recbole_installed()
     if folder is None:

@@ -1,4 +1,4 @@
-"""Contract tests that every ``towers.recommender.Recommender`` must pass.
+"""Contract tests that every ``towers.recommenders.base.Recommender`` must pass.
 
 How to use it for a new recommender::
 
@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from towers.interactions import Interactions
-from towers.metrics import hit_matrix
-from towers.recommender import Recommender
+from towers.data.interactions import Interactions
+from towers.metrics.ranking import hit_matrix
+from towers.recommenders.base import Recommender
 
 
 def contract_interactions(

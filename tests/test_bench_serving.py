@@ -94,7 +94,7 @@ def test_table_and_plot_from_saved_rows(tmp_path, capsys):
 
 def test_missing_artifacts_are_named_with_the_commands_that_write_them(tmp_path):
     from bench.bench_serving import ensure_artifacts
-    from towers.storage import Storage
+    from towers.storage.root import Storage
 
     with pytest.raises(SystemExit, match="lacks data, model, index, knn: rerun with --prepare"):
         ensure_artifacts(str(tmp_path), prepare=False)

@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 
-from ray_jobs.cli import help_field, parse_config
+from towers.launch.cli import help_field, parse_config
 
 
 @dataclass
@@ -82,7 +82,7 @@ def test_a_busy_port_is_refused_before_anything_starts(busy_port, tmp_path):
     import subprocess
     import sys
 
-    from serving.__main__ import require_free_port
+    from serving.server import require_free_port
 
     with pytest.raises(SystemExit, match=f"cannot serve on 127.0.0.1:{busy_port}: .*--port"):
         require_free_port("127.0.0.1", busy_port)
@@ -99,7 +99,7 @@ def test_a_busy_port_is_refused_before_anything_starts(busy_port, tmp_path):
 def test_a_port_passes_once_its_server_is_gone():
     import socket
 
-    from serving.__main__ import require_free_port
+    from serving.server import require_free_port
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
@@ -114,7 +114,7 @@ def test_missing_artifacts_are_named_before_ray_starts(tmp_path):
     import subprocess
     import sys
 
-    from towers.storage import Storage
+    from towers.storage.root import Storage
 
     storage = Storage(tmp_path / "run")
     storage.write_bytes("data/x", b"1")

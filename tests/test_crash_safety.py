@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from ray_jobs import evaluate, train
-from towers.checkpoint import LoopState, load_checkpoint, save_checkpoint
-from towers.model import TwoTower, TwoTowerConfig
-from towers.storage import ArtifactError, Storage
-from towers.training import make_optimizer
+from towers.model.config import TwoTowerConfig
+from towers.model.network import TwoTower
+from towers.storage.root import ArtifactError, Storage
+from towers.training.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from towers.training.steps import make_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

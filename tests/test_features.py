@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from towers.features import (
+from towers.data.features import (
     AGE_EDGES,
     FeatureTables,
     build_feature_tables,

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from towers.artifacts import publish_saved_index
 from towers.index import (
     ExactIndex,
     IncompleteIndexError,
@@ -25,12 +26,11 @@ from towers.index import (
     ItemIndex,
     ScannIndex,
     ScannSettings,
+    index_recall,
     make_index,
     measure_recall,
-    publish_saved_index,
-    recall_at_k,
 )
-from towers.storage import Storage
+from towers.storage.root import Storage
 
 DIM = 16
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_scann_recall_against_exact(catalog, k):
     scores, ids = scann.search(queries, k)
     assert scores.shape == ids.shape == (len(queries), k)
     assert scores.dtype == np.float32 and ids.dtype == np.int64
-    assert recall_at_k(ids, exact_ids) >= RECALL_BOUND[scann.settings.mode]
+    assert index_recall(ids, exact_ids) >= RECALL_BOUND[scann.settings.mode]
     assert np.all(np.diff(scores, axis=1) <= 1e-5)  # best first
     np.testing.assert_allclose(scores[:, 0], (queries * items[ids[:, 0]]).sum(1), rtol=1e-4)
     assert scann.is_exact() == (scann.settings.mode == "brute_force")
@@ -98,7 +98,7 @@ def test_exclusion_loses_no_recall(catalog):
         if index.is_exact():
             assert_same_top_k(scores, items, queries, expected)
         else:
-            assert recall_at_k(ids, expected) >= RECALL_BOUND[index.settings.mode]
+            assert index_recall(ids, expected) >= RECALL_BOUND[index.settings.mode]
         rows = np.repeat(np.arange(len(exclude)), [len(e) for e in exclude])
         mask = sp.csr_matrix((np.ones(len(rows)), (rows, np.concatenate(exclude))))
         np.testing.assert_array_equal(index.search(queries, 10, exclude=mask)[1], ids)
@@ -141,14 +141,14 @@ def test_tune_trades_recall_for_speed_and_is_saved(tmp_path):
     items, queries = mixture(30_000)
     expected = reference_top_k(items, queries, 10)
     index = ScannIndex().build(items)
-    default = recall_at_k(index.search(queries, 10)[1], expected)
+    default = index_recall(index.search(queries, 10)[1], expected)
     index.tune(num_leaves_to_search=1, reorder_num_neighbors=20)
-    shallow = recall_at_k(index.search(queries, 10)[1], expected)
+    shallow = index_recall(index.search(queries, 10)[1], expected)
     assert shallow < default - 0.05  # the knobs act at query time, without a rebuild
     index.save(tmp_path / "ix")
     loaded = ItemIndex.load(tmp_path / "ix")
     assert loaded.settings.num_leaves_to_search == 1
-    assert recall_at_k(loaded.search(queries, 10)[1], expected) == shallow
+    assert index_recall(loaded.search(queries, 10)[1], expected) == shallow
 
 
 def test_custom_ids_padding_and_batches():
@@ -246,9 +246,9 @@ def test_bad_shapes_and_k_are_refused_with_the_shapes():
 
 
 def test_recall_at_k_and_make_index():
-    assert recall_at_k(np.array([[1, 2, 3]]), np.array([[3, 4, -1]])) == 0.5
+    assert index_recall(np.array([[1, 2, 3]]), np.array([[3, 4, -1]])) == 0.5
     with pytest.raises(ValueError, match=r"\(1, 3\), \(2, 3\)"):
-        recall_at_k(np.zeros((1, 3)), np.zeros((2, 3)))
+        index_recall(np.zeros((1, 3)), np.zeros((2, 3)))
     assert isinstance(make_index("auto", 1_000), ExactIndex)
     assert isinstance(make_index("auto", 50_000), ScannIndex)
     assert (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from towers.storage import Storage
+from towers.storage.root import Storage
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from tests.recommender_contract import RecommenderContract, contract_interactions
-from towers import knn
-from towers.interactions import Interactions
-from towers.knn import UserKNN, top_neighbors, tune_user_knn, unit_rows
-from towers.metrics import evaluate
+from towers.data.interactions import Interactions
+from towers.evaluation.knn_selection import tune_user_knn
+from towers.evaluation.protocol import evaluate_model
+from towers.recommenders import user_knn as knn
+from towers.recommenders.user_knn import UserKNN, top_neighbors, unit_rows
 
 
 def from_triples(triples: list[tuple[int, int, float]], n_users: int, n_items: int) -> Interactions:
@@ -166,7 +167,7 @@ def test_tune_picks_the_best_grid_point_and_matches_a_fresh_fit() -> None:
     assert best == {k: top[k] for k in ("mode", "n_neighbors", "min_sim", "min_nbrs")}
     for _, row in results.iloc[[0, 5, 11]].iterrows():  # the shared neighbours are exact
         params = {k: row[k] for k in ("mode", "n_neighbors", "min_sim", "min_nbrs")}
-        fresh = evaluate(UserKNN(**params).fit(train), train, valid)
+        fresh = evaluate_model(UserKNN(**params).fit(train), train, valid)
         assert fresh["ndcg@10"] == row["ndcg@10"] and fresh["map"] == row["map"]
 
 
@@ -177,7 +178,7 @@ def test_tune_minimises_error_metrics_and_rejects_unknown_keys() -> None:
     best, results = tune_user_knn(train, valid, grid={"n_neighbors": (1, 20)}, metric="rmse")
     assert best["n_neighbors"] == results.loc[results["rmse"].idxmin(), "n_neighbors"]
     params = {k: best[k] for k in ("mode", "n_neighbors", "min_sim", "min_nbrs")}
-    fresh = evaluate(UserKNN(**params).fit(train), train, valid)
+    fresh = evaluate_model(UserKNN(**params).fit(train), train, valid)
     assert fresh["rmse"] == results["rmse"].min()
     with pytest.raises(ValueError, match="unknown grid keys"):
         tune_user_knn(train, valid, grid={"k": (1,)})

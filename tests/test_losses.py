@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from towers.losses import MASKED, full_softmax, in_batch_softmax, pointwise_bce, rating_mse
+from towers.model.losses import MASKED, full_softmax, in_batch_softmax, pointwise_bce, rating_mse
 
 # Tiny tensors: one intra-op thread (tests/conftest.py) avoids spin-waiting on 2 busy cores.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

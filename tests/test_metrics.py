@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from towers.interactions import Interactions
-from towers.knn import UserKNN
-from towers.metrics import evaluate, ranking_metrics, rating_metrics
-from towers.popularity import PopularityRecommender
+from towers.data.interactions import Interactions
+from towers.evaluation.protocol import evaluate_model
+from towers.metrics.ranking import ranking_metrics
+from towers.metrics.rating import rating_metrics
+from towers.recommenders.popularity import PopularityRecommender
+from towers.recommenders.user_knn import UserKNN
 
 
 def relevance(sets: list[set[int]], n_items: int) -> sp.csr_matrix:
@@ -185,7 +187,7 @@ def test_evaluate_popularity_by_hand_with_tied_scores() -> None:
     # counts: item 0 → 2, items 1 and 2 → 1 (a tie, broken by the lower index), items 3, 4 → 0
     train = triples([(0, 0, 4), (1, 0, 3), (1, 1, 5), (2, 2, 1)], 4, 5)
     test = triples([(0, 2, 4), (1, 4, 2), (2, 1, 5)], 4, 5)
-    got = evaluate(PopularityRecommender().fit(train), train, test, ks=(1, 2))
+    got = evaluate_model(PopularityRecommender().fit(train), train, test, ks=(1, 2))
     # user 0 gets [1, 2]: hit at rank 2; user 1 gets [2, 3]: miss; user 2 gets [0, 1]: rank 2.
     assert got["precision@1"] == 0.0
     assert got["precision@2"] == pytest.approx((1 / 2 + 0 + 1 / 2) / 3)
@@ -203,14 +205,14 @@ def test_evaluate_excludes_train_items_the_model_did_not_see() -> None:
     # counts 2, 1, 1, 0: user 0 gets [2] (its train item 1 is dropped): a hit; user 1 gets [2]
     # and user 2 gets [0]: misses. Judged against the model's own training data, user 0's list
     # would start with its train item 1 and miss.
-    assert evaluate(model, train, test, ks=(1,))["precision@1"] == pytest.approx(1 / 3)
-    assert evaluate(model, partial, test, ks=(1,))["precision@1"] == 0.0
+    assert evaluate_model(model, train, test, ks=(1,))["precision@1"] == pytest.approx(1 / 3)
+    assert evaluate_model(model, partial, test, ks=(1,))["precision@1"] == 0.0
 
 
 def test_evaluate_reports_rating_metrics_for_rating_models() -> None:
     train = triples([(0, 0, 4), (0, 1, 2), (1, 0, 5), (1, 1, 1), (1, 2, 4)], 2, 3)
     test = triples([(0, 2, 3)], 2, 3)
-    got = evaluate(UserKNN(mode="explicit").fit(train), train, test, ks=(1,))
+    got = evaluate_model(UserKNN(mode="explicit").fit(train), train, test, ks=(1,))
     # user 0 (mean 3) has one neighbour (user 1, centred rating 4 - 10/3 on item 2)
     assert got["rmse"] == pytest.approx(abs(3 - (3 + 2 / 3)), rel=1e-5)
 
@@ -218,4 +220,4 @@ def test_evaluate_reports_rating_metrics_for_rating_models() -> None:
 def test_evaluate_rejects_mismatched_vocabularies() -> None:
     train = triples([(0, 0, 4)], 2, 3)
     with pytest.raises(ValueError, match="vocabularies"):
-        evaluate(PopularityRecommender().fit(train), train, triples([(0, 1, 4)], 2, 4))
+        evaluate_model(PopularityRecommender().fit(train), train, triples([(0, 1, 4)], 2, 4))

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from towers.features import FeatureTables
-from towers.interactions import Interactions
-from towers.model import PRESETS, TwoTower, TwoTowerConfig
-from towers.training import TrainingContext
+from towers.data.features import FeatureTables
+from towers.data.interactions import Interactions
+from towers.model.config import PRESETS, TwoTowerConfig
+from towers.model.network import TwoTower
+from towers.training.inputs import TrainingContext
 
 # Tiny tensors: one intra-op thread (tests/conftest.py) avoids spin-waiting on 2 busy cores.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

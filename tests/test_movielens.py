@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from towers.movielens import ML100K_GENRES, DataError, read_folder
-from towers.validation import validate
+from towers.data.movielens import ML100K_GENRES, read_folder
+from towers.data.raw import DataError
+from towers.data.validation import validate_raw
 
 
 def write_grouplens_100k(folder: Path) -> Path:
@@ -100,12 +101,12 @@ def test_csv_quoted_titles_and_no_genres(tmp_path):
     assert raw.interactions["rating"].tolist() == [4.5, 0.5]
     assert raw.users["user_id"].tolist() == [1]
     assert raw.rating_scale == (0.5, 5.0)
-    cleaned, drops = validate(raw)
+    cleaned, drops = validate_raw(raw)
     assert drops == {"duplicate_pairs": 0}
 
 
 def test_real_ml100k_counts(ml100k_dir):
-    raw, drops = validate(read_folder(ml100k_dir, "ml-100k"))
+    raw, drops = validate_raw(read_folder(ml100k_dir, "ml-100k"))
     assert len(raw.interactions) == 100_000
     assert raw.interactions["user_id"].nunique() == 943
     assert len(raw.items) == 1_682
@@ -137,27 +138,27 @@ def test_rating_out_of_range(tmp_path):
     folder = write_grouplens_100k(tmp_path)
     (folder / "u.data").write_text("1\t10\t7\t881250949\n")
     with pytest.raises(DataError, match=r"1 ratings outside \[1.0, 5.0\]"):
-        validate(read_folder(folder, "ml-100k"))
+        validate_raw(read_folder(folder, "ml-100k"))
 
 
 def test_unknown_item_in_interactions(tmp_path):
     folder = write_grouplens_100k(tmp_path)
     (folder / "u.data").write_text("1\t10\t5\t881250949\n1\t99\t4\t881250949\n")
     with pytest.raises(DataError, match=r"absent from the items table \(e.g. \[99\]\)"):
-        validate(read_folder(folder, "ml-100k"))
+        validate_raw(read_folder(folder, "ml-100k"))
 
 
 def test_unknown_user_in_interactions(tmp_path):
     folder = write_grouplens_100k(tmp_path)
     (folder / "u.data").write_text("7\t10\t5\t881250949\n")
     with pytest.raises(DataError, match=r"absent from the users table \(e.g. \[7\]\)"):
-        validate(read_folder(folder, "ml-100k"))
+        validate_raw(read_folder(folder, "ml-100k"))
 
 
 def test_duplicate_pairs_keep_latest_and_are_counted(tmp_path, caplog):
     folder = write_grouplens_100k(tmp_path)
     (folder / "u.data").write_text("1\t10\t5\t300\n1\t10\t2\t100\n2\t20\t4\t5\n1\t10\t3\t200\n")
-    cleaned, drops = validate(read_folder(folder, "ml-100k"))
+    cleaned, drops = validate_raw(read_folder(folder, "ml-100k"))
     assert drops == {"duplicate_pairs": 2}
     kept = cleaned.interactions
     assert len(kept) == 2
@@ -171,7 +172,7 @@ def test_duplicate_item_ids_in_item_table(tmp_path):
         "movieId,title,genres\n10,A (1990),Drama\n10,B (1991),Drama\n20,C,X\n"
     )
     with pytest.raises(DataError, match=r"items table repeats item_id \[10\]"):
-        validate(read_folder(folder, "ml-latest-small"))
+        validate_raw(read_folder(folder, "ml-latest-small"))
 
 
 def test_unknown_dataset_and_wrong_folder(tmp_path):

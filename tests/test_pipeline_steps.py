@@ -4,7 +4,7 @@ and runs again when its inputs change, its files are damaged, or ``--force`` is 
 from __future__ import annotations
 
 from ray_jobs.pipeline import PipelineConfig, Steps
-from towers.storage import Storage
+from towers.storage.root import Storage
 
 
 def test_steps_run_skip_and_rerun(tmp_path, capsys):

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from tests.recommender_contract import RecommenderContract
-from towers.interactions import Interactions
-from towers.knn import UserKNN
-from towers.popularity import PopularityRecommender, read_model_dir, write_model_dir
+from towers.data.interactions import Interactions
+from towers.recommenders.popularity import PopularityRecommender
+from towers.recommenders.user_knn import UserKNN
+from towers.storage.formats import read_model_dir, write_model_dir
 
 
 def interactions(pairs: list[tuple[int, int]], n_users: int, n_items: int) -> Interactions:

@@ -1,4 +1,4 @@
-"""``ray_jobs.ray_setup``: how jobs and the local server start Ray (``ray.init`` replaced)."""
+"""``towers.launch.ray_init``: how jobs and the local server start Ray (``ray.init`` replaced)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 import ray
 
-from ray_jobs import ray_setup
+from towers.launch import ray_init
 
 DRAIN = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 
@@ -25,17 +25,17 @@ def init_calls(monkeypatch):
 
 def test_a_local_instance_gets_the_local_defaults_before_ray_starts(init_calls, monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    ray_setup.init_ray(min_cpus=3.5)
+    ray_init.init_ray(min_cpus=3.5)
     assert init_calls == [({"num_cpus": 4}, "3")]  # Ray's processes inherit the environment
 
 
 def test_a_users_setting_wins(init_calls, monkeypatch):
     monkeypatch.setenv(DRAIN, "30")
-    ray_setup.start_ray(include_dashboard=False)
+    ray_init.start_ray(include_dashboard=False)
     assert init_calls == [({"include_dashboard": False}, "30")]
 
 
 def test_joining_a_cluster_changes_nothing(init_calls, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "auto")
-    ray_setup.init_ray(min_cpus=8)
+    ray_init.init_ray(min_cpus=8)
     assert init_calls == [({}, None)]  # the cluster's own settings apply

@@ -13,11 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from towers.dataset import load_prepared, write_prepared
-from towers.movielens import DataError, read_folder
-from towers.storage import ArtifactError, Storage
-from towers.synthetic import SyntheticSpec, generate
-from towers.validation import validate
+from towers.data.movielens import read_folder
+from towers.data.prepared import load_prepared, write_prepared
+from towers.data.raw import DataError
+from towers.data.synthetic import SyntheticSpec, generate
+from towers.data.validation import validate_raw
+from towers.storage.root import ArtifactError, Storage
 
 from .test_movielens import write_grouplens_100k, write_ml1m, write_ml_csv
 
@@ -48,7 +49,7 @@ def test_malformed_raw_files_name_file_and_problem(tmp_path, dataset, file, cont
     folder = WRITERS[dataset](tmp_path / "raw")
     (folder / file).write_bytes(content)
     with pytest.raises(DataError, match=message) as err:
-        validate(read_folder(folder, dataset))
+        validate_raw(read_folder(folder, dataset))
     assert file in str(err.value) or str(folder) in str(err.value)
 
 
@@ -61,7 +62,7 @@ def test_numbers_beyond_int64_are_refused_as_written(tmp_path, line):
     folder = write_grouplens_100k(tmp_path / "raw")
     (folder / "u.data").write_text(line + "\n")
     with pytest.raises(DataError, match="99999999999999999999999"):
-        validate(read_folder(folder, "ml-100k"))
+        validate_raw(read_folder(folder, "ml-100k"))
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from serving.artifacts import load_two_tower_service, load_user_knn_service, publish_small_run
 from serving.http import LocalBackend, create_app
 from serving.schemas import MAX_BODY_BYTES, ModelSettings
-from towers.storage import Storage
+from towers.storage.root import Storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 MAX_SECONDS = 5.0  # one request; the slowest legitimate one takes milliseconds

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from towers.storage import Storage
+from towers.storage.root import Storage
 
 from .test_reliability_fuzz import FUZZ, MAX_SECONDS, FuzzRequest, Tally, any_request, check
 from .test_serving_ray import (  # noqa: F401  (fixtures, found by name)

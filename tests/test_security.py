@@ -33,7 +33,7 @@ import yaml
 
 from serving.artifacts import publish_small_run
 from serving.schemas import ModelSettings, ServingArgs
-from towers.storage import Storage
+from towers.storage.root import Storage
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("towers", "serving", "ray_jobs", "tuning", "bench")
@@ -43,7 +43,7 @@ ALLOWED_UNPICKLING = {
     ("tuning/tune.py", "tune.Tuner.restore"): "Ray Tune resumes its own experiment state "
     "(tuning/search/*.pkl) that this run wrote; see docs/RELIABILITY.md",
     (
-        "towers/index.py",
+        "towers/index/scann.py",
         "scann_ops_pybind.load_searcher",
     ): "ScaNN unpickles searcher/scann_docids.pkl if there; "
     "ScaNNIndex refuses a folder that has one (test_planted_pickles_are_refused...)",
@@ -142,9 +142,9 @@ def test_planted_pickles_are_refused_without_running(served_run, tmp_path):
 
     import torch
 
-    from towers.checkpoint import STATE_FILE, load_checkpoint
     from towers.index import ItemIndex
-    from towers.two_tower import TwoTowerRecommender
+    from towers.recommenders.two_tower import TwoTowerRecommender
+    from towers.training.checkpoint import STATE_FILE, load_checkpoint
 
     marker = tmp_path / "pwned"
     blob = pickle.dumps(Payload(marker))

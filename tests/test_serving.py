@@ -27,7 +27,7 @@ from serving.deployments import TwoTowerDeployment, UserKNNDeployment
 from serving.http import LocalBackend, create_app
 from serving.recommenders import Catalog, ServingError
 from serving.schemas import ModelSettings, ServingArgs
-from towers.storage import Storage
+from towers.storage.root import Storage
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ import yaml
 
 from serving.app import build_app
 from serving.artifacts import publish_small_run
-from towers.storage import Storage
+from towers.storage.root import Storage
 
 from .test_serving import BAD_REQUESTS
 

@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from towers import sources
-from towers.movielens import DataError, read_folder
+from towers.data import sources
+from towers.data.movielens import read_folder
+from towers.data.raw import DataError
 
 
 def test_data_dir_wins_and_must_hold_files(tmp_path, ml100k_dir):

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from towers.movielens import read_folder
-from towers.splits import split_interactions
+from towers.data.movielens import read_folder
+from towers.data.splits import split_interactions
 
 
 def recommenders_reference(frame: pd.DataFrame, ratio: float, seed: int) -> set[int]:

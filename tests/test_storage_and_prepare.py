@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from ray_jobs import prepare
-from towers.dataset import load_prepared
-from towers.storage import ArtifactError, Storage
+from towers.data.prepared import load_prepared
+from towers.storage.root import ArtifactError, Storage
 
 
 def digest(folder) -> dict[str, str]:

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from towers.synthetic import SyntheticSpec, generate, iter_interaction_chunks
-from towers.validation import validate
+from towers.data.synthetic import SyntheticSpec, generate, iter_interaction_chunks
+from towers.data.validation import validate_raw
 
 SPEC = SyntheticSpec(n_users=300, n_items=500, n_interactions=20_000, seed=3)
 
@@ -29,7 +29,7 @@ def test_chunking_does_not_change_the_data():
 def test_movielens_shape():
     raw = generate(SPEC)
     inter = raw.interactions
-    cleaned, drops = validate(raw)  # no errors: ids known, ratings in range, no duplicates
+    cleaned, drops = validate_raw(raw)  # no errors: ids known, ratings in range, no duplicates
     assert drops["duplicate_pairs"] == 0
     assert 0.9 * SPEC.n_interactions <= len(inter) <= 1.05 * SPEC.n_interactions
     assert set(inter["rating"].unique()) <= {1.0, 2.0, 3.0, 4.0, 5.0}

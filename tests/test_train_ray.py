@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from ray_jobs import train
-from towers.checkpoint import load_checkpoint
-from towers.two_tower import TwoTowerRecommender
+from towers.recommenders.two_tower import TwoTowerRecommender
+from towers.training.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -109,8 +109,9 @@ def test_use_gpu_without_gpus_fails_clearly(ray_session, tiny_storage):
 def test_checkpoint_round_trip(tmp_path):
     import torch
 
-    from towers.checkpoint import LoopState, model_from_checkpoint, save_checkpoint
-    from towers.model import TwoTower, TwoTowerConfig
+    from towers.model.config import TwoTowerConfig
+    from towers.model.network import TwoTower
+    from towers.training.checkpoint import LoopState, model_from_checkpoint, save_checkpoint
 
     cfg = TwoTowerConfig(
         n_users=5, n_items=7, user_cardinalities=(3, 3, 3), n_genres=2, n_year_buckets=3

@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from towers.features import FeatureTables
-from towers.interactions import Interactions
-from towers.model import TwoTower, TwoTowerConfig
-from towers.training import (
-    TrainingContext,
-    fit,
+from towers.data.features import FeatureTables
+from towers.data.interactions import Interactions
+from towers.model.config import TwoTowerConfig
+from towers.model.network import TwoTower
+from towers.training.inputs import TrainingContext
+from towers.training.loop import fit
+from towers.training.steps import (
     make_batches,
     make_optimizer,
     make_scheduler,
     train_epoch,
-    validate,
+    validation_metrics,
 )
 
 # Tiny tensors: one intra-op thread (tests/conftest.py) avoids spin-waiting on 2 busy cores.
@@ -166,7 +167,7 @@ def test_train_epoch_under_ddp(data, tmp_path) -> None:
             stats = train_epoch(wrapped, optimizer, batches, ctx)
         assert math.isfinite(stats["loss"])
         assert not torch.equal(before, model.rating_head.item_bias.weight)
-        assert "ndcg@10" in validate(wrapped, ctx, data[0], data[1])
+        assert "ndcg@10" in validation_metrics(wrapped, ctx, data[0], data[1])
     finally:
         dist.destroy_process_group()
 
@@ -177,7 +178,7 @@ def test_fit_learns_the_blocks(data) -> None:
     model, history = fit(config, train, None, features)
     assert len(history) == 25 and history[-1]["loss"] < history[0]["loss"]
     ctx = TrainingContext.build(features, train, model.config)
-    metrics = validate(model, ctx, train, test, k=10)
+    metrics = validation_metrics(model, ctx, train, test, k=10)
     random_recall = 10 / (train.n_items - 8)  # 8 training items per user
     assert random_recall < 0.06
     assert metrics["recall@10"] > 0.8, metrics
@@ -192,6 +193,6 @@ def test_fit_is_deterministic_and_keeps_the_best_epoch(data) -> None:
     assert [h["loss"] for h in history] == [h["loss"] for h in again]
     ctx = TrainingContext.build(features, train, model.config)
     best = max(h["ndcg@10"] for h in history)
-    assert validate(model, ctx, train, test)["ndcg@10"] == pytest.approx(best)
+    assert validation_metrics(model, ctx, train, test)["ndcg@10"] == pytest.approx(best)
     assert {"recall@10", "ndcg@10", "precision@10", "map@10", "rmse"} <= set(history[0])
     assert 0 < history[0]["rmse"] < 4

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from ray_jobs.cli import parse_config
 from ray_jobs.train import TrainConfig
+from towers.launch.cli import parse_config
 from tuning import tune
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from tests.recommender_contract import RecommenderContract
-from towers.features import FeatureTables
-from towers.interactions import Interactions
-from towers.model import TwoTowerConfig
-from towers.training import fit
-from towers.two_tower import REQUIRED_FILES, TwoTowerRecommender
+from towers.data.features import FeatureTables
+from towers.data.interactions import Interactions
+from towers.model.config import TwoTowerConfig
+from towers.recommenders.two_tower import REQUIRED_FILES, TwoTowerRecommender
+from towers.training.loop import fit
 
 SMALL = dict(embedding_dim=16, id_dim=16, feature_dim=4, hidden_dims=(32,), batch_size=64)
 

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import NullFormatter
 
-from towers.report import png_bytes
+from towers.evaluation.report import png_bytes
 
 
 def plot_metric_vs_lr(table: pd.DataFrame, metric: str) -> bytes:

@@ -22,18 +22,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ray_jobs.cli import help_field, parse_config
-from ray_jobs.ray_setup import init_ray
-from towers.dataset import load_prepared
-from towers.model import TwoTower, TwoTowerConfig
-from towers.storage import Storage
-from towers.training import (
-    TrainingContext,
+from towers.data.prepared import load_prepared
+from towers.launch.cli import help_field, parse_config
+from towers.launch.ray_init import init_ray
+from towers.model.config import TwoTowerConfig
+from towers.model.network import TwoTower
+from towers.storage.root import Storage
+from towers.training.inputs import TrainingContext
+from towers.training.steps import (
     make_batches,
     make_optimizer,
     make_scheduler,
     train_epoch,
-    validate,
+    validation_metrics,
 )
 from tuning.plots import plot_learning_curves, plot_metric_vs_lr
 
@@ -113,7 +114,7 @@ def trial(params: dict[str, Any]) -> None:
     for epoch in range(job["max_epochs"]):
         batches = make_batches(data.train, config.batch_size, config.seed, epoch)
         stats = train_epoch(model, optimizer, batches, ctx, scheduler=scheduler)
-        metrics = validate(model, ctx, data.train, data.valid)
+        metrics = validation_metrics(model, ctx, data.train, data.valid)
         tune.report({"epoch": epoch, "loss": stats["loss"], **metrics})
 
 

@@ -16,9 +16,9 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from towers.features import FeatureTables
-from towers.interactions import Interactions
-from towers.model import TwoTowerConfig
+from towers.data.features import FeatureTables
+from towers.data.interactions import Interactions
+from towers.model.config import TwoTowerConfig
 
 Batch = dict[str, torch.Tensor]
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from towers.movielens import ML100K_GENRES, RATING_SCALES, RawData
+from towers.data.movielens import ML100K_GENRES, RATING_SCALES
+from towers.data.raw import RawData
 
 GENRES = ML100K_GENRES[1:]  # 18 real genres
 OCCUPATIONS = ("student", "engineer", "educator", "artist", "writer", "other")

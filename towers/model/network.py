@@ -1,13 +1,14 @@
 """The two-tower model: a user tower and an item tower that map ids and features into one space.
 
-Read top to bottom: the config (one dataclass, stored in every checkpoint so the model can be
-rebuilt from the checkpoint alone), the presets, the MLP both towers end in, the item tower, the
-user tower, the optional rating head, and ``TwoTower`` which joins them.
+Read top to bottom: the MLP both towers end in, the item tower, the user tower, the optional
+rating head, and ``TwoTower`` which joins them. Each module takes the one config dataclass
+(``towers/model/config.py``), which every checkpoint stores so the model rebuilds from it alone.
 
 ``TwoTower.forward`` returns ``(user_emb, item_emb)`` already prepared for retrieval: when
 ``normalize`` is on, both are L2-normalised and the user side is divided by the temperature, so
 ``user_emb @ item_emb.T`` *is* the logit matrix in training and the score in serving (a plain
-maximum-inner-product index needs no extra step). Losses live in ``towers/losses.py``.
+maximum-inner-product index needs no extra step). Losses live beside it in
+``towers/model/losses.py``.
 
 The defaults of :class:`TwoTowerConfig` (the ``default`` preset) were tuned on the validation part
 of ML-100K's random split. What helped: full-catalog softmax (vs in-batch), a cosine learning-rate
@@ -20,7 +21,7 @@ For speed on CPUs (ML-100K in ~2 s per epoch on 2 cores) the default trains 20 e
 1024-pair batches at lr 3e-3 and pools a random ~64 of a long history per pair; batches of 2048
 or a narrower item tower cost ranking quality (docs/QUALITY.md has the table).
 
-Batches are dicts of tensors built by ``towers.context.TrainingContext``:
+Batches are dicts of tensors built by ``towers.training.inputs.TrainingContext``:
 
 - user batch: ``user_idx (B,)``, ``user_features (B, 3)``, ``history_items (H,)``,
   ``history_offsets (B,)``, ``history_weights (H,)`` (``1/n`` per kept item, so the bag is a
@@ -32,152 +33,12 @@ Batches are dicts of tensors built by ``towers.context.TrainingContext``:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from towers.features import FeatureTables
-
-LOSSES = ("pointwise", "softmax", "hybrid")
-NEGATIVES = ("full", "in_batch")
-LR_SCHEDULES = ("cosine", "constant")
-
-
-@dataclass(frozen=True)
-class TwoTowerConfig:
-    """Everything needed to build, train and rebuild a :class:`TwoTower` (JSON-serialisable)."""
-
-    # --- Data sizes: filled from the data by `sized_for`, stored so a checkpoint rebuilds alone.
-    n_users: int = 0  # user vocabulary size; the tower adds one "unknown user" row for cold start
-    n_items: int = 0  # item vocabulary size
-    user_cardinalities: tuple[int, ...] = (0, 0, 0)  # distinct age, gender, occupation values
-    n_genres: int = 0  # width of the genre multi-hot
-    n_year_buckets: int = 0  # release-year buckets incl. unknown
-    # --- Towers. The defaults are the tuned ML-100K setting (the "default" preset).
-    embedding_dim: int = 64  # D: output width of both towers, the retrieval space
-    id_dim: int = 64  # width of the user-id, item-id and history embeddings
-    feature_dim: int = 16  # width of each demographic / genre / year embedding
-    hidden_dims: tuple[int, ...] = (256, 256)  # dense ReLU layers of each tower before the output
-    item_hidden_dims: tuple[int, ...] | None = None  # the item tower's, when not hidden_dims
-    dropout: float = 0.3  # dropout after every hidden layer
-    use_user_id: bool = False  # a per-user id embedding: it overfits ML-100K, history suffices
-    user_id_dropout: float = 0.1  # train-time chance an id becomes "unknown" (with use_user_id)
-    use_features: bool = True  # demographics on the user side, genres and year on the item side
-    use_history: bool = True  # mean of the user's training items' embeddings (off in the paper)
-    history_dropout: float = 0.2  # train-time chance each history item is dropped from the pool
-    max_history: int = 64  # > 0: training pools a random ~max_history of a user's items (speed)
-    recent_history: int = 0  # > 0: also pool the user's N most recent items (own table)
-    use_genre_profile: bool = True  # mean genre multi-hot of the user's history
-    use_rating_history: bool = True  # history pooled by centred rating (+ mean rating): tastes
-    rating_history_dropout: float = 0.1  # train-time chance a row's ratings are hidden (cold start)
-    normalize: bool = True  # L2-normalise both towers (cosine); logits are cos / temperature
-    temperature: float = 0.07  # softmax temperature for normalised embeddings (initial if learned)
-    learn_temperature: bool = False  # learn the temperature (as log 1/T, clamped at 1/T <= 100)
-    # --- Loss (towers/losses.py).
-    loss: str = "hybrid"  # "pointwise" (paper BCE), "softmax" (retrieval), "hybrid" (softmax+MSE)
-    negatives: str = "full"  # "full": every catalog item; "in_batch": the batch's other items
-    logq_correction: bool = True  # in-batch only: subtract log item-sampling probability
-    mask_train_positives: bool = True  # full only: the user's other training items aren't negatives
-    rating_weight: float = 30.0  # hybrid: weight of the rating MSE (ratings scaled to [0, 1])
-    rating_hidden: int = 64  # hybrid: hidden width of the rating head MLP
-    # --- Optimisation (towers/training.py).
-    lr: float = 3e-3  # peak Adam learning rate (the paper uses 1e-3, constant)
-    weight_decay: float = 0.0  # decoupled weight decay; > 0 switches Adam to AdamW
-    lr_schedule: str = "cosine"  # "cosine": per-step decay to 0 over `epochs`; "constant"
-    batch_size: int = 1024  # training pairs per optimizer step, over all DDP workers together
-    epochs: int = 20  # maximum epochs, also the length of the cosine schedule
-    patience: int = 10  # early stopping: epochs without validation improvement
-    early_stopping_metric: str = "ndcg@10"  # validation metric to maximise ("rmse": minimise)
-    bf16: bool = False  # bf16 autocast on CUDA; ignored on CPU
-    seed: int = 0  # parameter init and batch order
-
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"TwoTowerConfig.loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.negatives not in NEGATIVES:
-            raise ValueError(f"TwoTowerConfig.negatives must be one of {NEGATIVES}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"TwoTowerConfig.lr_schedule must be one of {LR_SCHEDULES}")
-        if self.temperature <= 0:
-            raise ValueError(f"TwoTowerConfig.temperature must be > 0, got {self.temperature}")
-        for name in ("dropout", "user_id_dropout", "history_dropout", "rating_history_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"TwoTowerConfig.{name} must be in [0, 1)")
-        # JSON round trips turn tuples into lists; keep the dataclass hashable and comparable.
-        object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
-        if self.item_hidden_dims is not None:
-            item_hidden = tuple(int(h) for h in self.item_hidden_dims)
-            object.__setattr__(self, "item_hidden_dims", item_hidden)
-        object.__setattr__(
-            self, "user_cardinalities", tuple(int(c) for c in self.user_cardinalities)
-        )
-
-    @property
-    def has_rating_head(self) -> bool:
-        return self.loss == "hybrid"
-
-    def sized_for(self, features: FeatureTables) -> TwoTowerConfig:
-        """Returns a copy with the data sizes taken from ``features``."""
-        return replace(
-            self,
-            n_users=features.n_users,
-            n_items=features.n_items,
-            user_cardinalities=tuple(features.user_cardinalities),
-            n_genres=features.item_genres.shape[1],
-            n_year_buckets=features.n_year_buckets,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TwoTowerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"TwoTowerConfig: unknown keys {unknown}")
-        return cls(**values)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> TwoTowerConfig:
-        """``PRESETS[name]`` over the defaults, then ``overrides`` on top."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
-
-
-# Overrides of the dataclass defaults. "paper": the paper's weak setting (pointwise BCE on observed
-# pairs only, small ReLU towers, constant Adam 1e-3, ids and features but no history). "default":
-# the dataclass defaults, tuned on the ML-100K random split's validation part (see the module doc).
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": dict(
-        loss="pointwise",
-        embedding_dim=32,
-        id_dim=32,
-        feature_dim=8,
-        hidden_dims=(64,),
-        dropout=0.0,
-        use_user_id=True,
-        user_id_dropout=0.0,
-        use_history=False,
-        history_dropout=0.0,
-        use_genre_profile=False,
-        use_rating_history=False,
-        rating_history_dropout=0.0,
-        normalize=False,
-        mask_train_positives=False,
-        lr=1e-3,
-        weight_decay=0.0,
-        lr_schedule="constant",
-        batch_size=256,
-        epochs=30,
-        patience=5,
-    ),
-    "default": {},
-}
+from towers.model.config import TwoTowerConfig
 
 
 class Dropout(nn.Dropout):

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from towers.data.raw import DataError, RawData
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +45,6 @@ RATING_SCALES = {
     "synthetic": (1.0, 5.0),
 }
 _YEAR_IN_TITLE = re.compile(r"\s*\((\d{4})\)\s*$")
-
-
-class DataError(ValueError):
-    """Input data is malformed; the message names the file and the problem."""
-
-
-@dataclass
-class RawData:
-    """The three canonical tables plus where they came from."""
-
-    interactions: pd.DataFrame
-    items: pd.DataFrame
-    users: pd.DataFrame
-    rating_scale: tuple[float, float]
-    source: str
 
 
 def _read_text_table(path: Path, sep: str, names: list[str] | None, encoding: str) -> pd.DataFrame:

@@ -67,6 +67,24 @@ class Interactions:
             n_items=int(n_items),
         )
 
+    def to_arrays(self, prefix: str = "train_") -> dict[str, np.ndarray]:
+        """The four columns as ``{prefix + column: array}`` (for ``np.savez``)."""
+        return {prefix + column: getattr(self, column) for column in COLUMNS}
+
+    @classmethod
+    def from_arrays(
+        cls, arrays: dict[str, np.ndarray], n_users: int, n_items: int, prefix: str = "train_"
+    ) -> Interactions:
+        """Inverse of :meth:`to_arrays`."""
+        return cls(
+            user_idx=np.asarray(arrays[prefix + "user_idx"], np.int64),
+            item_idx=np.asarray(arrays[prefix + "item_idx"], np.int64),
+            rating=np.asarray(arrays[prefix + "rating"], np.float32),
+            timestamp=np.asarray(arrays[prefix + "timestamp"], np.int64),
+            n_users=int(n_users),
+            n_items=int(n_items),
+        )
+
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame({c: getattr(self, c) for c in COLUMNS})
 

@@ -22,9 +22,6 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from towers.interactions import Interactions
-from towers.recommender import Recommender
-
 
 def hit_matrix(recommended: np.ndarray, relevant: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
     """Marks which recommended items are relevant.
@@ -191,91 +188,4 @@ def ranking_metrics(
     out["map"] = mean(recommenders_average_precision(hits, n_relevant, map_k))
     out["n_users"] = float(keep.sum())
     out["n_users_skipped"] = float((~keep).sum())
-    return out
-
-
-def rating_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Rating-prediction errors over ``(N,)`` pairs.
-
-    ``MSE = mean((y - ŷ)^2)``, ``RMSE = sqrt(MSE)``, ``MAE = mean(|y - ŷ|)``,
-    ``R^2 = 1 - sum((y - ŷ)^2) / sum((y - mean(y))^2)`` (NaN when ``y`` is constant).
-    """
-    y_true = np.asarray(y_true, dtype=np.float64).reshape(-1)
-    y_pred = np.asarray(y_pred, dtype=np.float64).reshape(-1)
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
-    if y_true.size == 0:
-        raise ValueError("rating_metrics needs at least one pair")
-    if not (np.all(np.isfinite(y_true)) and np.all(np.isfinite(y_pred))):
-        raise ValueError("rating_metrics: y_true and y_pred must be finite (found NaN or inf)")
-    residual = y_true - y_pred
-    sse = float(residual @ residual)
-    sst = float(((y_true - y_true.mean()) ** 2).sum())
-    mse = sse / y_true.size
-    return {
-        "mse": mse,
-        "rmse": float(np.sqrt(mse)),
-        "mae": float(np.abs(residual).mean()),
-        "r2": 1.0 - sse / sst if sst > 0 else float("nan"),
-    }
-
-
-def _drop_masked(items: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Removes ``mask``ed entries of each row, shifting the rest left and padding with ``-1``."""
-    order = np.argsort(mask, axis=1, kind="stable")  # unmasked first, rank order kept
-    return np.take_along_axis(np.where(mask, -1, items), order, axis=1)
-
-
-def evaluate(
-    model: Recommender,
-    train: Interactions,
-    test: Interactions,
-    ks: Sequence[int] = (5, 10, 20),
-    batch_size: int = 2048,
-    with_ratings: bool = True,
-) -> dict[str, float]:
-    """Ranking metrics (and rating metrics where the model predicts ratings) on ``test``.
-
-    Every user with a test item gets ``max(ks)`` recommendations from
-    ``model.recommend(exclude_seen=True)``, which excludes the model's own training items; items
-    of ``train`` that the model did not see (a model fitted on a subset) are excluded as well. So
-    the candidates are the items in neither ``train`` nor the model's training data (a model
-    refitted on train + valid is evaluated on test without recommending valid items).
-
-    Args:
-        model: a fitted recommender over the same vocabularies.
-        train: the interactions whose items must not be recommended.
-        test: held-out interactions; each one is relevant.
-        ks: cut-offs.
-        batch_size: users scored per ``recommend`` call (bounds memory at ``batch × n_items``).
-        with_ratings: also compute rating metrics (when the model predicts ratings).
-
-    Returns:
-        ``ranking_metrics`` keys, plus ``mse, rmse, mae, r2`` when ``with_ratings`` and
-        ``model.predicts_ratings``.
-    """
-    shapes = {(model.n_users, model.n_items), (train.n_users, train.n_items)}
-    shapes.add((test.n_users, test.n_items))
-    if len(shapes) != 1:
-        raise ValueError(f"model, train and test vocabularies differ: {sorted(shapes)}")
-    k = max(ks)
-    relevant = test.to_csr(binary=True)
-    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
-    train_seen = train.to_csr(binary=True)
-    unseen_by_model = train_seen - train_seen.multiply(model.seen_matrix())
-    unseen_by_model.eliminate_zeros()
-    lists = np.full((len(users), k), -1, dtype=np.int64)
-    for start in range(0, len(users), batch_size):
-        batch = users[start : start + batch_size]
-        extra = unseen_by_model[batch]
-        extra_k = int(np.diff(extra.indptr).max(initial=0))
-        items, _ = model.recommend(batch, k + extra_k, exclude_seen=True)
-        if extra_k:
-            drop, _ = hit_matrix(items, extra)
-            items = _drop_masked(items, drop)
-        lists[start : start + len(batch), : min(k, items.shape[1])] = items[:, :k]
-    out = ranking_metrics(lists, relevant[users], ks)
-    out["n_users_skipped"] = float(test.n_users - len(users))
-    if with_ratings and model.predicts_ratings and len(test):
-        out.update(rating_metrics(test.rating, model.predict_ratings(test.user_idx, test.item_idx)))
     return out

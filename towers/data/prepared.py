@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from towers.features import FeatureTables, build_feature_tables
-from towers.interactions import Interactions
-from towers.movielens import RawData
-from towers.splits import split_interactions
-from towers.storage import ArtifactError, Storage
-from towers.validation import genre_count
+from towers.data.features import FeatureTables, build_feature_tables
+from towers.data.interactions import Interactions
+from towers.data.raw import RawData
+from towers.data.splits import split_interactions
+from towers.data.validation import genre_count
+from towers.storage.root import ArtifactError, Storage
 
 log = logging.getLogger(__name__)
 ARTIFACT = "data"

@@ -16,22 +16,21 @@ with ``ctx.rating_scale``.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
-from towers.context import Batch, TrainingContext
-from towers.features import FeatureTables
-from towers.interactions import Interactions
-from towers.losses import full_softmax, in_batch_softmax, pointwise_bce, rating_mse
-from towers.metrics import ranking_metrics
-from towers.model import TwoTower, TwoTowerConfig
-from towers.recommender import top_k_excluding
+from towers.data.interactions import Interactions
+from towers.metrics.ranking import ranking_metrics
+from towers.metrics.top_k import top_k_excluding
+from towers.model.config import TwoTowerConfig
+from towers.model.losses import full_softmax, in_batch_softmax, pointwise_bce, rating_mse
+from towers.model.network import TwoTower
+from towers.training.inputs import Batch, TrainingContext
 
 
 def unwrap(model: nn.Module) -> TwoTower:
@@ -203,7 +202,7 @@ def embed_users(
 
 
 @torch.no_grad()
-def validate(
+def validation_metrics(
     model: nn.Module,
     ctx: TrainingContext,
     train: Interactions,
@@ -233,52 +232,3 @@ def validate(
         predicted = scaled.clamp(0, 1).cpu().numpy() * (hi - lo) + lo
         metrics["rmse"] = float(np.sqrt(np.mean((predicted - valid.rating) ** 2)))
     return metrics
-
-
-def fit(
-    config: TwoTowerConfig,
-    train: Interactions,
-    valid: Interactions | None,
-    features: FeatureTables,
-    epochs: int | None = None,
-    device: str | torch.device = "cpu",
-    rating_scale: tuple[float, float] | None = None,
-    log: Callable[[dict[str, float]], None] | None = None,
-) -> tuple[TwoTower, list[dict[str, float]]]:
-    """Trains a fresh model, early-stopping on ``config.early_stopping_metric`` over ``valid``.
-
-    Returns:
-        ``(model, history)``: the model in eval mode holding the best epoch's weights (the last
-        epoch's without ``valid``), and one dict per epoch of ``train_epoch`` stats and validation
-        metrics (plus ``epoch``).
-    """
-    config = config.sized_for(features)
-    torch.manual_seed(config.seed)
-    model = TwoTower(config).to(device)
-    ctx = TrainingContext.build(features, train, config, rating_scale, device)
-    optimizer = make_optimizer(model, config)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
-    history: list[dict[str, float]] = []
-    best, best_state, stale = -np.inf, None, 0
-    for epoch in range(config.epochs if epochs is None else epochs):
-        batches = make_batches(train, config.batch_size, config.seed, epoch)
-        row = {"epoch": float(epoch), **train_epoch(model, optimizer, batches, ctx, scheduler)}
-        if valid is not None and len(valid):
-            row.update(validate(model, ctx, train, valid))
-        history.append(row)
-        if log is not None:
-            log(row)
-        if valid is None or not len(valid):
-            continue
-        metric = row[config.early_stopping_metric]
-        metric = -metric if config.early_stopping_metric == "rmse" else metric
-        if metric > best:
-            best, best_state, stale = metric, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return model.eval(), history

@@ -7,12 +7,12 @@ import logging
 import numpy as np
 import pandas as pd
 
-from towers.movielens import DataError, RawData
+from towers.data.raw import DataError, RawData
 
 log = logging.getLogger(__name__)
 
 
-def validate(raw: RawData) -> tuple[RawData, dict[str, int]]:
+def validate_raw(raw: RawData) -> tuple[RawData, dict[str, int]]:
     """Validates and cleans ``raw``; returns the cleaned data and counts of dropped rows.
 
     Errors (``DataError`` naming the source and the problem): empty tables, ratings outside the data

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from towers.model import TwoTower, TwoTowerConfig
-from towers.training import unwrap
+from towers.model.config import TwoTowerConfig
+from towers.model.network import TwoTower
+from towers.training.steps import unwrap
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"

@@ -37,7 +37,7 @@ class IncompleteIndexError(IndexMismatchError):
     """A stored index is missing its manifest or a file the manifest lists (or one is truncated)."""
 
 
-def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+def index_recall(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     """Fraction of the exact top-k ids that the approximate search also returned.
 
     Args:
@@ -55,6 +55,18 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     valid = exact_ids >= 0
     found = (exact_ids[:, :, None] == approx_ids[:, None, :]).any(axis=2) & valid  # (Q, k)
     return float(found.sum() / valid.sum()) if valid.any() else 1.0
+
+
+def pad_results(scores: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mark non-finite scores as padding and widen ``(B, k')`` results to ``(B, k)``."""
+    missing = ~np.isfinite(scores)
+    scores, positions = scores.astype(np.float32), positions.astype(np.int64)
+    scores[missing], positions[missing] = -np.inf, -1
+    extra = k - scores.shape[1]
+    if extra > 0:
+        scores = np.pad(scores, ((0, 0), (0, extra)), constant_values=-np.inf)
+        positions = np.pad(positions, ((0, 0), (0, extra)), constant_values=-1)
+    return scores, positions
 
 
 class ItemIndex(ABC):
@@ -301,8 +313,6 @@ class ItemIndex(ABC):
                 raise IncompleteIndexError(
                     f"{directory}: {name} has {file.stat().st_size} bytes, manifest says {n_bytes}"
                 )
-        import towers.index  # noqa: F401  (defines, and so registers, the kinds)
-
         kind = manifest["kind"]
         target_cls = ItemIndex._kinds.get(kind)
         if target_cls is None or (cls is not ItemIndex and cls is not target_cls):

@@ -20,7 +20,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from towers.movielens import DataError
+from towers.data.raw import DataError
 
 log = logging.getLogger(__name__)
 

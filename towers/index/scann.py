@@ -1,140 +1,20 @@
-"""Top-k item retrieval by maximum inner product: an exact and a ScaNN index, and their factory.
+"""Approximate top-k with ScaNN, configured by ScaNN's rules of thumb for the catalog size.
 
-``ExactIndex`` is brute force (a torch matmul, batched over queries to bound memory);
-``ScannIndex`` wraps a ScaNN searcher whose configuration follows ScaNN's rules of thumb for the
-catalog size. ScaNN is imported lazily inside ``ScannIndex`` only, so ``towers`` imports without
-it. The interface, the on-disk format and ``load`` are in ``towers.item_index`` (re-exported
-here: import from this module, which also registers the kinds ``load`` rebuilds).
+ScaNN is imported lazily inside :class:`ScannIndex` only, so ``towers`` imports without it.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
 import os
-import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
-import torch
+import scipy.sparse as sp
 
-from towers.item_index import (
-    FORMAT_VERSION,
-    IDS_FILE,
-    MANIFEST,
-    Exclude,
-    IncompleteIndexError,
-    IndexMismatchError,
-    ItemIndex,
-    recall_at_k,
-)
-
-if TYPE_CHECKING:
-    import scipy.sparse as sp
-
-    from towers.storage import Storage
-
-__all__ = [
-    "FORMAT_VERSION",
-    "IDS_FILE",
-    "MANIFEST",
-    "ExactIndex",
-    "Exclude",
-    "IncompleteIndexError",
-    "IndexMismatchError",
-    "ItemIndex",
-    "ScannIndex",
-    "ScannSettings",
-    "make_index",
-    "measure_recall",
-    "publish_saved_index",
-    "recall_at_k",
-]
-
-
-def _pad(scores: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mark non-finite scores as padding and widen ``(B, k')`` results to ``(B, k)``."""
-    missing = ~np.isfinite(scores)
-    scores, positions = scores.astype(np.float32), positions.astype(np.int64)
-    scores[missing], positions[missing] = -np.inf, -1
-    extra = k - scores.shape[1]
-    if extra > 0:
-        scores = np.pad(scores, ((0, 0), (0, extra)), constant_values=-np.inf)
-        positions = np.pad(positions, ((0, 0), (0, extra)), constant_values=-1)
-    return scores, positions
-
-
-class ExactIndex(ItemIndex):
-    """Brute-force top-k: ``queries @ embeddings.T`` with torch (all cores), then ``topk``.
-
-    Scores are computed in ``(query_block, item_block)`` tiles that stay in cache; each tile keeps
-    its own top-k and the tiles' winners are merged. This avoids writing a ``(B, N)`` score matrix
-    to memory, which bounds the speed of the one-big-matmul version at N = 1M.
-
-    Args:
-        model_version: see ``ItemIndex``.
-        query_block: queries per tile.
-        item_block: items per tile.
-    """
-
-    kind = "exact"
-
-    def __init__(
-        self, model_version: str | None = None, query_block: int = 128, item_block: int = 32_768
-    ) -> None:
-        super().__init__(model_version)
-        self.query_block, self.item_block = query_block, item_block
-        self._embeddings: torch.Tensor | None = None  # (N, D) float32
-
-    def is_exact(self) -> bool:
-        return True
-
-    def settings_dict(self) -> dict[str, Any]:
-        return {"query_block": self.query_block, "item_block": self.item_block}
-
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any], model_version: str | None) -> ExactIndex:
-        return cls(model_version, **settings)
-
-    def _build(self, embeddings: np.ndarray) -> None:
-        self._embeddings = torch.from_numpy(embeddings.copy())
-
-    def _search_positions(
-        self, queries: np.ndarray, k: int, exclude: sp.csr_matrix | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        out_s, out_p = [], []
-        for start in range(0, len(queries), self.query_block):
-            block = torch.from_numpy(queries[start : start + self.query_block])  # (B, D)
-            masked = None if exclude is None else exclude[start : start + self.query_block].tocoo()
-            tile_s, tile_p = [], []
-            for first in range(0, self.size, self.item_block):
-                scores = block @ self._embeddings[first : first + self.item_block].T  # (B, C)
-                if masked is not None:
-                    inside = (masked.col >= first) & (masked.col < first + scores.shape[1])
-                    rows, cols = masked.row[inside], masked.col[inside] - first
-                    scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -math.inf
-                top = torch.topk(scores, min(k, scores.shape[1]), dim=1)  # (B, k)
-                tile_s.append(top.values)
-                tile_p.append(top.indices + first)
-            merged_s, merged_p = torch.cat(tile_s, dim=1), torch.cat(tile_p, dim=1)
-            top = torch.topk(merged_s, min(k, merged_s.shape[1]), dim=1)  # sorted, best first
-            out_s.append(top.values.numpy())
-            out_p.append(torch.gather(merged_p, 1, top.indices).numpy())
-        return _pad(np.concatenate(out_s), np.concatenate(out_p), k)
-
-    def _save_payload(self, directory: Path) -> None:
-        np.save(directory / "embeddings.npy", self._embeddings.numpy(), allow_pickle=False)
-
-    def _load_payload(self, directory: Path, manifest: dict[str, Any]) -> None:
-        embeddings = np.load(directory / "embeddings.npy", allow_pickle=False)
-        if embeddings.shape != (self.size, self.dim):
-            raise IndexMismatchError(
-                f"{directory}: embeddings {embeddings.shape} != ({self.size}, {self.dim})"
-            )
-        self._embeddings = torch.from_numpy(embeddings)
+from towers.index.base import IndexMismatchError, ItemIndex, pad_results
 
 
 @dataclass(frozen=True)
@@ -268,7 +148,7 @@ class ScannIndex(ItemIndex):
             s, p = np.take_along_axis(s, order, 1), np.take_along_axis(p, order, 1)
             dropped = ~np.take_along_axis(keep, order, 1)
             s[dropped], p[dropped] = -np.inf, -1
-            scores[rows], positions[rows] = _pad(s, p, k)
+            scores[rows], positions[rows] = pad_results(s, p, k)
         return scores, positions
 
     def _scann_search(
@@ -283,7 +163,7 @@ class ScannIndex(ItemIndex):
         idx, dist = self._searcher.search_batched_parallel(
             queries, depth, pre_reorder_num_neighbors=pre_reorder, leaves_to_search=leaves
         )
-        return _pad(np.asarray(dist), np.asarray(idx, dtype=np.int64), k)
+        return pad_results(np.asarray(dist), np.asarray(idx, dtype=np.int64), k)
 
     def _save_payload(self, directory: Path) -> None:
         (directory / "searcher").mkdir()
@@ -304,56 +184,3 @@ class ScannIndex(ItemIndex):
                 f"{directory}: searcher holds {self._searcher.size()} items, ids {self.size}"
             )
         self._set_threads()
-
-
-def publish_saved_index(
-    folder: str | os.PathLike[str], storage: Storage, artifact: str, **fields: Any
-) -> dict[str, Any]:
-    """Uploads the index saved in local ``folder`` (``ItemIndex.save``) as ``artifact`` and
-    publishes it, with the other files put in ``folder`` since (known-user embeddings).
-
-    One ``manifest.json`` serves both readers: the storage manifest carries the index's own
-    fields (what ``ItemIndex.load`` reads), ``fields``, and the storage's file sizes and digests.
-    """
-    own = json.loads((Path(folder) / MANIFEST).read_text())
-    del own["files"]  # the storage manifest lists every uploaded file
-    storage.begin_artifact(artifact)
-    storage.upload_dir(Path(folder), artifact, exclude={MANIFEST})
-    return storage.publish(artifact, {**own, **fields})
-
-
-def make_index(
-    kind: Literal["exact", "scann", "auto"],
-    n_items: int,
-    settings: ScannSettings | None = None,
-    model_version: str | None = None,
-) -> ItemIndex:
-    """An empty index suited to a catalog of ``n_items``.
-
-    ``auto`` picks ``ExactIndex`` below ``settings.brute_force_below`` items (where ScaNN would
-    brute-force too, so the optional dependency buys nothing) and ``ScannIndex`` above; without
-    ScaNN installed it warns and falls back to exact search.
-    """
-    if kind == "exact":
-        if settings is not None:
-            raise ValueError("settings are ScaNN settings; they do not apply to kind='exact'")
-        return ExactIndex(model_version)
-    if kind == "scann":
-        return ScannIndex(settings, model_version)
-    if kind != "auto":
-        raise ValueError(f"kind must be 'exact', 'scann' or 'auto', got {kind!r}")
-    if n_items < (settings or ScannSettings()).brute_force_below:
-        return ExactIndex(model_version)
-    if importlib.util.find_spec("scann") is None:
-        warnings.warn(
-            f"scann is not installed; using exact search over {n_items} items", stacklevel=2
-        )
-        return ExactIndex(model_version)
-    return ScannIndex(settings, model_version)
-
-
-def measure_recall(index: ItemIndex, exact: ExactIndex, queries: np.ndarray, k: int = 10) -> float:
-    """Recall@k of ``index`` against ``exact`` on sample ``(Q, D)`` queries; stored on ``index``."""
-    recall = recall_at_k(index.search(queries, k)[1], exact.search(queries, k)[1])
-    index.measured_recall = {"k": k, "recall": recall, "n_queries": len(queries)}
-    return recall

@@ -1,4 +1,4 @@
-"""The trained two-tower model behind the shared :class:`~towers.recommender.Recommender` interface.
+"""The trained two-tower model behind the shared ``Recommender`` interface (``base``).
 
 Scoring is full-catalog: the item tower runs once over every item (cached, eval mode) and a user's
 scores are ``user_emb @ item_emb.T``. The exported model directory holds everything needed to
@@ -25,11 +25,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from towers.features import FeatureTables
-from towers.interactions import Interactions
-from towers.model import TwoTower, TwoTowerConfig
-from towers.recommender import Recommender, top_k_excluding
-from towers.training import TrainingContext, embed_items, embed_users, fit, unwrap
+from towers.data.features import FeatureTables
+from towers.data.interactions import Interactions
+from towers.metrics.top_k import top_k_excluding
+from towers.model.config import TwoTowerConfig
+from towers.model.network import TwoTower
+from towers.recommenders.base import Recommender
+from towers.training.inputs import TrainingContext
+from towers.training.loop import fit
+from towers.training.steps import embed_items, embed_users, unwrap
 
 FORMAT = "two_tower"
 FORMAT_VERSION = 1

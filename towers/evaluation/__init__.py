@@ -1,0 +1,6 @@
+"""Layer 6, evaluation: the protocol that compares models, baseline selection, reports.
+
+- ``protocol`` — every model ranked on the same test candidates (:func:`evaluate_model`).
+- ``knn_selection`` — UserKNN's settings chosen on the validation split.
+- ``report`` — the Markdown table and the plots of metric vs k.
+"""
