@@ -52,16 +52,14 @@ def run_row(
     config = TwoTowerConfig.from_preset(preset, **overrides)
     start = time.perf_counter()
     scale = data.rating_scale
-    model, history = fit(config, data.train, data.valid, data.features, rating_scale=scale)
+    model, history = fit(
+        config, data.train, data.valid, data.features, rating_scale=scale, refit=refit
+    )
+    search = [h for h in history if h["phase"] == "search"]
     metric = config.early_stopping_metric
-    values = [h[metric] for h in history]
+    values = [h[metric] for h in search]
     best_epoch = values.index(min(values) if metric == "rmse" else max(values))
-    train = data.train
-    if refit:
-        model, _ = fit(
-            config, data.full_train, None, data.features, best_epoch + 1, rating_scale=scale
-        )
-        train = data.full_train
+    train = data.full_train if refit else data.train
     rec = TwoTowerRecommender.from_model(model, data.features, train, data.rating_scale)
     test = evaluate_model(rec, data.full_train, data.test)
     return {
@@ -70,11 +68,9 @@ def run_row(
         "overrides": overrides,
         "refit": refit,
         "best_epoch": best_epoch,
-        "epochs_run": len(history),
+        "epochs_run": len(search),
         "seconds": round(time.perf_counter() - start, 1),
-        "valid": {
-            k: round(v, 4) for k, v in history[best_epoch].items() if "@" in k or k == "rmse"
-        },
+        "valid": {k: round(v, 4) for k, v in search[best_epoch].items() if "@" in k or k == "rmse"},
         "test": {k: round(float(v), 4) for k, v in test.items()},
     }
 

@@ -4,28 +4,29 @@
     python -m ray_jobs.train --storage s3://bucket/run --num-workers 8 --use-gpu
     python -m ray_jobs.train --storage runs/demo --preset paper --export-as model_paper
 
-Pure-PyTorch pieces come from ``towers``; this file holds only the Ray parts: the per-worker loop
-(DDP via ``prepare_model``, data shards from Ray Data, a checkpoint each epoch written by rank 0,
-resume through ``ray.train.get_checkpoint()``), the trainer, and the export.
+Each worker runs the shared epoch loop (``towers.training.loop.train_loop``); this file holds only
+the Ray parts passed into it: the data shard (Ray Data, or a local shard), the DDP wrap
+(``prepare_model``), the report with a checkpoint written by rank 0 each epoch, and the resume
+through ``ray.train.get_checkpoint()``; then the trainer and the export.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from ray_jobs.faults import ENV as FAULTS_ENV
+from ray_jobs.faults import FaultPlan, kill_at
 from towers.data.prepared import PreparedData, load_prepared
 from towers.launch.cli import help_field, parse_config
 from towers.launch.ray_init import init_ray
@@ -33,21 +34,8 @@ from towers.model.config import TwoTowerConfig
 from towers.model.network import TwoTower
 from towers.recommenders.two_tower import TwoTowerRecommender
 from towers.storage.root import Storage
-from towers.training.checkpoint import (
-    LoopState,
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-)
-from towers.training.inputs import TrainingContext
-from towers.training.steps import (
-    make_batches,
-    make_optimizer,
-    make_scheduler,
-    train_epoch,
-    unwrap,
-    validation_metrics,
-)
+from towers.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from towers.training.loop import REFIT, EpochEnd, LocalBatches, TrainingData, train_loop
 
 log = logging.getLogger("train")
 MODEL_OVERRIDES = (
@@ -95,14 +83,8 @@ class TrainConfig:
     )
     max_failures: int = help_field(2, "worker-group restarts from the last checkpoint on failure")
     export_as: str = help_field("model", "artifact folder the exported model goes to")
-    crash_after_epoch: int = help_field(-1, "fault injection for tests: fail once after epoch N")
-    kill_worker_at: str = help_field(
-        "", "fault injection for tests: 'EPOCH:STEP' = the last rank SIGKILLs itself there, once"
-    )
 
     def __post_init__(self) -> None:
-        if self.kill_worker_at and not re.fullmatch(r"\d+:\d+", self.kill_worker_at):
-            raise ValueError(f"--kill-worker-at must be EPOCH:STEP, got {self.kill_worker_at!r}")
         if self.num_workers < 1:
             raise ValueError(f"--num-workers must be >= 1, got {self.num_workers}")
         if "/" in self.export_as or self.export_as in ("", ".", "..", "data"):
@@ -117,151 +99,94 @@ class TrainConfig:
         return cfg
 
 
-def _epoch_batches(loop: dict[str, Any], data: PreparedData, state: LoopState, epoch: int):
-    """This worker's batches for one epoch: a Ray Data shard, or a locally computed shard."""
-    import ray.train
+class ShardBatches:
+    """One Ray Train worker's batches: its Ray Data shard of the phase, or a local shard.
 
-    per_worker = loop["model"]["batch_size"] // loop["world_size"]
-    if loop["data_loader"] == "ray_data":
-        shard = ray.train.get_dataset_shard("full" if state.phase == "refit" else "train")
-        return shard.iter_torch_batches(
-            batch_size=per_worker,
-            drop_last=True,
-            local_shuffle_buffer_size=per_worker * 8,
-            local_shuffle_seed=loop["model"]["seed"] * 1000 + epoch,
-        )
-    source = data.full_train if state.phase == "refit" else data.train
-    ctx = ray.train.get_context()
-    rank = (ctx.get_world_rank(), ctx.get_world_size())
-    return make_batches(source, per_worker, loop["model"]["seed"], epoch, rank)
-
-
-def _with_fault(batches: Iterable, loop: dict[str, Any], epoch: int) -> Iterator:
-    """Yields ``batches``; the last rank kills its own process at ``kill_worker_at``, once.
-
-    A SIGKILL mid-epoch is what an OOM kill or a lost node looks like to Ray Train. A marker file
-    next to the checkpoints makes it fire only on the first attempt.
+    ``ray_data`` streams the split's Parquet through ``get_dataset_shard`` (``train`` for the
+    search phase, ``full`` = train ∪ valid for refit); ``local`` computes the same interleaved
+    shard of one global shuffle on every rank (``towers.training.loop.LocalBatches``).
     """
-    import ray.train
 
-    ctx = ray.train.get_context()
-    target = loop["kill_worker_at"]
-    marker = Path(loop["storage_path"]) / "fault_injected"
-    armed = bool(target) and ctx.get_world_rank() == ctx.get_world_size() - 1
-    for step, batch in enumerate(batches):
-        if armed and f"{epoch}:{step}" == target and not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(f"killed pid {os.getpid()} at epoch {epoch} step {step}\n")
-            # Ray Train's controller registers reported checkpoints when it polls the workers
-            # (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default). A real mid-epoch death comes
-            # long after the last report; dying sooner would (correctly) redo one more epoch.
-            time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
-            print(f"fault injection: SIGKILL to pid {os.getpid()} at {target}", flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
-        yield batch
+    def __init__(self, loop: dict[str, Any], data: TrainingData, faults: FaultPlan) -> None:
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.loop, self.data, self.faults = loop, data, faults
+        self.batch_size = loop["model"]["batch_size"]
+        self.seed = loop["model"]["seed"]
+        self.local = None
+        if loop["data_loader"] == "local":
+            per_worker = self.batch_size // self.world
+            self.local = LocalBatches(data, per_worker, self.seed, (self.rank, self.world))
+
+    def steps_per_epoch(self, phase: str) -> int:
+        if self.local is not None:
+            return self.local.steps_per_epoch(phase)
+        rows = len(self.data.full_train if phase == REFIT else self.data.train)
+        return max(1, rows // self.batch_size)  # drop_last: every rank takes the same count
+
+    def batches(self, phase: str, epoch: int) -> Iterable:
+        import ray.train
+
+        if self.local is not None:
+            batches = self.local.batches(phase, epoch)
+        else:
+            per_worker = self.batch_size // self.world
+            shard = ray.train.get_dataset_shard("full" if phase == REFIT else "train")
+            batches = shard.iter_torch_batches(
+                batch_size=per_worker,
+                drop_last=True,
+                local_shuffle_buffer_size=per_worker * 8,
+                local_shuffle_seed=self.seed * 1000 + epoch,
+            )
+        marker = Path(self.loop["storage_path"]) / "fault_injected"
+        return kill_at(batches, self.faults, epoch, self.rank, self.world, marker)
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
-    """One DDP rank: build, maybe resume, train epoch by epoch, report and checkpoint."""
+    """One DDP rank: the shared epoch loop with Ray's shard, DDP wrap, report and checkpoint."""
     import ray.train
     import ray.train.torch
 
     torch.set_num_threads(max(1, int(loop["cpus_per_worker"])))
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    data = load_prepared(Storage(loop["storage"]), loop["split"])
+    prepared = load_prepared(Storage(loop["storage"]), loop["split"])
+    data = TrainingData(prepared.features, prepared.train, prepared.valid, prepared.rating_scale)
+    faults = FaultPlan(**loop["faults"])
     config = TwoTowerConfig.from_dict(loop["model"])
     torch.manual_seed(config.seed)
-    model = TwoTower(config)
-    optimizer = make_optimizer(model, config)
-    # Per-step cosine schedule over config.epochs; every rank takes len // global batch steps.
-    steps = max(1, len(data.train) // config.batch_size)
-    scheduler = make_scheduler(optimizer, config, steps)
-    state, best_model = LoopState(), None
+    model = TwoTower(config).to(device)
+    resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             _, tensors, state = load_checkpoint(Path(folder))
-        model.load_state_dict(tensors["model"])
-        optimizer.load_state_dict(tensors["optimizer"])
-        if tensors.get("scheduler"):
-            scheduler.load_state_dict(tensors["scheduler"])
-        best_model = tensors["best_model"] or None
-        state.resumed_at.append(state.epoch)
+        resume = (tensors, state)
         print(f"[rank {rank}] resumed from epoch {state.epoch} ({state.phase})", flush=True)
-    resumed = checkpoint is not None
-    model = ray.train.torch.prepare_model(model)  # DDP: gloo on CPU, NCCL on GPU
-    # Optimizer state refers to parameters by position, so it survives the DDP wrap.
-    ctx = TrainingContext.build(data.features, data.train, config, data.rating_scale, device)
-    full_ctx = TrainingContext.build(
-        data.features, data.full_train, config, data.rating_scale, device
+
+    def report(end: EpochEnd) -> None:
+        _report(end, rank)
+        if faults.crash_after_epoch == end.row["epoch"] and resume is None:
+            raise RuntimeError(f"fault injection: crashing after epoch {end.row['epoch']}")
+
+    train_loop(
+        model,
+        data,
+        ShardBatches(loop, data, faults),
+        refit=loop["refit"],
+        resume=resume,
+        prepare_model=ray.train.torch.prepare_model,  # DDP: gloo on CPU, NCCL on GPU
+        on_epoch=report,
     )
-    while True:
-        epoch = state.epoch + 1
-        refit = state.phase == "refit"
-        if (refit and epoch > state.best_epoch) or (not refit and epoch >= config.epochs):
-            break
-        start = time.perf_counter()
-        stats = train_epoch(
-            model,
-            optimizer,
-            _with_fault(_epoch_batches(loop, data, state, epoch), loop, epoch),
-            full_ctx if refit else ctx,
-            scheduler=scheduler,
-        )
-        stats = _all_reduce_stats(stats, time.perf_counter() - start)
-        row = {"epoch": epoch, "phase": state.phase, **stats}
-        if not refit:
-            row.update(validation_metrics(model, ctx, data.train, data.valid))
-            metric = row[config.early_stopping_metric]
-            metric = -metric if config.early_stopping_metric == "rmse" else metric
-            if metric > state.best_metric:
-                state.best_metric, state.best_epoch, state.stale = metric, epoch, 0
-                best_model = {
-                    k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()
-                }
-            else:
-                state.stale += 1
-        state.epoch = epoch
-        state.history.append({k: v for k, v in row.items() if k != "phase"})
-        done_search = not refit and (state.stale >= config.patience or epoch + 1 >= config.epochs)
-        if done_search and loop["refit"] and len(data.valid):
-            # Start phase two from a fresh model: same seed, train ∪ valid, best_epoch + 1 epochs.
-            torch.manual_seed(config.seed)
-            fresh = TwoTower(config).to(device)
-            unwrap(model).load_state_dict(fresh.state_dict())
-            optimizer = make_optimizer(model, config)
-            full_steps = max(1, len(data.full_train) // config.batch_size)
-            scheduler = make_scheduler(optimizer, config, full_steps)
-            state.phase, state.epoch = "refit", -1
-        _report(row, model, optimizer, scheduler, state, best_model, rank)
-        if loop["crash_after_epoch"] == epoch and not resumed:
-            raise RuntimeError(f"fault injection: crashing after epoch {epoch}")
-        if done_search and not (loop["refit"] and len(data.valid)):
-            break
 
 
-def _all_reduce_stats(stats: dict[str, float], seconds: float) -> dict[str, float]:
-    """Mean loss over all ranks' pairs and global samples/s (the DDP group is already up)."""
-    loss_sum, samples = stats["loss"] * stats["samples"], stats["samples"]
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.tensor([loss_sum, samples], dtype=torch.float64)
-        if torch.distributed.get_backend() == "nccl":
-            t = t.cuda()
-        torch.distributed.all_reduce(t)
-        loss_sum, samples = float(t[0]), float(t[1])
-    return {
-        "loss": loss_sum / max(samples, 1),
-        "samples": samples,
-        "seconds": seconds,
-        "samples_per_s": samples / seconds if seconds > 0 else 0.0,
-    }
-
-
-def _report(row, model, optimizer, scheduler, state: LoopState, best_model, rank: int) -> None:
+def _report(end: EpochEnd, rank: int) -> None:
+    """Every rank reports (a barrier); rank 0 prints the epoch and writes the checkpoint."""
     import ray.train
 
-    metrics = {k: v for k, v in row.items() if isinstance(v, (int, float, str))}
+    metrics = {k: v for k, v in end.row.items() if isinstance(v, (int, float, str))}
     shown = "  ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in metrics.items()
@@ -269,9 +194,11 @@ def _report(row, model, optimizer, scheduler, state: LoopState, best_model, rank
     )
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
-        if rank == 0:  # rank 0 writes; every rank reports (report is a barrier)
+        if rank == 0:
             print(shown, flush=True)
-            save_checkpoint(Path(folder), model, optimizer, state, best_model, scheduler)
+            save_checkpoint(
+                Path(folder), end.model, end.optimizer, end.state, end.best_model, end.scheduler
+            )
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -299,8 +226,9 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
         )
     model_cfg = cfg.model_config(data)
     storage = Storage(cfg.storage)
-    if cfg.kill_worker_at and not storage.is_local:
-        raise ValueError("--kill-worker-at (fault injection) needs a local storage root")
+    faults = FaultPlan.from_env()
+    if faults.kill_worker_at and not storage.is_local:
+        raise ValueError(f"{FAULTS_ENV} kill_worker_at needs a local storage root")
     split = data.split
     datasets = {}
     if cfg.data_loader == "ray_data":
@@ -322,8 +250,7 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
         "world_size": cfg.num_workers,
         "data_loader": cfg.data_loader,
         "cpus_per_worker": cfg.cpus_per_worker,
-        "crash_after_epoch": cfg.crash_after_epoch,
-        "kill_worker_at": cfg.kill_worker_at,
+        "faults": asdict(faults),
         "storage_path": storage.path(f"train/{run_name}") if storage.is_local else "",
     }
     trainer = TorchTrainer(

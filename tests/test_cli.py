@@ -130,3 +130,15 @@ def test_missing_artifacts_are_named_before_ray_starts(tmp_path):
     assert "artifact 'model' is incomplete (a crash mid-write?)" in lines[1]
     assert "'index' is missing" in lines[2] and "'knn' is missing" in lines[3]
     assert lines[4] == f"write them with: python -m ray_jobs.pipeline --storage {storage.uri}"
+
+
+def test_fault_plan_comes_from_the_environment_only(monkeypatch):
+    from ray_jobs.faults import ENV, FaultPlan
+
+    monkeypatch.delenv(ENV, raising=False)
+    assert FaultPlan.from_env() == FaultPlan()
+    monkeypatch.setenv(ENV, "crash_after_epoch=2, kill_worker_at=1:3")
+    assert FaultPlan.from_env() == FaultPlan(crash_after_epoch=2, kill_worker_at="1:3")
+    monkeypatch.setenv(ENV, "kill_worker_at=1")
+    with pytest.raises(ValueError, match="TWO_TOWER_FAULTS: cannot read 'kill_worker_at=1'"):
+        FaultPlan.from_env()

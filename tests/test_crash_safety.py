@@ -15,7 +15,8 @@ from ray_jobs import evaluate, train
 from towers.model.config import TwoTowerConfig
 from towers.model.network import TwoTower
 from towers.storage.root import ArtifactError, Storage
-from towers.training.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from towers.training.checkpoint import load_checkpoint, save_checkpoint
+from towers.training.loop import LoopState
 from towers.training.steps import make_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

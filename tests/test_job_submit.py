@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -46,9 +47,19 @@ def local_head(tmp_path):
     temp_dir = Path("/tmp") / f"rtt-{os.getpid()}"  # short: Ray's socket paths have a length cap
     # The venv's bin first on PATH, as after `source .venv/bin/activate`: the job's `python`.
     path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
-    # Token authentication stays on: the CLI sends ~/.ray/auth_token when the mode says "token".
-    env = {**os.environ, "RAY_TWO_TOWER_OFFLINE": "1", "RAY_AUTH_MODE": "token", "PATH": path}
-    subprocess.run(
+    # Token authentication stays on, with this cluster's own token (as `ray get-auth-token
+    # --generate` makes one): a fresh machine has no ~/.ray/auth_token, and `ray start` refuses
+    # to start without one. The head and the CLI both read it from RAY_AUTH_TOKEN_PATH.
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {
+        **os.environ,
+        "RAY_TWO_TOWER_OFFLINE": "1",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "PATH": path,
+    }
+    started = subprocess.run(
         [
             RAY,
             "start",
@@ -62,12 +73,16 @@ def local_head(tmp_path):
             "--disable-usage-stats",
             *(f"--{name}={port}" for name, port in ports.items()),
         ],
-        check=True,
         env=env,
         capture_output=True,
         text=True,
         timeout=180,
     )
+    if started.returncode != 0:  # the reason is in Ray's own output: show it
+        pytest.fail(
+            f"`ray start --head` exited {started.returncode}\n--- stdout\n{started.stdout[-3000:]}"
+            f"\n--- stderr\n{started.stderr[-3000:]}"
+        )
     try:
         yield f"http://127.0.0.1:{dashboard}", env
     finally:

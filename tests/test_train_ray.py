@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from ray_jobs import train
+from ray_jobs.faults import ENV as FAULTS_ENV
 from towers.recommenders.two_tower import TwoTowerRecommender
 from towers.training.checkpoint import load_checkpoint
 
@@ -51,20 +53,23 @@ def test_two_workers_match_one_worker(tiny_storage, two_workers):
     assert 0 <= one["history"][0]["samples"] - two["history"][0]["samples"] < 2
 
 
-def test_crash_after_epoch_resumes_from_checkpoint(ray_session, tiny_storage):
-    manifest = run_train(
-        tiny_storage, num_workers=2, export_as="model_crash", crash_after_epoch=0, max_failures=1
-    )
+def test_fault_injection_is_not_a_user_flag():
+    assert "crash" not in " ".join(f.name for f in dataclasses.fields(train.TrainConfig))
+    assert "kill" not in " ".join(f.name for f in dataclasses.fields(train.TrainConfig))
+
+
+def test_crash_after_epoch_resumes_from_checkpoint(ray_session, tiny_storage, monkeypatch):
+    monkeypatch.setenv(FAULTS_ENV, "crash_after_epoch=0")
+    manifest = run_train(tiny_storage, num_workers=2, export_as="model_crash", max_failures=1)
     assert manifest["resumed_at"] == [0]  # the restarted group picked up after epoch 0
     assert [h["epoch"] for h in manifest["history"]] == [0, 1, 2]  # no epoch redone or skipped
     rec = TwoTowerRecommender.load(tiny_storage.path("model_crash"))
     assert rec.version == manifest["version"]
 
 
-def test_worker_killed_mid_epoch_resumes_and_matches(tiny_storage, two_workers):
-    killed = run_train(
-        tiny_storage, num_workers=2, export_as="model_killed", kill_worker_at="1:2", max_failures=1
-    )
+def test_worker_killed_mid_epoch_resumes_and_matches(tiny_storage, two_workers, monkeypatch):
+    monkeypatch.setenv(FAULTS_ENV, "kill_worker_at=1:2")
+    killed = run_train(tiny_storage, num_workers=2, export_as="model_killed", max_failures=1)
     assert killed["resumed_at"] == [0]  # restarted from the checkpoint of epoch 0
     assert [h["epoch"] for h in killed["history"]] == [0, 1, 2]  # epoch 1 replayed from its start
     markers = list(Path(tiny_storage.path("train")).glob("model_killed-*/fault_injected"))
@@ -111,7 +116,8 @@ def test_checkpoint_round_trip(tmp_path):
 
     from towers.model.config import TwoTowerConfig
     from towers.model.network import TwoTower
-    from towers.training.checkpoint import LoopState, model_from_checkpoint, save_checkpoint
+    from towers.training.checkpoint import model_from_checkpoint, save_checkpoint
+    from towers.training.loop import LoopState
 
     cfg = TwoTowerConfig(
         n_users=5, n_items=7, user_cardinalities=(3, 3, 3), n_genres=2, n_year_buckets=3

@@ -3,11 +3,11 @@
     python -m tuning.tune --storage runs/demo --num-samples 16
     python -m tuning.tune --storage runs/demo --resume          # continue an interrupted search
 
-Each trial runs ``towers.training`` directly — the same epoch function every Ray Train worker runs —
-with one worker per trial. On a small machine this is the better use of cores: a ``TorchTrainer``
-per trial adds ~23 s of fixed start-up and a controller actor per trial (see docs/BENCHMARKS.md),
-while ML-100K fits one process easily. ASHA stops weak trials early on the *validation* NDCG@10; the
-test split is never read here.
+Each trial runs the shared epoch loop (``towers.training.loop``, the one every Ray Train worker
+runs) in its own process, one worker per trial. On a small machine this is the better use of
+cores: a ``TorchTrainer`` per trial adds ~23 s of fixed start-up and a controller actor per trial
+(see docs/BENCHMARKS.md), while ML-100K fits one process easily. ASHA stops weak trials early on
+the *validation* NDCG@10; the test split is never read here.
 """
 
 from __future__ import annotations
@@ -28,14 +28,7 @@ from towers.launch.ray_init import init_ray
 from towers.model.config import TwoTowerConfig
 from towers.model.network import TwoTower
 from towers.storage.root import Storage
-from towers.training.inputs import TrainingContext
-from towers.training.steps import (
-    make_batches,
-    make_optimizer,
-    make_scheduler,
-    train_epoch,
-    validation_metrics,
-)
+from towers.training.loop import EpochEnd, LocalBatches, TrainingData, train_loop
 from tuning.plots import plot_learning_curves, plot_metric_vs_lr
 
 log = logging.getLogger("tune")
@@ -97,25 +90,26 @@ def search_algorithm(cfg: TuneJobConfig):
 
 
 def trial(params: dict[str, Any]) -> None:
-    """One trial: the plain loop, a report per epoch (ASHA decides whether it goes on)."""
+    """One trial: the shared epoch loop in this process, a report per epoch (ASHA decides
+    whether it goes on, so the loop's own early stopping is off: patience = the whole budget)."""
     from ray import tune
 
     torch.set_num_threads(1)
     job = params["job"]
-    data = load_prepared(Storage(job["storage"]), job["split"])
+    prepared = load_prepared(Storage(job["storage"]), job["split"])
     overrides = {k: params[k] for k in ("lr", "embedding_dim", "temperature")}
-    config = TwoTowerConfig.from_preset(job["preset"], **overrides, epochs=job["max_epochs"])
-    config = config.sized_for(data.features)
+    epochs = job["max_epochs"]
+    config = TwoTowerConfig.from_preset(job["preset"], **overrides, epochs=epochs, patience=epochs)
+    config = config.sized_for(prepared.features)
     torch.manual_seed(config.seed)
-    model = TwoTower(config)
-    optimizer = make_optimizer(model, config)
-    ctx = TrainingContext.build(data.features, data.train, config, data.rating_scale)
-    scheduler = make_scheduler(optimizer, config, max(1, len(data.train) // config.batch_size))
-    for epoch in range(job["max_epochs"]):
-        batches = make_batches(data.train, config.batch_size, config.seed, epoch)
-        stats = train_epoch(model, optimizer, batches, ctx, scheduler=scheduler)
-        metrics = validation_metrics(model, ctx, data.train, data.valid)
-        tune.report({"epoch": epoch, "loss": stats["loss"], **metrics})
+    data = TrainingData(prepared.features, prepared.train, prepared.valid, prepared.rating_scale)
+
+    def report(end: EpochEnd) -> None:
+        metrics = {k: v for k, v in end.row.items() if "@" in k or k == "rmse"}
+        tune.report({"epoch": end.row["epoch"], "loss": end.row["loss"], **metrics})
+
+    source = LocalBatches(data, config.batch_size, config.seed)
+    train_loop(TwoTower(config), data, source, on_epoch=report)
 
 
 def run(cfg: TuneJobConfig) -> dict[str, Any]:

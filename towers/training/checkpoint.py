@@ -8,7 +8,7 @@ checkpoint alone.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +16,11 @@ import torch
 
 from towers.model.config import TwoTowerConfig
 from towers.model.network import TwoTower
+from towers.training.loop import LoopState
 from towers.training.steps import unwrap
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
-
-
-@dataclass
-class LoopState:
-    """Where the training loop is: enough to resume at the next epoch."""
-
-    epoch: int = -1  # last finished epoch of the current phase (-1: none yet)
-    phase: str = "search"  # "search": train with early stopping; "refit": train ∪ valid
-    best_metric: float = float("-inf")  # best validation metric seen in the search phase
-    best_epoch: int = -1  # epoch that reached it
-    stale: int = 0  # epochs since the last improvement
-    history: list[dict[str, float]] = field(default_factory=list)  # one row per finished epoch
-    resumed_at: list[int] = field(default_factory=list)  # epochs a restarted run resumed after
 
 
 def save_checkpoint(

@@ -1,16 +1,18 @@
-"""The plain training loop: framework-free, so the same code runs in a bare process and in every
-Ray Train DDP worker (``train_loop_per_worker`` calls :func:`train_epoch` on its shard).
+"""One optimisation step and what it needs: batches, optimizer, schedule, loss, metrics.
 
-- :class:`TrainingContext` (``towers.context``, re-exported here) — the per-worker tensors the
-  loop needs besides the batch; it turns ``user_idx``/``item_idx`` into the model's inputs.
-- :func:`make_batches` — deterministic per-epoch shuffling and sharding for the bare loop.
-- :func:`train_epoch` — one pass; works on a plain ``TwoTower`` or one wrapped in DDP.
-- :func:`validate` — full-catalog Recall@k / NDCG@k (training items excluded) and RMSE.
-- :func:`fit` — epochs with early stopping on the validation metric, for tests and benchmarks.
+Framework-free, so the same code runs in a bare process and in every Ray Train DDP worker; the
+epoch loop around it is ``towers.training.loop``.
+
+- :func:`make_batches` — deterministic per-epoch shuffling and sharding for the local loader.
+- :func:`make_optimizer`, :func:`make_scheduler` — Adam(W) and the per-step cosine schedule.
+- :func:`batch_loss`, :func:`train_epoch` — the configured loss; one pass over a worker's batches
+  (on a plain ``TwoTower`` or one wrapped in DDP).
+- :func:`embed_items`, :func:`embed_users` — retrieval embeddings in eval mode.
+- :func:`validation_metrics` — full-catalog Recall@k / NDCG@k (training items excluded), RMSE.
 
 A training batch is ``{"user_idx": (B,) int64, "item_idx": (B,) int64, "rating": (B,) float32}``
-with ratings on the data set's *raw* scale (1-5 for MovieLens); the loop scales them to [0, 1]
-with ``ctx.rating_scale``.
+with ratings on the data set's *raw* scale (1-5 for MovieLens); the loss scales them to [0, 1]
+with ``ctx.rating_scale`` (``towers.training.inputs.TrainingContext``).
 """
 
 from __future__ import annotations
