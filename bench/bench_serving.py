@@ -188,7 +188,7 @@ def user_ids(storage: str, limit: int = 1000) -> list[int]:
 
 def smoke_storage(folder: Path) -> str:
     """Tiny synthetic data + artifacts (no Ray) for ``--smoke-test``."""
-    from serving.artifacts import publish_small_run
+    from towers.artifacts import publish_small_run
     from towers.data.prepared import write_prepared
     from towers.data.synthetic import SyntheticSpec, generate
     from towers.storage.root import Storage

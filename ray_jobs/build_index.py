@@ -3,24 +3,23 @@
     python -m ray_jobs.build_index --storage runs/demo [--kind scann|exact|auto]
 
 The exported item tower runs in a pool of Ray Data actors over ``item_idx`` batches, so a catalog
-of millions of items streams through workers instead of one process. The index is built over the
-embeddings (item ids = ``item_idx``), its recall@10 is measured against exact search on a sample
-of known users, and ``index/`` is published with a manifest that names the model version and
-dimension it belongs to. Known users' embeddings are precomputed into ``index/`` too.
+of millions of items streams through workers instead of one process; that is the only place the
+items are embedded (the driver loads the model for the user tower only). The index is built over
+the embeddings (item ids = ``item_idx``), its recall@10 is measured against exact search on a
+sample of known users, and ``index/`` is published with a manifest that names the model version
+and dimension it belongs to. Known users' embeddings are precomputed into ``index/`` too.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from towers.artifacts import publish_saved_index
+from towers import artifacts
 from towers.index import ExactIndex, index_recall, make_index
 from towers.launch.cli import help_field, parse_config
 from towers.launch.ray_init import init_ray
@@ -35,7 +34,7 @@ class BuildIndexConfig:
     """Embed every item with the exported item tower (Ray Data) and build the ScaNN index."""
 
     storage: str = help_field("runs/demo", "storage root holding model/")
-    model: str = help_field("model", "model artifact to index")
+    model: str = help_field(artifacts.MODEL, "model artifact to index")
     kind: Literal["scann", "exact", "auto"] = help_field(
         "scann", "scann (brute force below 20k items, tree+AH above), exact, or auto"
     )
@@ -53,8 +52,8 @@ class ItemTowerActor:
         import torch
 
         torch.set_num_threads(1)
-        storage = Storage(storage_uri)
-        with storage.local_copy(artifact) as folder:
+        # The driver checked the artifact's digests before starting the actors.
+        with Storage(storage_uri).local_copy(artifact) as folder:
             self.rec = TwoTowerRecommender.load(folder)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -93,16 +92,11 @@ def embed_items_with_ray_data(cfg: BuildIndexConfig, n_items: int) -> np.ndarray
 def run(cfg: BuildIndexConfig) -> dict[str, Any]:
     storage = Storage(cfg.storage)
     cfg = replace(cfg, storage=storage.absolute_uri)  # Ray Data actors run in another cwd
-    model_manifest = storage.read_manifest(cfg.model)
-    with storage.local_copy(cfg.model) as folder:
-        rec = TwoTowerRecommender.load(folder)
+    # The driver needs the user tower (recall check, user embeddings); items go through Ray Data.
+    rec, model_manifest = artifacts.load_two_tower(storage, cfg.model)
     start = time.perf_counter()
     embeddings = embed_items_with_ray_data(cfg, rec.n_items)
     embed_s = time.perf_counter() - start
-    # The streamed embeddings must equal the model's own full-catalog pass (same weights).
-    drift = float(np.abs(embeddings - rec.item_embeddings()).max())
-    if drift > 1e-4:
-        raise RuntimeError(f"Ray Data item embeddings differ from the model's by {drift:.2e}")
     ids = np.arange(rec.n_items, dtype=np.int64)
     index = make_index(cfg.kind, rec.n_items, model_version=rec.version).build(embeddings, ids)
     exact = ExactIndex(rec.version).build(embeddings, ids)
@@ -116,20 +110,16 @@ def run(cfg: BuildIndexConfig) -> dict[str, Any]:
     if recall < cfg.min_recall:
         raise RuntimeError(f"index recall@10 {recall:.3f} is below --min-recall {cfg.min_recall}")
     index.measured_recall = {"k": 10, "recall": recall, "n_queries": len(users)}
-    with tempfile.TemporaryDirectory() as tmp:
-        index.save(Path(tmp) / "index")
-        if cfg.user_embeddings:
-            all_users = rec.user_embeddings(np.arange(rec.n_users))
-            np.save(Path(tmp) / "index" / "user_embeddings.npy", all_users)
-        manifest = publish_saved_index(
-            Path(tmp) / "index",
-            storage,
-            "index",
-            model=cfg.model,
-            recall_users=len(users),
-            embed_seconds=round(embed_s, 2),
-            model_manifest_version=model_manifest.get("version"),
-        )
+    all_users = rec.user_embeddings(np.arange(rec.n_users)) if cfg.user_embeddings else None
+    manifest = artifacts.publish_index(
+        storage,
+        index,
+        user_embeddings=all_users,
+        model=cfg.model,
+        recall_users=len(users),
+        embed_seconds=round(embed_s, 2),
+        model_manifest_version=model_manifest.get("version"),
+    )
     print(
         f"index/: {index.kind} over {index.size} items (D={index.dim}) for model "
         f"{rec.version}; recall@10 vs exact {recall:.4f} on {len(users)} users; "

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from ray_jobs import build_index, evaluate, prepare, train
+from towers import artifacts
 from towers.launch.cli import help_field, parse_config
 from towers.storage.root import ArtifactError, Storage
 
@@ -100,13 +101,13 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     start = time.perf_counter()
     prep_cfg = prepare.PrepareConfig(storage=uri, dataset=cfg.dataset, data_dir=cfg.data_dir)
     prep_inputs = fingerprint(**{k: v for k, v in asdict(prep_cfg).items() if k != "storage"})
-    data = steps.step("prepare", "data", prep_inputs, lambda: prepare.run(prep_cfg))
+    data = steps.step("prepare", artifacts.DATA, prep_inputs, lambda: prepare.run(prep_cfg))
     data_fp = data["inputs"]
 
     model_versions = {}
-    runs = [("model", "default", None)]
+    runs = [(artifacts.MODEL, "default", None)]
     if cfg.paper:
-        runs.append(("model_paper", "paper", None))
+        runs.append((artifacts.TWO_TOWER_EXPORTS["two_tower_paper"], "paper", None))
     if cfg.tune:
         from tuning import tune
 
@@ -122,8 +123,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             init_ray(max(2, cfg.num_workers * cfg.cpus_per_worker + 1))
             tune.run(tune_cfg)
 
-        tuned = steps.step("tune", "tuning", tune_inputs, run_tune)
-        runs.append(("model_tuned", "default", tuned["best_config"]))
+        tuned = steps.step("tune", artifacts.TUNING, tune_inputs, run_tune)
+        tuned_export = artifacts.TWO_TOWER_EXPORTS["two_tower_tuned"]
+        runs.append((tuned_export, "default", tuned["best_config"]))
     for artifact, preset, best in runs:
         overrides = {k: v for k, v in (best or {}).items() if k in train.MODEL_OVERRIDES}
         if cfg.epochs is not None:
@@ -157,25 +159,26 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     eval_inputs = fingerprint(data=data_fp, split=cfg.split, models=model_versions)
     steps.step(
         "evaluate",
-        "reports",
+        artifacts.REPORTS,
         eval_inputs,
         lambda: evaluate.run(evaluate.EvaluateConfig(storage=uri, split=cfg.split)),
     )
-    index_inputs = fingerprint(model=model_versions["model"])
+    index_inputs = fingerprint(model=model_versions[artifacts.MODEL])
     steps.step(
         "build_index",
-        "index",
+        artifacts.INDEX,
         index_inputs,
         lambda: build_index.run(build_index.BuildIndexConfig(storage=uri)),
     )
     wall = time.perf_counter() - start
     storage = steps.storage
-    print(storage.read_bytes("reports/metrics.md").decode())
+    print(artifacts.read_report_markdown(storage))
     print(
         f"[pipeline] finished in {wall:.0f}s; step times "
         + ", ".join(f"{k} {v:.0f}s" for k, v in steps.timings.items())
     )
-    for artifact in ("data", "train", *model_versions, "reports", "knn", "index", "tuning"):
+    layout = (artifacts.DATA, artifacts.TRAIN, *model_versions, artifacts.REPORTS, artifacts.KNN)
+    for artifact in (*layout, artifacts.INDEX, artifacts.TUNING):
         if storage.exists(artifact):
             print(f"  {artifact:<12} {storage.uri}/{artifact}")
     summary = {"wall_seconds": wall, "timings": steps.timings, "model_versions": model_versions}

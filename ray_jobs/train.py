@@ -27,7 +27,8 @@ import torch
 
 from ray_jobs.faults import ENV as FAULTS_ENV
 from ray_jobs.faults import FaultPlan, kill_at
-from towers.data.prepared import PreparedData, load_prepared
+from towers import artifacts
+from towers.data.prepared import PreparedData, load_prepared, split_file
 from towers.launch.cli import help_field, parse_config
 from towers.launch.ray_init import init_ray
 from towers.model.config import TwoTowerConfig
@@ -82,12 +83,12 @@ class TrainConfig:
         256.0, "ray_data: splits smaller than this (Parquet MB) are read once, not every epoch"
     )
     max_failures: int = help_field(2, "worker-group restarts from the last checkpoint on failure")
-    export_as: str = help_field("model", "artifact folder the exported model goes to")
+    export_as: str = help_field(artifacts.MODEL, "artifact folder the exported model goes to")
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ValueError(f"--num-workers must be >= 1, got {self.num_workers}")
-        if "/" in self.export_as or self.export_as in ("", ".", "..", "data"):
+        if "/" in self.export_as or self.export_as in ("", ".", "..", artifacts.DATA):
             raise ValueError(f"--export-as must be a plain folder name, got {self.export_as!r}")
 
     def model_config(self, data: PreparedData) -> TwoTowerConfig:
@@ -233,7 +234,7 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
     datasets = {}
     if cfg.data_loader == "ray_data":
         fs = None if storage.is_local else storage.fs
-        paths = [storage.path(f"data/splits/{split}/{part}.parquet") for part in ("train", "valid")]
+        paths = [storage.path(split_file(split, part)) for part in ("train", "valid")]
         train_ds, valid_ds = (ray.data.read_parquet(p, filesystem=fs) for p in paths)
         size = sum(storage.fs.get_file_info(p).size or 0 for p in paths)
         if size <= cfg.cache_below_mb * 2**20:
@@ -251,7 +252,7 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
         "data_loader": cfg.data_loader,
         "cpus_per_worker": cfg.cpus_per_worker,
         "faults": asdict(faults),
-        "storage_path": storage.path(f"train/{run_name}") if storage.is_local else "",
+        "storage_path": storage.path(artifacts.TRAIN, run_name) if storage.is_local else "",
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -266,7 +267,11 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=storage.path("train") if storage.is_local else f"{cfg.storage}/train",
+            storage_path=(
+                storage.path(artifacts.TRAIN)
+                if storage.is_local
+                else f"{cfg.storage}/{artifacts.TRAIN}"
+            ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
@@ -289,28 +294,21 @@ def export(cfg: TrainConfig, data: PreparedData, checkpoint_dir: Path) -> dict[s
     model = model_from_checkpoint(checkpoint_dir, weights="final" if refit else "best")
     train = data.full_train if refit else data.train
     rec = TwoTowerRecommender.from_model(model, data.features, train, data.rating_scale)
-    storage = Storage(cfg.storage)
-    with tempfile.TemporaryDirectory() as tmp:
-        rec.save(Path(tmp) / "model")
-        storage.begin_artifact(cfg.export_as)
-        storage.upload_dir(Path(tmp) / "model", cfg.export_as)
     search = [h for h in state.history if "ndcg@10" in h]
     best = max(search, key=lambda h: h["ndcg@10"]) if search else {}
-    return storage.publish(
+    return artifacts.publish_two_tower(
+        Storage(cfg.storage),
+        rec,
         cfg.export_as,
-        {
-            "version": rec.version,
-            "dim": model.config.embedding_dim,
-            "preset": cfg.preset,
-            "split": data.split,
-            "dataset": data.manifest["dataset"],
-            "refit": refit,
-            "best_epoch": state.best_epoch,
-            "num_workers": cfg.num_workers,
-            "valid_metrics": {k: v for k, v in best.items() if "@" in k or k == "rmse"},
-            "history": state.history,
-            "resumed_at": state.resumed_at,
-        },
+        preset=cfg.preset,
+        split=data.split,
+        dataset=data.manifest["dataset"],
+        refit=refit,
+        best_epoch=state.best_epoch,
+        num_workers=cfg.num_workers,
+        valid_metrics={k: v for k, v in best.items() if "@" in k or k == "rmse"},
+        history=state.history,
+        resumed_at=state.resumed_at,
     )
 
 

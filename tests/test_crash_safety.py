@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ray_jobs import evaluate, train
+from ray_jobs import train
+from towers import artifacts
 from towers.model.config import TwoTowerConfig
 from towers.model.network import TwoTower
 from towers.storage.root import ArtifactError, Storage
@@ -59,7 +60,7 @@ def test_export_crash_leaves_no_complete_artifact(monkeypatch, tiny_storage, tin
     with pytest.raises(ArtifactError, match="incomplete"):
         tiny_storage.read_manifest("model_crashy")
     with pytest.raises(ArtifactError, match="incomplete"):
-        evaluate.load_two_tower(tiny_storage, "model_crashy")  # what evaluate/serving read
+        artifacts.load_two_tower(tiny_storage, "model_crashy")  # what evaluate/serving read
     assert not tiny_storage.is_complete("model_crashy")  # so the pipeline reruns the step
     train.export(cfg, tiny_data, checkpoint)  # and a rerun repairs it
     assert tiny_storage.is_complete("model_crashy")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from towers.artifacts import publish_saved_index
+from towers.artifacts import USER_EMBEDDINGS, publish_index
 from towers.index import (
     ExactIndex,
     IncompleteIndexError,
@@ -123,12 +123,12 @@ def test_save_load_round_trip_survives_a_move(catalog, kind, tmp_path):
 
 def test_published_index_has_one_manifest_both_readers_accept(catalog, tmp_path):
     _, queries, _, scann = catalog
-    scann.save(tmp_path / "local")
-    np.save(tmp_path / "local" / "extra.npy", np.arange(3))  # e.g. known-user embeddings
     storage = Storage(tmp_path / "run")
-    publish_saved_index(tmp_path / "local", storage, "index", model="model")
+    users = np.arange(6, dtype=np.float32).reshape(3, 2)  # known-user embeddings ride along
+    publish_index(storage, scann, "index", user_embeddings=users, model="model")
     manifest = storage.read_manifest("index", model="model", kind="scann", dim=DIM)
-    assert "extra.npy" in manifest["files"] and "manifest.json" not in manifest["files"]
+    assert USER_EMBEDDINGS in manifest["files"] and "manifest.json" not in manifest["files"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing staged left behind
     loaded = ItemIndex.load(storage.path("index"), expected_version="v1", expected_dim=DIM)
     np.testing.assert_array_equal(loaded.search(queries, 5)[1], scann.search(queries, 5)[1])
     # Manifests published before they recorded format_version load as format 1.

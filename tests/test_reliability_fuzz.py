@@ -28,9 +28,10 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from serving.artifacts import load_two_tower_service, load_user_knn_service, publish_small_run
+from serving.artifacts import load_two_tower_service, load_user_knn_service
 from serving.http import LocalBackend, create_app
 from serving.schemas import MAX_BODY_BYTES, ModelSettings
+from towers.artifacts import publish_small_run
 from towers.storage.root import Storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

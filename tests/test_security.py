@@ -31,8 +31,8 @@ import psutil
 import pytest
 import yaml
 
-from serving.artifacts import publish_small_run
 from serving.schemas import ModelSettings, ServingArgs
+from towers.artifacts import publish_small_run
 from towers.storage.root import Storage
 
 ROOT = Path(__file__).resolve().parents[1]

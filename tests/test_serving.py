@@ -21,12 +21,12 @@ from serving.artifacts import (
     ArtifactLoadError,
     load_two_tower_service,
     load_user_knn_service,
-    publish_small_run,
 )
 from serving.deployments import TwoTowerDeployment, UserKNNDeployment
 from serving.http import LocalBackend, create_app
 from serving.recommenders import Catalog, ServingError
 from serving.schemas import ModelSettings, ServingArgs
+from towers.artifacts import publish_small_run
 from towers.storage.root import Storage
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from serving.app import build_app
-from serving.artifacts import publish_small_run
+from towers.artifacts import publish_small_run
 from towers.storage.root import Storage
 
 from .test_serving import BAD_REQUESTS

@@ -1,31 +1,224 @@
-"""The run layout: which artifact lives where under a storage root, and how each is published.
+"""The run layout: every artifact folder under a storage root, and how each is written and read.
 
-Every job writes and reads its artifacts through this module (the folder and file names are
-spelled here and nowhere else).
+The jobs, the server and the benchmarks reach a run's artifacts only through this module, so
+the folder and file names are spelled here (each artifact's own files are its format's business:
+``towers.data.prepared`` for ``data/``, the recommenders' ``save``, ``ItemIndex.save``)::
+
+    data/          prepared data set: vocabularies, splits (towers.data.prepared)
+    train/<run>/   Ray Train run folder: checkpoints (ray_jobs.train)
+    model/         two-tower export (also model_paper/, model_tuned/)
+    index/         item index built for model/, plus user_embeddings.npy
+    knn/           fitted UserKNN, plus validation_grid.parquet
+    reports/       metrics.json, metrics.md, metrics_vs_k.png
+    tuning/        Tune trials, curves, best_config.json, plots (tuning.tune)
+
+Each artifact is published the storage's way: files first, ``manifest.json`` last with every
+file's size and SHA-256, so a reader never takes a half-written artifact for complete. Local
+folders that a library writes are staged first (``towers.storage.atomic``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from towers.index.base import MANIFEST
-from towers.storage.root import Storage
+import numpy as np
+import pandas as pd
+
+from towers.data import prepared
+from towers.index.base import IDS_FILE, MANIFEST, ItemIndex
+from towers.index.factory import make_index
+from towers.model.config import TwoTowerConfig
+from towers.recommenders.two_tower import TwoTowerRecommender
+from towers.recommenders.user_knn import UserKNN
+from towers.storage.root import ArtifactError, Storage
+
+DATA = prepared.ARTIFACT
+TRAIN = "train"
+MODEL = "model"
+INDEX = "index"
+KNN = "knn"
+REPORTS = "reports"
+TUNING = "tuning"
+# The two-tower exports the pipeline can train, by the name the report gives each.
+TWO_TOWER_EXPORTS = {
+    "two_tower": MODEL,
+    "two_tower_tuned": "model_tuned",
+    "two_tower_paper": "model_paper",
+}
+USER_EMBEDDINGS = "user_embeddings.npy"  # in index/: (n_users, D) known users' queries
+KNN_GRID = "validation_grid.parquet"  # in knn/: one row per UserKNN grid point
+REPORT_JSON, REPORT_MD, REPORT_PLOT = "metrics.json", "metrics.md", "metrics_vs_k.png"
 
 
-def publish_saved_index(
-    folder: str | os.PathLike[str], storage: Storage, artifact: str, **fields: Any
+def publish_folder(storage: Storage, folder: Path, artifact: str, **fields: Any) -> dict[str, Any]:
+    """Uploads local ``folder``'s files as ``artifact`` and publishes its manifest (last)."""
+    storage.begin_artifact(artifact)
+    storage.upload_dir(folder, artifact)
+    return storage.publish(artifact, fields)
+
+
+# --- two-tower exports -----------------------------------------------------------------------
+
+
+def publish_two_tower(
+    storage: Storage, rec: TwoTowerRecommender, artifact: str = MODEL, **fields: Any
 ) -> dict[str, Any]:
-    """Uploads the index saved in local ``folder`` (``ItemIndex.save``) as ``artifact`` and
-    publishes it, with the other files put in ``folder`` since (known-user embeddings).
+    """Publishes ``rec`` (``TwoTowerRecommender.save``) with ``version`` and ``dim`` fields."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rec.save(Path(tmp) / artifact)
+        return publish_folder(
+            storage,
+            Path(tmp) / artifact,
+            artifact,
+            version=rec.version,
+            dim=rec.config.embedding_dim,
+            **fields,
+        )
+
+
+def load_two_tower(
+    storage: Storage, artifact: str = MODEL
+) -> tuple[TwoTowerRecommender, dict[str, Any]]:
+    """``(model, manifest)`` of the export in ``artifact``, its files checked against the
+    manifest (which refuses an incomplete export with a clear message)."""
+    manifest = storage.read_manifest(artifact)
+    with storage.local_copy(artifact) as folder:
+        return TwoTowerRecommender.load(folder), manifest
+
+
+# --- item index -------------------------------------------------------------------------------
+
+
+def publish_index(
+    storage: Storage,
+    index: ItemIndex,
+    artifact: str = INDEX,
+    user_embeddings: np.ndarray | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """Publishes ``index`` (``ItemIndex.save``) and, when given, known users' embeddings.
 
     One ``manifest.json`` serves both readers: the storage manifest carries the index's own
-    fields (what ``ItemIndex.load`` reads), ``fields``, and the storage's file sizes and digests.
+    fields (what ``ItemIndex.load`` reads), ``fields``, and every file's size and digest.
     """
-    own = json.loads((Path(folder) / MANIFEST).read_text())
-    del own["files"]  # the storage manifest lists every uploaded file
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / artifact
+        index.save(folder)
+        if user_embeddings is not None:
+            np.save(folder / USER_EMBEDDINGS, user_embeddings, allow_pickle=False)
+        own = json.loads((folder / MANIFEST).read_text())
+        del own["files"]  # the storage manifest lists every uploaded file
+        storage.begin_artifact(artifact)
+        storage.upload_dir(folder, artifact, exclude={MANIFEST})
+        return storage.publish(artifact, {**own, **fields})
+
+
+def load_index(
+    storage: Storage, artifact: str, model_version: str, dim: int
+) -> tuple[ItemIndex, np.ndarray, np.ndarray | None]:
+    """``(index, ids, user_embeddings or None)`` of ``artifact``, checked against the model."""
+    manifest = storage.read_manifest(artifact)
+    if manifest.get("model_version") != model_version:
+        raise ArtifactError(
+            f"{storage.uri}: {artifact}/ was built for model version "
+            f"{manifest.get('model_version')!r}, the model is {model_version!r}; rebuild the index"
+        )
+    if manifest.get("dim") != dim:
+        raise ArtifactError(
+            f"{storage.uri}: {artifact}/ has dimension {manifest.get('dim')}, the model {dim}"
+        )
+    with storage.local_copy(artifact) as folder:
+        index = ItemIndex.load(folder, expected_version=model_version, expected_dim=dim)
+        ids = np.load(folder / IDS_FILE, allow_pickle=False)
+        user_emb = None
+        if (folder / USER_EMBEDDINGS).is_file():
+            user_emb = np.load(folder / USER_EMBEDDINGS, allow_pickle=False)
+    return index, ids, user_emb
+
+
+# --- UserKNN ----------------------------------------------------------------------------------
+
+
+def publish_user_knn(
+    storage: Storage,
+    knn: UserKNN,
+    artifact: str = KNN,
+    grid: pd.DataFrame | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """Publishes ``knn`` (``UserKNN.save``) and, when given, its validation grid."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / artifact
+        knn.save(folder)
+        if grid is not None:
+            grid.to_parquet(folder / KNN_GRID, index=False)
+        return publish_folder(storage, folder, artifact, params=knn.params, **fields)
+
+
+def load_user_knn(storage: Storage, artifact: str = KNN) -> tuple[UserKNN, str]:
+    """``(model, version)``: the version is 12 hex digits of SHA-256 over the saved files."""
+    manifest = storage.read_manifest(artifact)
+    with storage.local_copy(artifact) as folder:
+        knn = UserKNN.load(folder)
+        digest = hashlib.sha256()
+        for name in sorted(manifest["files"]):
+            digest.update(name.encode())
+            digest.update((folder / name).read_bytes())
+    return knn, digest.hexdigest()[:12]
+
+
+# --- reports ----------------------------------------------------------------------------------
+
+
+def publish_report(
+    storage: Storage,
+    report: dict[str, Any],
+    markdown: str,
+    plot_png: bytes,
+    artifact: str = REPORTS,
+) -> dict[str, Any]:
+    """``metrics.json`` (the numbers), ``metrics.md`` (the table) and the metric-vs-k plot."""
     storage.begin_artifact(artifact)
-    storage.upload_dir(Path(folder), artifact, exclude={MANIFEST})
-    return storage.publish(artifact, {**own, **fields})
+    storage.write_json(f"{artifact}/{REPORT_JSON}", report)
+    storage.write_bytes(f"{artifact}/{REPORT_MD}", markdown.encode())
+    storage.write_bytes(f"{artifact}/{REPORT_PLOT}", plot_png)
+    return storage.publish(artifact, {"split": report["split"], "models": sorted(report["models"])})
+
+
+def read_report_markdown(storage: Storage, artifact: str = REPORTS) -> str:
+    return storage.read_bytes(f"{artifact}/{REPORT_MD}").decode()
+
+
+# --- a whole small run without Ray -------------------------------------------------------------
+
+
+def publish_small_run(
+    storage: Storage,
+    epochs: int = 2,
+    embedding_dim: int = 32,
+    seed: int = 0,
+    model_artifact: str = MODEL,
+    index_artifact: str = INDEX,
+    knn_artifact: str = KNN,
+) -> dict[str, str]:
+    """Fits a two-tower and a UserKNN on ``storage``'s ``data/`` in this process and publishes
+    ``model/``, ``index/`` and ``knn/`` as the Ray jobs do (for tests and smoke runs).
+
+    Returns ``{"two_tower": version, "dim": D}``.
+    """
+    data = prepared.load_prepared(storage)
+    config = TwoTowerConfig.from_preset(
+        "default", epochs=epochs, embedding_dim=embedding_dim, seed=seed
+    ).sized_for(data.features)
+    rec = TwoTowerRecommender(config, data.features, data.valid).fit(data.full_train)
+    publish_two_tower(storage, rec, model_artifact)
+    index = make_index("scann", rec.n_items, model_version=rec.version)
+    index.build(rec.item_embeddings(), np.arange(rec.n_items))
+    users = rec.user_embeddings(np.arange(rec.n_users))
+    publish_index(storage, index, index_artifact, user_embeddings=users, model=model_artifact)
+    publish_user_knn(storage, UserKNN(n_neighbors=20).fit(data.full_train), knn_artifact)
+    return {"two_tower": rec.version, "dim": str(embedding_dim)}

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from towers import artifacts
 from towers.data.prepared import load_prepared
 from towers.launch.cli import help_field, parse_config
 from towers.launch.ray_init import init_ray
@@ -33,7 +34,7 @@ from tuning.plots import plot_learning_curves, plot_metric_vs_lr
 
 log = logging.getLogger("tune")
 METRIC = "ndcg@10"
-ARTIFACT = "tuning"
+ARTIFACT = artifacts.TUNING
 
 
 @dataclass

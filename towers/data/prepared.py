@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 ARTIFACT = "data"
 PARTS = ("train", "valid", "test")
 DEFAULT_TEST_RATIO = {"random": 0.25, "temporal": 0.2}
+USERS = f"{ARTIFACT}/users.parquet"
+ITEMS = f"{ARTIFACT}/items.parquet"
+
+
+def split_file(split: str, part: str) -> str:
+    """Path under the storage root of one part (train, valid, test) of a prepared split."""
+    return f"{ARTIFACT}/splits/{split}/{part}.parquet"
 
 
 @dataclass
@@ -103,8 +110,8 @@ def write_prepared(
     ts = _column(inter, "timestamp", np.int64)
 
     storage.begin_artifact(ARTIFACT)
-    storage.write_parquet(f"{ARTIFACT}/users.parquet", users)
-    storage.write_parquet(f"{ARTIFACT}/items.parquet", items)
+    storage.write_parquet(USERS, users)
+    storage.write_parquet(ITEMS, items)
     split_counts = {}
     for kind in splits:
         parts = split_interactions(
@@ -121,7 +128,7 @@ def write_prepared(
                     "timestamp": ts[rows],
                 }
             )
-            storage.write_parquet(f"{ARTIFACT}/splits/{kind}/{part}.parquet", table)
+            storage.write_parquet(split_file(kind, part), table)
             split_counts[kind][part] = len(rows)
     manifest = {
         "dataset": dataset,
@@ -151,13 +158,13 @@ def load_prepared(storage: Storage, split: str | None = None) -> PreparedData:
             f"{storage.uri}: split {split!r} was not prepared (have {manifest['splits']}); "
             f"rerun prepare with --split {split}"
         )
-    users = storage.read_parquet(f"{ARTIFACT}/users.parquet")
-    items = storage.read_parquet(f"{ARTIFACT}/items.parquet")
+    users = storage.read_parquet(USERS)
+    items = storage.read_parquet(ITEMS)
     items["genres"] = items["genres"].map(list)
     n_users, n_items = len(users), len(items)
     parts = {
         part: Interactions.from_frame(
-            storage.read_parquet(f"{ARTIFACT}/splits/{split}/{part}.parquet"), n_users, n_items
+            storage.read_parquet(split_file(split, part)), n_users, n_items
         )
         for part in PARTS
     }
@@ -172,6 +179,15 @@ def load_prepared(storage: Storage, split: str | None = None) -> PreparedData:
         split=split,
         manifest=manifest,
     )
+
+
+def read_catalog_tables(storage: Storage) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(users, items)`` id tables for serving: ``user_idx, user_id`` and ``item_idx, item_id,
+    title, genres``, after checking ``data/``'s manifest."""
+    storage.read_manifest(ARTIFACT)
+    users = storage.read_parquet(USERS, columns=["user_idx", "user_id"])
+    items = storage.read_parquet(ITEMS, columns=["item_idx", "item_id", "title", "genres"])
+    return users, items
 
 
 def summary(manifest: dict[str, Any]) -> str:

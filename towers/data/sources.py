@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 from towers.data.raw import DataError
+from towers.storage.atomic import staged_directory
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +71,12 @@ def _download_grouplens(dataset: str, target: Path, timeout: float) -> Path | No
 
 
 def _extract_atomically(archive: zipfile.ZipFile, prefix: str, target: Path) -> None:
-    """Extracts members under ``prefix`` into ``target`` via a temp folder and one rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    """Extracts members under ``prefix`` into ``target`` (staged, then one rename)."""
+    with staged_directory(target) as staged:
         for member in archive.namelist():
             if member.startswith(prefix) and not member.endswith("/"):
-                name = Path(member).name
-                with archive.open(member) as src, open(tmp / name, "wb") as dst:
+                with archive.open(member) as src, open(staged / Path(member).name, "wb") as dst:
                     shutil.copyfileobj(src, dst)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def _recbole_installed() -> Path | None:

@@ -3,19 +3,25 @@
 :func:`evaluate_model` asks a fitted :class:`~towers.recommenders.base.Recommender` for the top
 ``max(ks)`` of every test user with seen items excluded, scores the lists with
 ``towers.metrics.ranking`` and, where the model predicts ratings, the test pairs with
-``towers.metrics.rating``.
+``towers.metrics.rating``. :func:`compare_models` does it for every model of a report.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from towers.data.interactions import Interactions
+from towers.data.prepared import PreparedData
 from towers.metrics.ranking import hit_matrix, ranking_metrics
 from towers.metrics.rating import rating_metrics
 from towers.recommenders.base import Recommender
+
+log = logging.getLogger(__name__)
 
 
 def _drop_masked(items: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -77,3 +83,26 @@ def evaluate_model(
     if with_ratings and model.predicts_ratings and len(test):
         out.update(rating_metrics(test.rating, model.predict_ratings(test.user_idx, test.item_idx)))
     return out
+
+
+def compare_models(
+    models: dict[str, Recommender], data: PreparedData, ks: Sequence[int] = (5, 10, 20)
+) -> dict[str, Any]:
+    """Every model on ``data``'s test split with the same candidates: the report's numbers.
+
+    Candidates exclude train ∪ valid (what the final models are fitted on). Returns the content
+    of ``reports/metrics.json``: data set, split, test users, model versions and per-model
+    metrics.
+    """
+    results: dict[str, dict[str, float]] = {}
+    for name, model in models.items():
+        start = time.perf_counter()
+        results[name] = evaluate_model(model, data.full_train, data.test, ks=ks)
+        log.info("%s evaluated in %.2fs", name, time.perf_counter() - start)
+    return {
+        "dataset": data.manifest["dataset"],
+        "split": data.split,
+        "n_test_users": int(next(iter(results.values()))["n_users"]),
+        "model_versions": {n: m.version for n, m in models.items() if hasattr(m, "version")},
+        "models": {name: {k: float(v) for k, v in r.items()} for name, r in results.items()},
+    }

@@ -1,11 +1,11 @@
-"""The item index interface and its on-disk format; the kinds are in ``towers.index``.
+"""The item index interface and its on-disk format; the kinds are in ``exact`` and ``scann``.
 
 After tensorflow/recommenders' ``factorized_top_k``: ``build(embeddings, ids)`` once, then
 ``search(queries, k, exclude) -> (scores, ids)``. Subclasses register themselves by ``kind`` so
 that ``ItemIndex.load`` rebuilds the right one from a manifest.
 
 On disk an index is a directory: ``ids.npy``, the payload (``embeddings.npy`` or the serialized
-ScaNN searcher under ``searcher/``) and ``manifest.json``, written last into a temporary sibling
+ScaNN searcher under ``searcher/``) and ``manifest.json``, written last into a staged sibling
 directory that is then renamed into place, so a half-written index is never taken for complete.
 No pickle anywhere.
 """
@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
+
+from towers.storage.atomic import staged_directory
 
 MANIFEST = "manifest.json"
 IDS_FILE = "ids.npy"
@@ -232,18 +232,16 @@ class ItemIndex(ABC):
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to local directory ``path`` atomically (replacing an older index).
 
-        Everything goes into a temporary sibling directory, ``manifest.json`` last, which is then
-        renamed to ``path``. A directory at ``path`` without a manifest is never overwritten.
+        Everything goes into a staged sibling directory (``towers.storage.atomic``),
+        ``manifest.json`` last, which is then renamed to ``path``. A directory at ``path``
+        without a manifest is never overwritten.
         """
         if self._ids is None:
             raise RuntimeError("cannot save an empty index: call build() first")
         target = Path(path)
         if target.exists() and not (target / MANIFEST).is_file():
             raise FileExistsError(f"{target} exists and is not a saved index; refusing to replace")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
+        with staged_directory(target) as tmp:
             np.save(tmp / IDS_FILE, self._ids, allow_pickle=False)
             self._save_payload(tmp)
             files = {
@@ -265,13 +263,6 @@ class ItemIndex(ABC):
                 json.dump(manifest, f, indent=2)
                 f.flush()
                 os.fsync(f.fileno())
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
-            if target.exists():
-                target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def load(

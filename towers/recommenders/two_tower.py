@@ -1,14 +1,13 @@
 """The trained two-tower model behind the shared ``Recommender`` interface (``base``).
 
-Scoring is full-catalog: the item tower runs once over every item (cached, eval mode) and a user's
-scores are ``user_emb @ item_emb.T``. The exported model directory holds everything needed to
-rebuild it without the training job::
+Scoring is full-catalog: the item tower runs once over every item (on first use, then cached; eval
+mode) and a user's scores are ``user_emb @ item_emb.T``. The exported model directory holds
+everything needed to rebuild it without the training job::
 
     config.json           written last: format, model config, rating scale, version, file list
     weights.safetensors   user tower, item tower, temperature, rating head (no pickle)
     features.npz/.json    FeatureTables arrays; genre names and occupations
     history.npz           training interactions as CSR (the user-history bags and seen items)
-    item_embeddings.npy   (n_items, D) float32, for index builders that do not load torch
 
 ``version`` is a short content hash of the weights.
 """
@@ -17,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +28,7 @@ from towers.metrics.top_k import top_k_excluding
 from towers.model.config import TwoTowerConfig
 from towers.model.network import TwoTower
 from towers.recommenders.base import Recommender
+from towers.storage.atomic import staged_directory
 from towers.training.inputs import TrainingContext
 from towers.training.loop import fit
 from towers.training.steps import embed_items, embed_users, unwrap
@@ -130,14 +128,21 @@ class TwoTowerRecommender(Recommender):
         self.ctx = TrainingContext.build(features, train, self.config, rating_scale, self.device)
         self.rating_scale = self.ctx.rating_scale
         self._set_train(train)
-        self._item_emb = embed_items(self.model, self.ctx)  # (N, D), computed once
+        self._item_emb = None  # (N, D), computed on first use: build_index never needs it
         self._version = weights_version(self.model)
         return self
 
-    def _require_model(self) -> tuple[TwoTower, TrainingContext, torch.Tensor]:
+    def _require_model(self) -> tuple[TwoTower, TrainingContext]:
         self._require_fitted()
-        assert self.model is not None and self.ctx is not None and self._item_emb is not None
-        return self.model, self.ctx, self._item_emb
+        assert self.model is not None and self.ctx is not None
+        return self.model, self.ctx
+
+    def _item_embeddings(self) -> torch.Tensor:
+        """``(N, D)`` item tower over the whole catalog, run once, on first use."""
+        model, ctx = self._require_model()
+        if self._item_emb is None:
+            self._item_emb = embed_items(model, ctx)
+        return self._item_emb
 
     @property
     def version(self) -> str:
@@ -148,20 +153,20 @@ class TwoTowerRecommender(Recommender):
 
     def item_embeddings(self) -> np.ndarray:
         """``(n_items, D)`` float32 item embeddings, row ``i`` for ``item_idx`` ``i``."""
-        return self._require_model()[2].cpu().numpy().astype(np.float32)
+        return self._item_embeddings().cpu().numpy().astype(np.float32)
 
     def user_embeddings(self, user_idx: np.ndarray) -> np.ndarray:
         """``(U,)`` known users → ``(U, D)`` float32 (queries for an inner-product index)."""
-        model, ctx, _ = self._require_model()
+        model, ctx = self._require_model()
         users = torch.as_tensor(self.check_users(user_idx), device=ctx.device)
         return embed_users(model, ctx, users).cpu().numpy().astype(np.float32)
 
     def score(self, user_idx: np.ndarray) -> np.ndarray:
         """``(U,)`` user indices → ``(U, n_items)`` float32 ``user_emb @ item_emb.T``."""
-        model, ctx, item_emb = self._require_model()
+        model, ctx = self._require_model()
         users = torch.as_tensor(self.check_users(user_idx), device=ctx.device)
         user_emb = embed_users(model, ctx, users)  # (U, D)
-        return (user_emb @ item_emb.T).cpu().numpy().astype(np.float32)  # (U, N)
+        return (user_emb @ self._item_embeddings().T).cpu().numpy().astype(np.float32)  # (U, N)
 
     def _check_items(self, item_idx: np.ndarray | list[int]) -> np.ndarray:
         item_idx = np.asarray(item_idx, dtype=np.int64).reshape(-1)
@@ -183,7 +188,7 @@ class TwoTowerRecommender(Recommender):
         Returns:
             ``(D,)`` float32 user embedding, comparable with :meth:`item_embeddings`.
         """
-        model, ctx, _ = self._require_model()
+        model, ctx = self._require_model()
         row = np.zeros(3, np.int64) if features_row is None else np.asarray(features_row, np.int64)
         if row.shape != (3,):
             raise ValueError(f"features_row must have shape (3,), got {row.shape}")
@@ -218,7 +223,8 @@ class TwoTowerRecommender(Recommender):
         """``(N,)`` pairs → ``(N,)`` float32 ratings on the raw scale, clipped to it."""
         if not self.predicts_ratings:
             raise NotImplementedError(f"a {self.config.loss!r}-loss two-tower has no rating head")
-        model, ctx, item_emb = self._require_model()
+        model, ctx = self._require_model()
+        item_emb = self._item_embeddings()
         user_idx = self.check_users(user_idx)
         item_idx = self._check_items(item_idx)
         if len(user_idx) != len(item_idx):
@@ -235,14 +241,11 @@ class TwoTowerRecommender(Recommender):
     # --- Persistence ---------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
-        """Writes the model directory atomically: a temp dir beside ``path``, then a rename."""
-        model, ctx, _ = self._require_model()
+        """Writes the model directory atomically (``towers.storage.atomic.staged_directory``)."""
+        model, ctx = self._require_model()
         train = self._require_fitted()
         assert self.features is not None
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
+        with staged_directory(path) as tmp:
             tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             save_file(tensors, str(tmp / "weights.safetensors"), metadata={"version": self.version})
             np.savez(tmp / "features.npz", **self.features.to_arrays())
@@ -261,7 +264,6 @@ class TwoTowerRecommender(Recommender):
                 timestamp=train.timestamp[order],
                 shape=np.asarray([train.n_users, train.n_items], np.int64),
             )
-            np.save(tmp / "item_embeddings.npy", self.item_embeddings())
             meta = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -273,10 +275,6 @@ class TwoTowerRecommender(Recommender):
                 "files": sorted(p.name for p in tmp.iterdir()),
             }
             (tmp / "config.json").write_text(json.dumps(meta, indent=1))  # last: the manifest
-            _publish(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> TwoTowerRecommender:
@@ -318,14 +316,3 @@ class TwoTowerRecommender(Recommender):
         scale = (float(meta["rating_scale"][0]), float(meta["rating_scale"][1]))
         rec = cls(config, features, rating_scale=scale, device=device)
         return rec._attach(model.to(device), features, train, scale)
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Moves the finished ``tmp`` directory to ``target``, replacing an older one."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{tmp.name[-8:]}")
-        target.rename(old)
-    tmp.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -2,17 +2,18 @@
 
 A directory holds ``arrays.npz`` (plain arrays, loaded with ``allow_pickle=False``) and
 ``config.json``, written last as the manifest: a reader that finds no ``config.json`` knows the
-directory is incomplete.
+directory is incomplete. The directory is written with ``towers.storage.atomic``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from towers.storage.atomic import staged_directory
 
 FORMAT_VERSION = 1
 _CONFIG = "config.json"
@@ -25,21 +26,16 @@ def write_model_dir(
     """Writes ``arrays.npz`` then ``config.json`` (the manifest) under directory ``path``.
 
     Args:
-        path: local directory; created if missing.
+        path: local directory; replaced as a whole (``staged_directory``).
         name: the model's ``name``; ``read_model_dir`` checks it.
         config: JSON-serialisable hyper-parameters and sizes.
         arrays: plain numeric arrays (no objects: they are read back without pickle).
     """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tmp_arrays = path / f".{_ARRAYS}.tmp"
-    with open(tmp_arrays, "wb") as f:  # a file object stops numpy from appending ".npz"
-        np.savez(f, **arrays)
-    os.replace(tmp_arrays, path / _ARRAYS)
     manifest = {"name": name, "format_version": FORMAT_VERSION, **config}
-    tmp_config = path / f".{_CONFIG}.tmp"
-    tmp_config.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp_config, path / _CONFIG)
+    with staged_directory(path) as staged:
+        with open(staged / _ARRAYS, "wb") as f:  # a file object stops numpy appending ".npz"
+            np.savez(f, **arrays)
+        (staged / _CONFIG).write_text(json.dumps(manifest, indent=2, sort_keys=True))
 
 
 def read_model_dir(path: str | Path, name: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
