@@ -1,7 +1,7 @@
 # ruff: noqa: F811  (fixtures imported from test_serving_ray are parameters of the tests here)
 """Serving faults and bad input on the real Serve app: a killed replica, broken versions, fuzzing.
 
-The app is the one of ``tests/test_serving_ray.py`` (its fixtures, imported here, deploy
+The app is the one of ``tests/integration/test_serving_ray.py`` (its fixtures, imported here, deploy
 ``serving/config.yaml`` on the session's Ray with artifacts fitted for this module), with the
 TwoTower and Ingress deployments at two fixed replicas each. Under steady load from client
 threads:
@@ -15,8 +15,8 @@ threads:
   manifest, of another dimension than the model) are refused with a clear error in ``/healthz``
   while the old version answers every request.
 
-Then the hostile-request strategy of ``tests/test_reliability_fuzz.py`` runs over real HTTP
-through Serve's proxy, plus a few malformed HTTP messages sent on a raw socket.
+Then the hostile-request strategy of ``tests/unit/serving/test_reliability_fuzz.py`` runs over
+real HTTP through Serve's proxy, plus a few malformed HTTP messages sent on a raw socket.
 """
 
 from __future__ import annotations
@@ -34,9 +34,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
+from tests.unit.serving.test_reliability_fuzz import (
+    FUZZ,
+    MAX_SECONDS,
+    FuzzRequest,
+    Tally,
+    any_request,
+    check,
+)
 from towers.storage.root import Storage
 
-from .test_reliability_fuzz import FUZZ, MAX_SECONDS, FuzzRequest, Tally, any_request, check
 from .test_serving_ray import (  # noqa: F401  (fixtures, found by name)
     ClientThreads,
     deploy,

@@ -29,7 +29,7 @@ from serving.schemas import ModelSettings, ServingArgs
 from towers.artifacts import publish_small_run
 from towers.storage.root import Storage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

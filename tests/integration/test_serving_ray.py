@@ -23,14 +23,13 @@ import pytest
 import yaml
 
 from serving.app import build_app
+from tests.unit.serving.test_serving import BAD_REQUESTS
 from towers.artifacts import publish_small_run
 from towers.storage.root import Storage
 
-from .test_serving import BAD_REQUESTS
-
 pytestmark = [pytest.mark.serve, pytest.mark.ray]
 APP = "recommender"
-CONFIG = Path(__file__).resolve().parents[1] / "serving" / "config.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "serving" / "config.yaml"
 
 
 def free_port() -> int:

@@ -1,9 +1,10 @@
 """Malformed data files get clear errors naming the file: raw MovieLens files and prepared Parquet.
 
-``tests/test_movielens.py`` covers empty files, missing columns, non-numeric and out-of-range
-ratings, unknown ids, duplicates and fractional ids; these are the hostile cases beside them
-(binary junk, wrong separators, ragged rows, broken quoting, NaN/inf, damaged Parquet, including
-damage that keeps the file's size, which only the manifest's SHA-256 digests catch).
+``tests/unit/data/test_movielens.py`` covers empty files, missing columns, non-numeric and
+out-of-range ratings, unknown ids, duplicates and fractional ids; these are the hostile cases
+beside them (binary junk, wrong separators, ragged rows, broken quoting, NaN/inf, damaged
+Parquet, including damage that keeps the file's size, which only the manifest's SHA-256 digests
+catch).
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.unit.data.test_movielens import write_grouplens_100k, write_ml1m, write_ml_csv
 from towers.data.movielens import read_folder
 from towers.data.prepared import load_prepared, write_prepared
 from towers.data.raw import DataError
 from towers.data.synthetic import SyntheticSpec, generate
 from towers.data.validation import validate_raw
 from towers.storage.root import ArtifactError, Storage
-
-from .test_movielens import write_grouplens_100k, write_ml1m, write_ml_csv
 
 WRITERS = {"ml-100k": write_grouplens_100k, "ml-1m": write_ml1m, "ml-latest-small": write_ml_csv}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.recommender_contract import RecommenderContract
+from tests.unit.recommenders.contract import RecommenderContract
 from towers.data.features import FeatureTables
 from towers.data.interactions import Interactions
 from towers.model.config import TwoTowerConfig

@@ -33,7 +33,7 @@ from towers.index import (
 from towers.storage.root import Storage
 
 DIM = 16
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 RECALL_BOUND = {"brute_force": 0.99, "tree_ah": 0.95}
 
 

@@ -2,8 +2,8 @@
 
 * Services bind 127.0.0.1 unless told otherwise: the CLI default, ``serving/config.yaml``, no
   ``0.0.0.0`` in the code, and a ``--no-ray`` server that answers on 127.0.0.1 and refuses the
-  machine's other addresses (``tests/test_serving_ray.py::test_binds_loopback_only`` checks the
-  Serve proxy the same way).
+  machine's other addresses (``tests/integration/test_serving_ray.py::test_binds_loopback_only``
+  checks the Serve proxy the same way).
 * Ray token authentication stays on: no file of the repository turns it off, and the session's
   Ray cluster refuses a GCS client with a wrong token or none, while the right one is answered.
 * Stored files are read without pickle: a scan of the source tree for every unpickling call,
@@ -35,7 +35,7 @@ from serving.schemas import ModelSettings, ServingArgs
 from towers.artifacts import publish_small_run
 from towers.storage.root import Storage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 SOURCE_DIRS = ("towers", "serving", "ray_jobs", "tuning", "bench")
 PICKLE_MODULES = {"pickle", "_pickle", "cPickle", "cloudpickle", "dill", "joblib", "shelve"}
 # Calls that unpickle files a user or a run wrote, each allowed here with the reason.

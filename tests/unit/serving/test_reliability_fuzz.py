@@ -9,7 +9,8 @@ methods on every route. Each answer must be a 2xx, or a 4xx whose JSON body name
 under ``MAX_SECONDS``.
 
 Here the bulk runs in process against the FastAPI app over both real services (no Ray);
-``tests/test_reliability_serving.py`` sends the same strategy to the real Serve app over HTTP.
+``tests/integration/test_reliability_serving.py`` sends the same strategy to the real Serve app
+over HTTP.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.recommender_contract import RecommenderContract, contract_interactions
+from tests.unit.recommenders.contract import RecommenderContract, contract_interactions
 from towers.data.interactions import Interactions
 from towers.evaluation.knn_selection import tune_user_knn
 from towers.evaluation.protocol import evaluate_model

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("towers", "tuning", "serving", "ray_jobs", "bench")
 PACKAGE_RANK = {"towers": 0, "tuning": 1, "serving": 1, "ray_jobs": 2, "bench": 3}
 # Bottom up. ``metrics`` (pure top-k and metric functions) sits below ``training`` because early

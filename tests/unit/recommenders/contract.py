@@ -3,7 +3,7 @@
 How to use it for a new recommender::
 
     import pytest
-    from tests.recommender_contract import RecommenderContract
+    from tests.unit.recommenders.contract import RecommenderContract
 
     class TestMyModelContract(RecommenderContract):
         @pytest.fixture(scope="class")
