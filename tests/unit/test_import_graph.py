@@ -202,3 +202,10 @@ def test_the_check_fails_on_what_it_forbids(tmp_path, files, expected):
     }
     _write(tmp_path, base | files)
     assert expected in problems(tmp_path)
+
+
+def test_no_module_over_400_lines():
+    """Files a reader takes in at one sitting (the house style asks for about 100-350)."""
+    sizes = {path: len(path.read_text().splitlines()) for path in project_modules(ROOT).values()}
+    large = [f"{p.relative_to(ROOT)}: {n} lines" for p, n in sorted(sizes.items()) if n > 400]
+    assert not large, large
