@@ -124,7 +124,7 @@ class ShardBatches:
     def steps_per_epoch(self, phase: str) -> int:
         if self.local is not None:
             return self.local.steps_per_epoch(phase)
-        rows = len(self.data.full_train if phase == REFIT else self.data.train)
+        rows = len(self.data.train) + (len(self.data.valid or ()) if phase == REFIT else 0)
         return max(1, rows // self.batch_size)  # drop_last: every rank takes the same count
 
     def batches(self, phase: str, epoch: int) -> Iterable:
@@ -248,7 +248,6 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
         "split": split,
         "model": model_cfg.to_dict(),
         "refit": cfg.refit,
-        "world_size": cfg.num_workers,
         "data_loader": cfg.data_loader,
         "cpus_per_worker": cfg.cpus_per_worker,
         "faults": asdict(faults),
