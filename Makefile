@@ -8,19 +8,36 @@ PIP := $(PY) -m pip
 TORCH_CPU ?= torch==2.13.0
 STORAGE ?= runs/demo
 PYTEST_ARGS ?=
+# Exact versions of every dependency but torch (pinned above) and the RecBole data wheel: pip's
+# constraints, so the same commit installs the same packages. `make lock` refreshes it.
+LOCK := requirements.lock
+RECBOLE := recbole==1.2.1
 
-.PHONY: install test test-fast lint format demo bench clean
+.PHONY: install lock test test-fast lint format demo bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_CPU)
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -c $(LOCK) -e '.[dev]'
 	# MovieLens-100K ships inside the RecBole wheel; --no-deps keeps its heavy requirements out.
-	$(PIP) install -q --no-deps recbole==1.2.1
+	$(PIP) install -q --no-deps $(RECBOLE)
 	@touch $@
+
+# Resolve pyproject.toml afresh in a scratch venv and write the exact versions to $(LOCK).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q $(TORCH_CPU)
+	.lock-venv/bin/pip install -q -e '.[dev]'
+	{ echo "# Exact versions for make install (pip constraints), written by make lock with"; \
+	  echo "# $$(.lock-venv/bin/python --version) on $$(uname -m); torch and recbole are pinned in the Makefile."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -viE '^(torch|recbole|ray-two-tower)([=@ ]|$$)'; \
+	} > $(LOCK)
+	rm -rf .lock-venv
+	@echo "wrote $(LOCK): $$(grep -vc '^#' $(LOCK)) packages"
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -48,4 +65,4 @@ bench: install
 	$(PY) -m bench.bench_serving --storage /tmp/serve_bench --prepare --out runs/bench_serving
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) .lock-venv runs .pytest_cache .ruff_cache
