@@ -22,7 +22,7 @@ import numpy as np
 from towers import artifacts
 from towers.index import ExactIndex, index_recall, make_index
 from towers.launch.cli import help_field, parse_config
-from towers.launch.ray_init import init_ray
+from towers.launch.ray_init import init_ray, quiet_ray_data
 from towers.recommenders.two_tower import TwoTowerRecommender
 from towers.storage.root import Storage
 
@@ -73,12 +73,13 @@ def embed_items_with_ray_data(cfg: BuildIndexConfig, n_items: int) -> np.ndarray
     import ray.data
 
     init_ray(cfg.num_actors + 1)
+    quiet_ray_data()
     items = ray.data.range(n_items).rename_columns({"id": "item_idx"})
     embedded = items.map_batches(
         ItemTowerActor,
         fn_constructor_args=(cfg.storage, cfg.model),
         batch_size=cfg.batch_size,
-        concurrency=cfg.num_actors,
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=1,
     )
     ids, chunks = [], []

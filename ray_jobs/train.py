@@ -30,7 +30,13 @@ from ray_jobs.faults import FaultPlan, kill_at
 from towers import artifacts
 from towers.data.prepared import PreparedData, load_prepared, split_file
 from towers.launch.cli import help_field, parse_config
-from towers.launch.ray_init import init_ray
+from towers.launch.ray_init import (
+    init_ray,
+    quiet_ray_data,
+    quiet_ray_train_worker,
+    ray_train_log_level,
+    verbose,
+)
 from towers.model.config import TwoTowerConfig
 from towers.model.network import TwoTower
 from towers.recommenders.two_tower import TwoTowerRecommender
@@ -150,6 +156,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    quiet_ray_train_worker(loop["verbose"])
     torch.set_num_threads(max(1, int(loop["cpus_per_worker"])))
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
@@ -165,7 +172,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             _, tensors, state = load_checkpoint(Path(folder))
         resume = (tensors, state)
-        print(f"[rank {rank}] resumed from epoch {state.epoch} ({state.phase})", flush=True)
+        log.info("[rank %d] resumed from epoch %d (%s)", rank, state.epoch, state.phase)
 
     def report(end: EpochEnd) -> None:
         _report(end, rank)
@@ -195,8 +202,8 @@ def _report(end: EpochEnd, rank: int) -> None:
     )
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
-        if rank == 0:
-            print(shown, flush=True)
+        if rank == 0:  # a log record, not print(): Ray Train tees a print into two lines
+            log.info(shown)
             save_checkpoint(
                 Path(folder), end.model, end.optimizer, end.state, end.best_model, end.scheduler
             )
@@ -213,6 +220,7 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
 
     need = cfg.num_workers * cfg.cpus_per_worker + (1 if cfg.data_loader == "ray_data" else 0)
     init_ray(need)
+    quiet_ray_data()
     have = ray.cluster_resources().get("CPU", 0)
     if have < need:
         raise RuntimeError(
@@ -251,6 +259,7 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
         "data_loader": cfg.data_loader,
         "cpus_per_worker": cfg.cpus_per_worker,
         "faults": asdict(faults),
+        "verbose": verbose(),
         "storage_path": storage.path(artifacts.TRAIN, run_name) if storage.is_local else "",
     }
     trainer = TorchTrainer(
@@ -273,6 +282,7 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
             ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray.train.LoggingConfig(log_level=ray_train_log_level()),
         ),
         datasets=datasets or None,
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 from typing import Any
 
 # Environment defaults for a Ray instance started here (its processes read them at start-up).
@@ -11,7 +13,58 @@ LOCAL_RAY_ENV = {
     # balancers can deregister it. Ray's 30 s made every Ctrl-C of a local server take 33 s; the
     # local HAProxy is reconfigured within a second.
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3",
+    # Ray Train's preemption watcher polls for spot-instance notices, which a local instance never
+    # gets; its actor's creation prints an error-looking core_worker line on every fit().
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Ray Train's own DatasetManager passes an option Ray Data deprecates (Ray 2.60): its warning
+    # in every training run is not the user's to act on.
+    "PYTHONWARNINGS": (
+        "ignore:`ExecutionOptions.exclude_resources` is deprecated:DeprecationWarning"
+    ),
 }
+
+
+def verbose() -> bool:
+    """Whether the job runs with ``--verbose`` (``towers.launch.cli`` puts the root logger at
+    DEBUG): then Ray's own per-report and per-dataset lines are shown too."""
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+# Ray Data's console at WARNING for a local instance started without --verbose (its processes read
+# this at import; the INFO lines still go to ray-data.log in the session folder).
+QUIET_RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
+
+
+def ray_train_log_level() -> str:
+    """Ray Train's console level: its per-report and checkpoint lines only with ``--verbose``."""
+    return "INFO" if verbose() else "WARNING"
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's per-dataset lines ("Starting execution", "Execution plan", "execution
+    finished") and its progress bars (sub-second on these data sets) only with ``--verbose``,
+    in this process and in the actors that run the datasets it creates."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.print_on_execution_start = context.enable_progress_bars = verbose()
+    if not verbose():
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # Its one warning, that the bars are off, is about this very setting.
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+def quiet_ray_train_worker(show: bool) -> None:
+    """In a Ray Train worker (where ``show`` is the driver's ``verbose()``): its per-report line
+    only when shown. Ray names that logger by its file path, outside ``ray.train``, so
+    ``LoggingConfig`` does not reach it."""
+    if show:
+        return
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: leave its logging alone
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def start_ray(**init_kwargs: Any) -> None:
@@ -21,6 +74,8 @@ def start_ray(**init_kwargs: Any) -> None:
     if not os.environ.get("RAY_ADDRESS"):
         for name, value in LOCAL_RAY_ENV.items():
             os.environ.setdefault(name, value)
+        if not verbose():
+            os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(QUIET_RAY_DATA_LOGGING))
     ray.init(**init_kwargs)
 
 
