@@ -83,11 +83,17 @@ class LocalBackend:
         return 200, {"status": "ok", "models": {n: s.health() for n, s in self.services.items()}}
 
 
-def error(status: int, code: str, message: str, details: list | None = None) -> JSONResponse:
+def error(
+    status: int,
+    code: str,
+    message: str,
+    details: list | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body: dict[str, Any] = {"error": code, "message": message}
     if details is not None:
         body["details"] = details
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -170,7 +176,8 @@ def create_app(
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         code = codes.get(exc.status_code, "http_error")
-        return error(exc.status_code, code, str(exc.detail))
+        # Starlette's own headers go out too: a 405 must say which methods are allowed (Allow).
+        return error(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -90,8 +90,32 @@ class UserFeatures(_StrictBody):
     )
 
 
+# What the handler needs, said in the body's JSON schema: at least one liked item, or features
+# with at least one value (an empty description is a 422 ``empty_user``).
+_DESCRIBED_USER = {
+    "anyOf": [
+        {"required": ["liked_item_ids"], "properties": {"liked_item_ids": {"minItems": 1}}},
+        {
+            "required": ["features"],
+            "properties": {
+                "features": {
+                    "type": "object",
+                    "anyOf": [
+                        {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+                        for name in ("age", "gender", "occupation")
+                    ],
+                }
+            },
+        },
+    ]
+}
+
+
 class ColdStartRequest(_StrictBody):
-    """``POST /recommend`` body: a user outside the training data."""
+    """``POST /recommend`` body: a user outside the training data, described by liked items
+    and/or features (at least one of them)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_DESCRIBED_USER)
 
     features: UserFeatures | None = None
     liked_item_ids: list[int] = Field(

@@ -372,6 +372,37 @@ def test_http_bad_input_is_a_clear_4xx(client, two_tower, method, path, body, st
     assert error["message"] and (code is None or error["error"] == code)
 
 
+def test_405_says_which_methods_are_allowed(client, two_tower):
+    response = client.delete(f"/recommend/{known_user(two_tower)}")
+    assert response.status_code == 405 and response.json()["error"] == "method_not_allowed"
+    assert "GET" in response.headers["allow"]  # RFC 9110 15.5.6: a 405 carries Allow
+
+
+@pytest.mark.parametrize(
+    ("body", "described"),
+    [
+        ({"liked_item_ids": [1]}, True),
+        ({"features": {"age": 30}}, True),
+        ({"features": {"gender": "F"}, "liked_item_ids": []}, True),
+        ({}, False),
+        ({"features": None, "liked_item_ids": []}, False),  # schemathesis found this one
+        ({"features": {}}, False),
+        ({"features": {"age": None, "occupation": None}}, False),
+    ],
+)
+def test_cold_start_schema_says_what_the_handler_requires(client, two_tower, body, described):
+    """A body the OpenAPI schema accepts is one the handler answers, and the other way round."""
+    import jsonschema
+
+    spec = client.get("/openapi.json").json()
+    schema = {"$ref": "#/components/schemas/ColdStartRequest", "components": spec["components"]}
+    assert jsonschema.Draft202012Validator(schema).is_valid(body) is described
+    if body.get("liked_item_ids"):  # a raw item id of this catalog
+        body = {**body, "liked_item_ids": [int(two_tower.catalog.item_ids[0])]}
+    response = client.post("/recommend?k=3", json=body)
+    assert (response.status_code == 200) is described, response.text
+
+
 # --- Configuration and command line --------------------------------------------------------------
 
 
