@@ -113,6 +113,9 @@ class ModelDeployment:
     async def similar(self, item_id: int, k: int) -> tuple[int, bytes]:
         return encode(answer(self._require().similar_items, item_id, k))
 
+    async def feature_values(self) -> dict[str, list[str]]:
+        return self._require().feature_values()
+
     async def health(self) -> dict[str, Any]:
         mean_batch = self.batched_requests / self.batches if self.batches else None
         return {
@@ -189,6 +192,10 @@ class HandleBackend:
 
     async def similar(self, item_id: int, k: int) -> Reply:
         return await self._call("two_tower", "similar", item_id, k)
+
+    async def feature_values(self) -> dict[str, list[str]]:
+        result = await self._call("two_tower", "feature_values")
+        return {} if isinstance(result, tuple) else result  # a failed call: no enum, no error
 
     async def health(self) -> Reply:
         names = list(self.models)

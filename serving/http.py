@@ -13,12 +13,14 @@ field, the problem and the value received), 400 for a request the chosen model c
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,6 +54,10 @@ class Backend(Protocol):
 
     async def health(self) -> Reply: ...
 
+    async def feature_values(self) -> dict[str, list[str]]:
+        """Allowed values of the cold-start body's categorical features, from the served model."""
+        ...
+
 
 def encode(result: Answer) -> tuple[int, bytes]:
     """``(status, body)`` with the body as compact UTF-8 JSON, as ``JSONResponse`` renders it.
@@ -81,6 +87,10 @@ class LocalBackend:
 
     async def health(self) -> Answer:
         return 200, {"status": "ok", "models": {n: s.health() for n, s in self.services.items()}}
+
+    async def feature_values(self) -> dict[str, list[str]]:
+        service = self.services.get("two_tower")
+        return service.feature_values() if service is not None else {}
 
 
 def error(
@@ -163,6 +173,9 @@ def create_app(
         title="Two-tower recommender",
         description="Top-k movies from a two-tower model (ScaNN index) and a UserKNN baseline.",
         version="1",
+        openapi_url=None,  # served below, with the served model's feature values filled in
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
@@ -231,5 +244,19 @@ def create_app(
     @app.get("/healthz", response_model=None, summary="Served models and versions")
     async def healthz() -> Response:
         return reply(await backend.health())
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        """The schema, each categorical user feature's ``enum`` taken from the served model (a
+        roll-out may change them), so a body the schema accepts is one the model can answer."""
+        spec = copy.deepcopy(app.openapi())
+        features = spec["components"]["schemas"]["UserFeatures"]["properties"]
+        for name, values in (await backend.feature_values()).items():
+            features[name]["anyOf"] = [{"type": "string", "enum": values}, {"type": "null"}]
+        return JSONResponse(spec)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
 
     return app

@@ -205,6 +205,10 @@ class ModelService:
             400, "similar_unsupported", f"model {self.name!r} has no item embeddings"
         )
 
+    def feature_values(self) -> dict[str, list[str]]:
+        """The values each categorical user feature of a cold-start body can take (none here)."""
+        return {}
+
     def health(self) -> dict[str, Any]:
         return {
             "model": self.name,
@@ -274,6 +278,9 @@ class TwoTowerService(ModelService):
         seen = self.recommender.seen_matrix()[user_idx]  # (B, n_items), columns = item ids
         scores, items = self.index.search(queries, k, exclude=seen)
         return items, scores
+
+    def feature_values(self) -> dict[str, list[str]]:
+        return {"occupation": list(self.recommender.features.occupations)}
 
     def recommend_cold_start(self, request: ColdStartRequest | dict, k: int) -> dict[str, Any]:
         """Top-``k`` for a user outside the training data; liked items are excluded."""

@@ -7,9 +7,9 @@ names the key instead of a setting that is silently ignored.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 ModelName = Literal["two_tower", "user_knn"]
 MODEL_NAMES: tuple[str, ...] = ("two_tower", "user_knn")
@@ -74,6 +74,17 @@ class ModelSettings(_Strict):
         return _plain_artifact_name(name)
 
 
+def _integral(value: Any) -> Any:
+    """JSON Schema's ``integer`` includes ``10.0``: an integral float becomes the int; anything
+    else (``"7"``, ``true``, ``10.5``) goes on to strict validation, which refuses it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+
+
 class _StrictBody(BaseModel):
     """Request bodies: no unknown keys and no coercion (``"7"`` or ``true`` is not an id)."""
 
@@ -83,7 +94,7 @@ class _StrictBody(BaseModel):
 class UserFeatures(_StrictBody):
     """Demographics of a cold-start user; every field is optional (unknown)."""
 
-    age: int | None = Field(None, ge=1, le=120, description="age in years")
+    age: JsonInt | None = Field(None, ge=1, le=120, description="age in years")
     gender: Literal["M", "F"] | None = Field(None, description="as in MovieLens: M or F")
     occupation: str | None = Field(
         None, max_length=64, description="a MovieLens occupation, e.g. 'engineer'"
@@ -118,7 +129,7 @@ class ColdStartRequest(_StrictBody):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_DESCRIBED_USER)
 
     features: UserFeatures | None = None
-    liked_item_ids: list[int] = Field(
+    liked_item_ids: list[JsonInt] = Field(
         default_factory=list,
         max_length=MAX_LIKED_ITEMS,
         description="raw item ids the user liked (their history bag; excluded from results)",

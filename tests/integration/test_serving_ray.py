@@ -120,7 +120,12 @@ def test_endpoints_over_http(http, run_storage):
     similar = http.get(f"/similar/{item}", params={"k": 3}).json()
     assert len(similar["items"]) == 3 and item not in [i["item_id"] for i in similar["items"]]
     assert http.get("/docs").status_code == 200
-    assert "/similar/{item_id}" in http.get("/openapi.json").json()["paths"]
+    spec = http.get("/openapi.json").json()
+    assert "/similar/{item_id}" in spec["paths"]
+    # The served model's occupations, fetched through the TwoTower deployment's handle.
+    occupation = spec["components"]["schemas"]["UserFeatures"]["properties"]["occupation"]
+    users = run_storage.read_parquet("data/users.parquet", columns=["occupation"])
+    assert occupation["anyOf"][0]["enum"] == sorted(users["occupation"].dropna().unique())
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "code"), BAD_REQUESTS)

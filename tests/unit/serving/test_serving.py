@@ -372,6 +372,13 @@ def test_http_bad_input_is_a_clear_4xx(client, two_tower, method, path, body, st
     assert error["message"] and (code is None or error["error"] == code)
 
 
+def test_openapi_lists_the_served_models_occupations(client, two_tower):
+    spec = client.get("/openapi.json").json()
+    occupation = spec["components"]["schemas"]["UserFeatures"]["properties"]["occupation"]
+    assert occupation["anyOf"][0]["enum"] == list(two_tower.recommender.features.occupations)
+    assert client.get("/docs").status_code == 200
+
+
 def test_405_says_which_methods_are_allowed(client, two_tower):
     response = client.delete(f"/recommend/{known_user(two_tower)}")
     assert response.status_code == 405 and response.json()["error"] == "method_not_allowed"
