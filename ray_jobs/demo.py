@@ -27,7 +27,8 @@ Try, from another terminal, while this one serves (Ctrl-C here stops it):
   curl '127.0.0.1:{port}/similar/50?k=5'
   curl -X POST '127.0.0.1:{port}/recommend?k=5' -H 'content-type: application/json' \\
        -d '{{"features": {{"age": 25, "gender": "F"}}, "liked_item_ids": [50, 181]}}'
-  open http://127.0.0.1:{port}/docs
+  open http://127.0.0.1:{port}/            # a page to browse users, items and a new user
+  open http://127.0.0.1:{port}/docs        # OpenAPI
 """
 
 

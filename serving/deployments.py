@@ -116,6 +116,12 @@ class ModelDeployment:
     async def feature_values(self) -> dict[str, list[str]]:
         return self._require().feature_values()
 
+    async def history(self, user_id: int, k: int) -> tuple[int, bytes]:
+        return encode(answer(self._require().history, user_id, k))
+
+    async def users(self, k: int) -> tuple[int, bytes]:
+        return encode(answer(self._require().users, k))
+
     async def health(self) -> dict[str, Any]:
         mean_batch = self.batched_requests / self.batches if self.batches else None
         return {
@@ -192,6 +198,12 @@ class HandleBackend:
 
     async def similar(self, item_id: int, k: int) -> Reply:
         return await self._call("two_tower", "similar", item_id, k)
+
+    async def history(self, user_id: int, k: int) -> Reply:
+        return await self._call("two_tower", "history", user_id, k)
+
+    async def users(self, k: int) -> Reply:
+        return await self._call("two_tower", "users", k)
 
     async def feature_values(self) -> dict[str, list[str]]:
         result = await self._call("two_tower", "feature_values")

@@ -16,12 +16,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import pathlib
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,12 +32,16 @@ from serving.schemas import (
     MAX_BODY_BYTES,
     ColdStartRequest,
     ErrorResponse,
+    HistoryResponse,
     ModelName,
     RecommendResponse,
     SimilarResponse,
+    UsersResponse,
 )
 
 log = logging.getLogger("serving")
+# The page at "/": plain HTML and JavaScript over this API, no build step (serving/web/).
+PAGE = (pathlib.Path(__file__).with_name("web") / "index.html").read_text()
 Reply = tuple[int, dict[str, Any] | bytes]  # (status, JSON body as a dict or already encoded)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503, 504)
@@ -53,6 +58,10 @@ class Backend(Protocol):
     async def similar(self, item_id: int, k: int) -> Reply: ...
 
     async def health(self) -> Reply: ...
+
+    async def history(self, user_id: int, k: int) -> Reply: ...
+
+    async def users(self, k: int) -> Reply: ...
 
     async def feature_values(self) -> dict[str, list[str]]:
         """Allowed values of the cold-start body's categorical features, from the served model."""
@@ -87,6 +96,12 @@ class LocalBackend:
 
     async def health(self) -> Answer:
         return 200, {"status": "ok", "models": {n: s.health() for n, s in self.services.items()}}
+
+    async def history(self, user_id: int, k: int) -> Answer:
+        return answer(self.services["two_tower"].history, user_id, k)
+
+    async def users(self, k: int) -> Answer:
+        return answer(self.services["two_tower"].users, k)
 
     async def feature_values(self) -> dict[str, list[str]]:
         service = self.services.get("two_tower")
@@ -240,6 +255,30 @@ def create_app(
         item_id: int = Path(description="raw MovieLens item id"), k: int = k_query
     ) -> Response:
         return reply(await backend.similar(item_id, k))
+
+    @app.get(
+        "/history/{user_id}",
+        response_model=None,
+        responses={200: {"model": HistoryResponse}, **ERRORS},
+        summary="A known user's most recent training items",
+    )
+    async def history(
+        user_id: int = Path(description="raw MovieLens user id"), k: int = k_query
+    ) -> Response:
+        return reply(await backend.history(user_id, k))
+
+    @app.get(
+        "/users",
+        response_model=None,
+        responses={200: {"model": UsersResponse}, **ERRORS},
+        summary="The first k known user ids, to pick one",
+    )
+    async def users(k: int = k_query) -> Response:
+        return reply(await backend.users(k))
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE)
 
     @app.get("/healthz", response_model=None, summary="Served models and versions")
     async def healthz() -> Response:

@@ -282,6 +282,28 @@ class TwoTowerService(ModelService):
     def feature_values(self) -> dict[str, list[str]]:
         return {"occupation": list(self.recommender.features.occupations)}
 
+    def history(self, user_id: int, k: int) -> dict[str, Any]:
+        """A known user's ``k`` most recent training items (what the model knows of them)."""
+        k, user = check_k(k), self.catalog.user_index(user_id)
+        train = self.recommender.train_
+        rows = np.flatnonzero(train.user_idx == user)
+        rows = rows[np.lexsort((train.item_idx[rows], -train.timestamp[rows]))][:k]  # newest
+        items = [
+            {
+                **self.catalog.items[int(train.item_idx[r])],
+                "rating": float(train.rating[r]),
+                "timestamp": int(train.timestamp[r]),
+            }
+            for r in rows
+        ]
+        n = int((train.user_idx == user).sum())
+        return {"user_id": user_id, "k": k, "n_interactions": n, "items": items}
+
+    def users(self, k: int) -> dict[str, Any]:
+        """The first ``k`` known user ids (by id), to pick from."""
+        ids = np.sort(self.catalog.user_ids)[: check_k(k)]
+        return {"n_users": self.catalog.n_users, "user_ids": ids.tolist()}
+
     def recommend_cold_start(self, request: ColdStartRequest | dict, k: int) -> dict[str, Any]:
         """Top-``k`` for a user outside the training data; liked items are excluded."""
         k = check_k(k)

@@ -161,6 +161,26 @@ class SimilarResponse(BaseModel):
     items: list[Item] = Field(description="best first; the item itself excluded")
 
 
+class HistoryItem(BaseModel):
+    item_id: int
+    title: str
+    genres: list[str]
+    rating: float = Field(description="the user's rating, on the data set's scale")
+    timestamp: int = Field(description="Unix seconds")
+
+
+class HistoryResponse(BaseModel):
+    user_id: int
+    k: int
+    n_interactions: int = Field(description="all of the user's training interactions")
+    items: list[HistoryItem] = Field(description="the user's most recent training items first")
+
+
+class UsersResponse(BaseModel):
+    n_users: int
+    user_ids: list[int] = Field(description="the first known users by id, for picking one")
+
+
 class ErrorResponse(BaseModel):
     error: str = Field(description="machine-readable code, e.g. unknown_user")
     message: str = Field(description="what is wrong, for a human")

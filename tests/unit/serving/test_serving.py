@@ -372,6 +372,30 @@ def test_http_bad_input_is_a_clear_4xx(client, two_tower, method, path, body, st
     assert error["message"] and (code is None or error["error"] == code)
 
 
+def test_history_is_the_users_latest_training_items(client, two_tower):
+    user = known_user(two_tower)
+    body = client.get(f"/history/{user}", params={"k": 4}).json()
+    train = two_tower.recommender.train_
+    mine = train.user_idx == two_tower.catalog.user_index(user)
+    assert body["user_id"] == user and body["n_interactions"] == int(mine.sum())
+    times = [i["timestamp"] for i in body["items"]]
+    assert len(times) == min(4, int(mine.sum())) and times == sorted(times, reverse=True)
+    assert times[0] == int(train.timestamp[mine].max())
+    seen = set(two_tower.catalog.item_ids[train.item_idx[mine]].tolist())
+    assert {i["item_id"] for i in body["items"]} <= seen and body["items"][0]["title"]
+    assert client.get("/history/999999").status_code == 404
+
+
+def test_users_lists_known_ids_and_the_page_is_served(client, two_tower):
+    body = client.get("/users", params={"k": 5}).json()
+    assert body["user_ids"] == sorted(two_tower.catalog.user_ids.tolist())[:5]
+    assert body["n_users"] == two_tower.catalog.n_users
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for route in ("/history/", "/recommend/", "/similar/", "/users?k=", "/openapi.json"):
+        assert route in page.text  # the page calls these
+
+
 def test_openapi_lists_the_served_models_occupations(client, two_tower):
     spec = client.get("/openapi.json").json()
     occupation = spec["components"]["schemas"]["UserFeatures"]["properties"]["occupation"]
