@@ -174,24 +174,53 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         resume = (tensors, state)
         log.info("[rank %d] resumed from epoch %d (%s)", rank, state.epoch, state.phase)
 
+    # TensorBoard curves in the run folder when the storage is local (rank 0 writes them).
+    run_folder = loop["storage_path"]
+    curves = Curves(Path(run_folder) / "tensorboard") if rank == 0 and run_folder else None
+
     def report(end: EpochEnd) -> None:
-        _report(end, rank)
+        _report(end, rank, curves)
         if faults.crash_after_epoch == end.row["epoch"] and resume is None:
             raise RuntimeError(f"fault injection: crashing after epoch {end.row['epoch']}")
 
-    train_loop(
-        model,
-        data,
-        ShardBatches(loop, data, faults),
-        refit=loop["refit"],
-        resume=resume,
-        prepare_model=ray.train.torch.prepare_model,  # DDP: gloo on CPU, NCCL on GPU
-        on_epoch=report,
-    )
+    try:
+        train_loop(
+            model,
+            data,
+            ShardBatches(loop, data, faults),
+            refit=loop["refit"],
+            resume=resume,
+            prepare_model=ray.train.torch.prepare_model,  # DDP: gloo on CPU, NCCL on GPU
+            on_epoch=report,
+        )
+    finally:
+        if curves is not None:
+            curves.close()
 
 
-def _report(end: EpochEnd, rank: int) -> None:
-    """Every rank reports (a barrier); rank 0 prints the epoch and writes the checkpoint."""
+class Curves:
+    """Rank 0's TensorBoard scalars, one point per epoch and phase (``search/loss``,
+    ``refit/samples_per_s``, ``search/ndcg_10``: TensorBoard tags have no ``@``), in ``folder``
+    beside the checkpoints."""
+
+    def __init__(self, folder: Path) -> None:
+        from tensorboardX import SummaryWriter  # comes with ray[tune]
+
+        self.writer = SummaryWriter(str(folder))
+
+    def add(self, row: dict[str, Any]) -> None:
+        for key, value in row.items():
+            if key in ("loss", "samples_per_s", "lr") or "@" in key or key == "rmse":
+                self.writer.add_scalar(f"{row['phase']}/{key}", value, row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()  # the writer's thread drains its queue: the last epoch is kept
+
+
+def _report(end: EpochEnd, rank: int, curves: Curves | None) -> None:
+    """Every rank reports (a barrier); rank 0 logs the epoch, adds it to the curves and writes
+    the checkpoint."""
     import ray.train
 
     metrics = {k: v for k, v in end.row.items() if isinstance(v, (int, float, str))}
@@ -204,6 +233,8 @@ def _report(end: EpochEnd, rank: int) -> None:
         checkpoint = None
         if rank == 0:  # a log record, not print(): Ray Train tees a print into two lines
             log.info(shown)
+            if curves is not None:
+                curves.add(end.row)
             save_checkpoint(
                 Path(folder), end.model, end.optimizer, end.state, end.best_model, end.scheduler
             )

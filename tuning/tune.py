@@ -107,7 +107,8 @@ def trial(params: dict[str, Any]) -> None:
 
     def report(end: EpochEnd) -> None:
         metrics = {k: v for k, v in end.row.items() if "@" in k or k == "rmse"}
-        tune.report({"epoch": end.row["epoch"], "loss": end.row["loss"], **metrics})
+        shown = {k: end.row[k] for k in ("epoch", "loss", "samples_per_s")}
+        tune.report({**shown, **metrics})  # Tune's TensorBoard logger writes each trial's curves
 
     source = LocalBatches(data, config.batch_size, config.seed)
     train_loop(TwoTower(config), data, source, on_epoch=report)

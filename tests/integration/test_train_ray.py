@@ -53,6 +53,26 @@ def test_two_workers_match_one_worker(tiny_storage, two_workers):
     assert 0 <= one["history"][0]["samples"] - two["history"][0]["samples"] < 2
 
 
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, value)]}`` of the TensorBoard event files in ``folder``, read by
+    TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {t: [(e.step, e.value) for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
+
+
+def test_training_curves_are_in_tensorboard(tiny_storage, two_workers):
+    [run] = Path(tiny_storage.path("train")).glob("model_w2-*")
+    curves = scalars(run / "tensorboard")
+    history = two_workers["history"]
+    assert [step for step, _ in curves["search/loss"]] == [h["epoch"] for h in history]
+    for key in ("loss", "samples_per_s", "ndcg@10", "recall@10"):
+        got = [value for _, value in curves["search/" + key.replace("@", "_")]]  # TensorBoard tags
+        np.testing.assert_allclose(got, [h[key] for h in history], rtol=1e-6)
+
+
 def test_fault_injection_is_not_a_user_flag():
     assert "crash" not in " ".join(f.name for f in dataclasses.fields(train.TrainConfig))
     assert "kill" not in " ".join(f.name for f in dataclasses.fields(train.TrainConfig))

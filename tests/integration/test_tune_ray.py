@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -32,6 +33,14 @@ def test_two_trial_search_and_resume(ray_session, tiny_storage, tmp_path):
         assert tiny_storage.read_bytes(f"tuning/{png}")[:4] == b"\x89PNG"
     curves = tiny_storage.read_parquet("tuning/curves.parquet")
     assert set(curves["trial"]) == set(trials["trial"]) and curves["epoch"].max() <= 1
+    # One TensorBoard run per trial (Ray Tune's logger), with the validation curve in it.
+    from tests.integration.test_train_ray import scalars
+
+    event_dirs = {p.parent for p in Path(tiny_storage.path("tuning")).rglob("events.out.*")}
+    assert len(event_dirs) == 2
+    for folder in event_dirs:
+        tags = scalars(folder)
+        assert {"ray/tune/ndcg_10", "ray/tune/loss", "ray/tune/samples_per_s"} <= set(tags)
 
     # The best config feeds the training job's --config as it is.
     path = tmp_path / "best.json"
