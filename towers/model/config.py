@@ -14,7 +14,7 @@ from typing import Any
 from towers.data.features import FeatureTables
 
 LOSSES = ("pointwise", "softmax", "hybrid")
-NEGATIVES = ("full", "in_batch")
+NEGATIVES = ("full", "in_batch", "mixed")
 LR_SCHEDULES = ("cosine", "constant")
 
 
@@ -50,8 +50,11 @@ class TwoTowerConfig:
     learn_temperature: bool = False  # learn the temperature (as log 1/T, clamped at 1/T <= 100)
     # --- Loss (towers/model/losses.py).
     loss: str = "hybrid"  # "pointwise" (paper BCE), "softmax" (retrieval), "hybrid" (softmax+MSE)
-    negatives: str = "full"  # "full": every catalog item; "in_batch": the batch's other items
-    logq_correction: bool = True  # in-batch only: subtract log item-sampling probability
+    negatives: str = "full"  # "full": every catalog item; "in_batch": the batch's other items;
+    # "mixed": the batch's items plus `sampled_negatives` drawn uniformly (Yang et al. 2020).
+    # Full is faster below ~2,500 items, mixed above (docs/BENCHMARKS.md, bench/bench_loss.py)
+    sampled_negatives: int = 1024  # mixed: catalog items drawn per step, shared by the batch
+    logq_correction: bool = True  # in-batch, mixed: subtract log of each candidate's inclusion
     mask_train_positives: bool = True  # full only: the user's other training items aren't negatives
     rating_weight: float = 30.0  # hybrid: weight of the rating MSE (ratings scaled to [0, 1])
     rating_hidden: int = 64  # hybrid: hidden width of the rating head MLP
@@ -71,6 +74,10 @@ class TwoTowerConfig:
             raise ValueError(f"TwoTowerConfig.loss must be one of {LOSSES}, got {self.loss!r}")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"TwoTowerConfig.negatives must be one of {NEGATIVES}")
+        if self.sampled_negatives < 1:
+            raise ValueError(
+                f"TwoTowerConfig.sampled_negatives must be >= 1, got {self.sampled_negatives}"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"TwoTowerConfig.lr_schedule must be one of {LR_SCHEDULES}")
         if self.temperature <= 0:

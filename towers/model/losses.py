@@ -4,7 +4,8 @@ All functions take embeddings or logits and return a scalar mean over the batch:
 
 - :func:`pointwise_bce` — the paper's loss: binary cross-entropy of ``sigmoid(<u, i>)`` against the
   rating scaled to [0, 1], on observed pairs only.
-- :func:`in_batch_softmax` — sampled softmax over the batch's own items, with the logQ popularity
+- :func:`sampled_softmax` — softmax over a sampled candidate set: the batch's items (in-batch,
+  :func:`in_batch_softmax`) plus, for mixed negative sampling, items drawn from the catalog; logQ
   correction and removal of accidental hits (after tensorflow/recommenders' ``Retrieval`` task).
 - :func:`full_softmax` — softmax over the whole catalog (exact, no sampling bias, so no logQ); fits
   small catalogs such as ML-100K's 1,682 items. Optionally masks the user's other known positives.
@@ -33,6 +34,51 @@ def pointwise_bce(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(scores.float(), target.float())
 
 
+def sampled_softmax(
+    user_emb: torch.Tensor,
+    candidate_emb: torch.Tensor,
+    candidate_idx: torch.Tensor,
+    candidate_log_q: torch.Tensor | None = None,
+    remove_accidental_hits: bool = True,
+) -> torch.Tensor:
+    """Softmax over a sampled candidate set whose first ``B`` entries are the rows' positives.
+
+    In-batch negatives are ``candidates = the batch's items``; mixed negative sampling (Yang et
+    al., WWW 2020) appends items drawn from the whole catalog, shared by every row. The cost is
+    ``O(B x C)``, not ``O(B x catalog)``.
+
+    Args:
+        user_emb: ``(B, D)`` user embeddings (already divided by the temperature, if any).
+        candidate_emb: ``(C, D)`` candidate embeddings, ``C >= B``; row ``r``'s positive is
+            candidate ``r``.
+        candidate_idx: ``(C,)`` item indices of the candidates (for accidental-hit removal).
+        candidate_log_q: ``(C,)`` log probability that each candidate is in a step's candidate
+            set, or None. Sampled candidates are not uniform over the catalog (in-batch ones
+            follow popularity), which biases the softmax; subtracting ``log q`` from column
+            ``j`` corrects it (Yi et al., 2019; TFRS's ``candidate_sampling_probability``).
+        remove_accidental_hits: mask column ``j`` of row ``r`` when candidate ``j`` is row
+            ``r``'s positive item but not its own column: it is not a negative.
+
+    Returns:
+        Scalar cross-entropy with column ``r`` the target of row ``r``.
+    """
+    n_rows = len(user_emb)
+    if len(candidate_emb) < n_rows or len(candidate_idx) != len(candidate_emb):
+        raise ValueError(
+            f"need >= {n_rows} candidates with one index each, got embeddings "
+            f"{tuple(candidate_emb.shape)} and indices {tuple(candidate_idx.shape)}"
+        )
+    logits = user_emb.float() @ candidate_emb.float().T  # (B, C)
+    if candidate_log_q is not None:
+        logits = logits - candidate_log_q.float()[None, :]  # (B, C), column-wise shift
+    rows = torch.arange(n_rows, device=logits.device)
+    if remove_accidental_hits:
+        same_item = candidate_idx[None, :] == candidate_idx[:n_rows, None]  # (B, C)
+        same_item[rows, rows] = False
+        logits = logits.masked_fill(same_item, MASKED)
+    return F.cross_entropy(logits, rows)
+
+
 def in_batch_softmax(
     user_emb: torch.Tensor,
     item_emb: torch.Tensor,
@@ -46,25 +92,14 @@ def in_batch_softmax(
         user_emb: ``(B, D)`` user embeddings (already divided by the temperature, if any).
         item_emb: ``(B, D)`` embeddings of each row's positive item.
         item_idx: ``(B,)`` item indices of the positives (for accidental-hit removal).
-        item_log_q: ``(B,)`` log sampling probability of each row's item, or None. In-batch
-            negatives are drawn in proportion to popularity, which biases the softmax towards
-            unpopular items' scores being too low; subtracting ``log q`` from every logit in
-            column ``j`` corrects it (Yi et al., 2019).
-        remove_accidental_hits: mask column ``j`` of row ``r`` when ``item_idx[j] == item_idx[r]``
-            and ``j != r``: the same item appearing twice in a batch is not a negative.
+        item_log_q: ``(B,)`` log sampling probability of each row's item, or None (see
+            :func:`sampled_softmax`).
+        remove_accidental_hits: the same item twice in a batch is not a negative.
 
     Returns:
         Scalar cross-entropy with the diagonal as the target class.
     """
-    logits = user_emb.float() @ item_emb.float().T  # (B, B)
-    if item_log_q is not None:
-        logits = logits - item_log_q.float()[None, :]  # (B, B), column-wise shift
-    if remove_accidental_hits:
-        same_item = item_idx[None, :] == item_idx[:, None]  # (B, B)
-        same_item.fill_diagonal_(False)
-        logits = logits.masked_fill(same_item, MASKED)
-    labels = torch.arange(len(logits), device=logits.device)
-    return F.cross_entropy(logits, labels)
+    return sampled_softmax(user_emb, item_emb, item_idx, item_log_q, remove_accidental_hits)
 
 
 def full_softmax(

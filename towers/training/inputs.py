@@ -247,6 +247,26 @@ class TrainingContext:
             "history_mean_rating": mean_rating,
         }
 
+    @property
+    def n_items(self) -> int:
+        return len(self.item_year_bucket)
+
+    def candidate_log_q(
+        self, candidate_idx: torch.Tensor, n_batch: int, n_drawn: int
+    ) -> torch.Tensor:
+        """``(C,)`` log probability that each candidate is in a step's candidate set.
+
+        A step's candidates are its ``n_batch`` positives (drawn, like all training pairs, in
+        proportion to popularity ``p``) and ``n_drawn`` items drawn uniformly from the catalog,
+        so item ``j`` is among them with probability about ``n_batch p_j + n_drawn / n_items``
+        (Yang et al., WWW 2020). Without drawn items that is ``log p_j`` up to a constant, which
+        the softmax ignores: ``log p_j`` is returned, as the in-batch loss always used.
+        """
+        log_p = self.item_log_q[candidate_idx]  # (C,)
+        if n_drawn == 0:
+            return log_p
+        return torch.log(n_batch * log_p.exp() + n_drawn / self.n_items)
+
     def item_batch(self, item_idx: torch.Tensor | None = None) -> Batch:
         """The item tower's input for ``(N,)`` items, or for the whole catalog when None."""
         if item_idx is None:

@@ -30,7 +30,7 @@ from towers.data.interactions import Interactions
 from towers.metrics.ranking import ranking_metrics
 from towers.metrics.top_k import top_k_excluding
 from towers.model.config import TwoTowerConfig
-from towers.model.losses import full_softmax, in_batch_softmax, pointwise_bce, rating_mse
+from towers.model.losses import full_softmax, pointwise_bce, rating_mse, sampled_softmax
 from towers.model.network import TwoTower
 from towers.training.inputs import Batch, TrainingContext
 
@@ -111,9 +111,15 @@ def batch_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Te
         max_history=cfg.max_history,
     )
     full = cfg.loss != "pointwise" and cfg.negatives == "full"
-    item_batch = ctx.item_batch(None if full else item_idx)
-    user_emb, item_emb = model(user_batch, item_batch)  # (B, D), (N or B, D)
-    pos_emb = item_emb[item_idx] if full else item_emb  # (B, D)
+    candidates, n_drawn = item_idx, 0  # (B,): the batch's items, each row's positive first
+    if cfg.loss != "pointwise" and cfg.negatives == "mixed":
+        # Mixed negatives: plus items drawn uniformly from the catalog, shared by every row.
+        n_drawn = cfg.sampled_negatives
+        drawn = torch.randint(ctx.n_items, (n_drawn,), device=item_idx.device)  # (M,)
+        candidates = torch.cat([item_idx, drawn])  # (B + M,)
+    item_batch = ctx.item_batch(None if full else candidates)
+    user_emb, item_emb = model(user_batch, item_batch)  # (B, D), (N or B [+ M], D)
+    pos_emb = item_emb[item_idx] if full else item_emb[: len(item_idx)]  # (B, D)
     if cfg.loss == "pointwise":
         return pointwise_bce((user_emb * pos_emb).sum(-1), target)
     if full:
@@ -122,8 +128,10 @@ def batch_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Te
             rows, cols = user_batch["positive_rows"], user_batch["positive_items"]
         loss = full_softmax(user_emb, item_emb, item_idx, rows, cols)
     else:
-        log_q = ctx.item_log_q[item_idx] if cfg.logq_correction else None
-        loss = in_batch_softmax(user_emb, item_emb, item_idx, log_q)
+        log_q = None
+        if cfg.logq_correction:
+            log_q = ctx.candidate_log_q(candidates, len(item_idx), n_drawn)
+        loss = sampled_softmax(user_emb, item_emb, candidates, log_q)
     if cfg.loss == "hybrid":
         predicted = core.predict_rating(user_emb, pos_emb, user_idx, item_idx)  # (B,)
         loss = loss + cfg.rating_weight * rating_mse(predicted, target)

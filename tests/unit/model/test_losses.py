@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from towers.model.losses import MASKED, full_softmax, in_batch_softmax, pointwise_bce, rating_mse
+from towers.model.losses import (
+    MASKED,
+    full_softmax,
+    in_batch_softmax,
+    pointwise_bce,
+    rating_mse,
+    sampled_softmax,
+)
 
 # Tiny tensors: one intra-op thread (tests/conftest.py) avoids spin-waiting on 2 busy cores.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -105,3 +112,21 @@ def test_losses_are_differentiable() -> None:
     loss.backward()
     assert user.grad is not None and items.grad is not None
     assert torch.isfinite(user.grad).all() and torch.isfinite(items.grad).all()
+
+
+def test_sampled_softmax_over_the_whole_catalog_is_the_full_softmax() -> None:
+    """One row's positive, then every catalog item: the catalog's copy of the positive is an
+    accidental hit and masked, so what is left is exactly the full-catalog softmax."""
+    torch.manual_seed(0)
+    user, items = torch.randn(5, 8), torch.randn(12, 8)
+    positives = torch.tensor([3, 3, 0, 11, 7])
+    per_row = []
+    for r in range(5):
+        candidates = torch.cat([positives[r : r + 1], torch.arange(12)])  # (1 + N,)
+        per_row.append(sampled_softmax(user[r : r + 1], items[candidates], candidates))
+    assert torch.allclose(torch.stack(per_row).mean(), full_softmax(user, items, positives))
+
+
+def test_sampled_softmax_names_the_shapes_it_cannot_use() -> None:
+    with pytest.raises(ValueError, match=r"need >= 4 candidates .* \(2, 8\)"):
+        sampled_softmax(torch.randn(4, 8), torch.randn(2, 8), torch.arange(2))

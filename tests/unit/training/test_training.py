@@ -16,6 +16,7 @@ from towers.model.network import TwoTower
 from towers.training.inputs import TrainingContext
 from towers.training.loop import fit
 from towers.training.steps import (
+    batch_loss,
     make_batches,
     make_optimizer,
     make_scheduler,
@@ -196,3 +197,40 @@ def test_fit_is_deterministic_and_keeps_the_best_epoch(data) -> None:
     assert validation_metrics(model, ctx, train, test)["ndcg@10"] == pytest.approx(best)
     assert {"recall@10", "ndcg@10", "precision@10", "map@10", "rmse"} <= set(history[0])
     assert 0 < history[0]["rmse"] < 4
+
+
+def test_mixed_negatives_cost_the_batch_plus_the_drawn_items_not_the_catalog(data) -> None:
+    """The item tower sees B + M candidates per step (M drawn uniformly), the full softmax N."""
+    batch = make_batches(data[0], 16, seed=0, epoch=0)[0]
+    seen = {}
+    for negatives in ("mixed", "full"):
+        model, ctx, _ = setup(data, negatives=negatives, sampled_negatives=7, loss="softmax")
+
+        def count(_module, args, _out, name=negatives) -> None:  # returns None: output kept
+            seen.setdefault(name, len(args[0]["item_idx"]))
+
+        model.item_tower.register_forward_hook(count)
+        loss = batch_loss(model, batch, ctx)
+        assert torch.isfinite(loss) and loss.requires_grad
+    assert seen == {"mixed": 16 + 7, "full": ctx.n_items}
+
+
+def test_candidate_probabilities_for_mixed_and_in_batch_negatives(data) -> None:
+    _, ctx, _ = setup(data)
+    items = torch.tensor([0, 5, 5, 9])
+    p = ctx.item_log_q[items].exp()
+    assert torch.equal(ctx.candidate_log_q(items, 4, 0), ctx.item_log_q[items])  # in-batch
+    expected = torch.log(4 * p + 10 / ctx.n_items)  # in the batch, or among 10 drawn ones
+    assert torch.allclose(ctx.candidate_log_q(items, 4, 10), expected)
+
+
+def test_fit_with_mixed_negatives_learns_the_blocks(data) -> None:
+    train, test, features = data
+    config = TwoTowerConfig.from_preset(
+        "default", **SMALL, epochs=25, lr=5e-3, loss="softmax", negatives="mixed",
+        sampled_negatives=32,
+    )  # fmt: skip
+    model, _ = fit(config, train, None, features)
+    ctx = TrainingContext.build(features, train, model.config)
+    metrics = validation_metrics(model, ctx, train, test, k=10)
+    assert metrics["recall@10"] > 0.8, metrics  # random: < 0.06 (test_fit_learns_the_blocks)
