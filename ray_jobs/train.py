@@ -89,6 +89,7 @@ class TrainConfig:
         256.0, "ray_data: splits smaller than this (Parquet MB) are read once, not every epoch"
     )
     max_failures: int = help_field(2, "worker-group restarts from the last checkpoint on failure")
+    progress_every_s: float = help_field(30.0, "a progress line inside an epoch this often")
     export_as: str = help_field(artifacts.MODEL, "artifact folder the exported model goes to")
 
     def __post_init__(self) -> None:
@@ -192,10 +193,25 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             resume=resume,
             prepare_model=ray.train.torch.prepare_model,  # DDP: gloo on CPU, NCCL on GPU
             on_epoch=report,
+            on_progress=_log_progress if rank == 0 else None,
+            progress_every_s=loop["progress_every_s"],
         )
     finally:
         if curves is not None:
             curves.close()
+
+
+def _log_progress(tick: dict[str, Any]) -> None:
+    """Rank 0's line inside a long epoch: steps done, samples/s over all ranks, time left."""
+    log.info(
+        "epoch %d %s: step %d/%d, %.0f samples/s, ETA %.0fs",
+        tick["epoch"],
+        tick["phase"],
+        tick["step"],
+        tick["steps"],
+        tick["samples_per_s"],
+        tick["eta_s"],
+    )
 
 
 class Curves:
@@ -211,7 +227,8 @@ class Curves:
     def add(self, row: dict[str, Any]) -> None:
         for key, value in row.items():
             if key in ("loss", "samples_per_s", "lr") or "@" in key or key == "rmse":
-                self.writer.add_scalar(f"{row['phase']}/{key}", value, row["epoch"])
+                tag = f"{row['phase']}/{key.replace('@', '_')}"  # no "@" in TensorBoard tags
+                self.writer.add_scalar(tag, value, row["epoch"])
         self.writer.flush()
 
     def close(self) -> None:
@@ -291,6 +308,7 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
         "cpus_per_worker": cfg.cpus_per_worker,
         "faults": asdict(faults),
         "verbose": verbose(),
+        "progress_every_s": cfg.progress_every_s,
         "storage_path": storage.path(artifacts.TRAIN, run_name) if storage.is_local else "",
     }
     trainer = TorchTrainer(

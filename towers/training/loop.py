@@ -145,6 +145,8 @@ def train_loop(
     resume: tuple[dict[str, Any], LoopState] | None = None,
     prepare_model: Callable[[nn.Module], nn.Module] | None = None,
     on_epoch: Callable[[EpochEnd], None] | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    progress_every_s: float = 30.0,
 ) -> LoopResult:
     """Trains ``model`` epoch by epoch until early stopping, the epoch budget, or refit's end.
 
@@ -158,6 +160,8 @@ def train_loop(
         resume: ``(tensors, state)`` of a checkpoint (``towers.training.checkpoint``).
         prepare_model: wraps the model once it is restored (e.g. in DDP).
         on_epoch: called after every epoch, on every rank.
+        on_progress: called inside an epoch at most every ``progress_every_s`` seconds with
+            ``phase, epoch, step, steps, samples_per_s`` (over all ranks) and ``eta_s``.
 
     Returns:
         The model as trained last, the loop state (with one history row per epoch) and the best
@@ -194,7 +198,11 @@ def train_loop(
             )
         start = time.perf_counter()
         batches = source.batches(phase, epoch)
-        stats = train_epoch(model, optimizer, batches, context[phase], scheduler)
+        on_step = None
+        if on_progress is not None:
+            total = source.steps_per_epoch(phase)
+            on_step = _throttled(on_progress, progress_every_s, phase, epoch, total, start)
+        stats = train_epoch(model, optimizer, batches, context[phase], scheduler, on_step=on_step)
         row = {"epoch": epoch, "phase": phase, **_all_reduce(stats, time.perf_counter() - start)}
         if phase == SEARCH and data.has_valid:
             row.update(validation_metrics(model, context[SEARCH], data.train, data.valid))
@@ -222,6 +230,38 @@ def train_loop(
         if done and not refit:
             break
     return LoopResult(model, state, best_model)
+
+
+def _throttled(
+    report: Callable[[dict[str, Any]], None],
+    every_s: float,
+    phase: str,
+    epoch: int,
+    total: int,
+    start: float,
+) -> Callable[[int, int], None]:
+    """A ``train_epoch`` step callback that calls ``report`` at most every ``every_s`` seconds."""
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    last = start
+
+    def on_step(step: int, samples: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last < every_s or step >= total:  # the epoch's own line follows the last step
+            return
+        last, elapsed = now, now - start
+        report(
+            {
+                "phase": phase,
+                "epoch": epoch,
+                "step": step,
+                "steps": total,
+                "samples_per_s": samples * world / elapsed,
+                "eta_s": elapsed * (total - step) / step,
+            }
+        )
+
+    return on_step
 
 
 def _all_reduce(stats: dict[str, float], seconds: float) -> dict[str, float]:

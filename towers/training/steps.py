@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -145,6 +145,7 @@ def train_epoch(
     ctx: TrainingContext,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     max_grad_norm: float | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``, one optimizer step per batch.
 
@@ -156,6 +157,7 @@ def train_epoch(
         ctx: this worker's :class:`TrainingContext` (its device is where the batches go).
         scheduler: stepped after every optimizer step (e.g. :func:`make_scheduler`), or None.
         max_grad_norm: clip the gradient norm to this, or None.
+        on_step: called after every step with ``(steps done, samples done)`` (progress).
 
     Returns:
         ``loss`` (mean per pair), ``samples``, ``seconds``, ``samples_per_s``, ``lr`` (at the end).
@@ -167,7 +169,7 @@ def train_epoch(
     )
     model.train()
     total_loss, samples, start = 0.0, 0, time.perf_counter()
-    for batch in batches:
+    for step, batch in enumerate(batches):
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
         with autocast:
             loss = batch_loss(model, batch, ctx)
@@ -181,6 +183,8 @@ def train_epoch(
         n = len(batch["user_idx"])
         total_loss += float(loss.detach()) * n
         samples += n
+        if on_step is not None:
+            on_step(step + 1, samples)
     seconds = time.perf_counter() - start
     return {
         "loss": total_loss / max(samples, 1),

@@ -14,7 +14,7 @@ from towers.data.interactions import Interactions
 from towers.model.config import TwoTowerConfig
 from towers.model.network import TwoTower
 from towers.training.inputs import TrainingContext
-from towers.training.loop import fit
+from towers.training.loop import LocalBatches, TrainingData, fit, train_loop
 from towers.training.steps import (
     batch_loss,
     make_batches,
@@ -234,3 +234,19 @@ def test_fit_with_mixed_negatives_learns_the_blocks(data) -> None:
     ctx = TrainingContext.build(features, train, model.config)
     metrics = validation_metrics(model, ctx, train, test, k=10)
     assert metrics["recall@10"] > 0.8, metrics  # random: < 0.06 (test_fit_learns_the_blocks)
+
+
+def test_progress_inside_an_epoch(data) -> None:
+    """Ticks at the interval (0 s here: every step but the last, which the epoch line reports),
+    with the steps, a rate and a time left that shrinks to the end."""
+    train, _, features = data
+    config = TwoTowerConfig.from_preset("default", **SMALL, epochs=1).sized_for(features)
+    torch.manual_seed(0)
+    source = LocalBatches(TrainingData(features, train), config.batch_size, config.seed)
+    ticks: list[dict] = []
+    train_loop(TwoTower(config), TrainingData(features, train), source,
+               on_progress=ticks.append, progress_every_s=0.0)  # fmt: skip
+    steps = source.steps_per_epoch("search")
+    assert [t["step"] for t in ticks] == list(range(1, steps))
+    assert all(t["steps"] == steps and t["samples_per_s"] > 0 for t in ticks)
+    assert ticks[-1]["eta_s"] < ticks[0]["eta_s"] and ticks[0]["phase"] == "search"
