@@ -286,8 +286,8 @@ class TwoTowerService(ModelService):
         """A known user's ``k`` most recent training items (what the model knows of them)."""
         k, user = check_k(k), self.catalog.user_index(user_id)
         train = self.recommender.train_
-        rows = np.flatnonzero(train.user_idx == user)
-        rows = rows[np.lexsort((train.item_idx[rows], -train.timestamp[rows]))][:k]  # newest
+        mine = np.flatnonzero(train.user_idx == user)  # (n,) this user's training rows
+        rows = mine[np.lexsort((train.item_idx[mine], -train.timestamp[mine]))][:k]  # newest
         items = [
             {
                 **self.catalog.items[int(train.item_idx[r])],
@@ -296,8 +296,7 @@ class TwoTowerService(ModelService):
             }
             for r in rows
         ]
-        n = int((train.user_idx == user).sum())
-        return {"user_id": user_id, "k": k, "n_interactions": n, "items": items}
+        return {"user_id": user_id, "k": k, "n_interactions": len(mine), "items": items}
 
     def users(self, k: int) -> dict[str, Any]:
         """The first ``k`` known user ids (by id), to pick from."""
