@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pyarrow as pa
+from tqdm import tqdm
 
 from towers.data.movielens import RATING_SCALES, read_folder
 from towers.data.prepared import summary, write_prepared
@@ -24,6 +25,7 @@ from towers.launch.cli import help_field, parse_config
 from towers.storage.root import Storage
 
 log = logging.getLogger("prepare")
+CHUNK_USERS = 50_000  # synthetic users generated per chunk (a progress step on large sets)
 Dataset = Literal["ml-100k", "ml-1m", "ml-latest-small", "ml-20m", "ml-25m", "ml-32m", "synthetic"]
 
 
@@ -66,9 +68,15 @@ def load_raw(cfg: PrepareConfig) -> tuple[RawData, dict[str, int]]:
             seed=cfg.synthetic_seed,
         )
         # Chunks stream into one Arrow table: no single pandas frame of all interactions.
-        chunks = [
-            pa.Table.from_pandas(c, preserve_index=False) for c in iter_interaction_chunks(spec)
-        ]
+        n_chunks = -(-spec.n_users // CHUNK_USERS)
+        generated = tqdm(
+            iter_interaction_chunks(spec, CHUNK_USERS),
+            desc="synthetic users",
+            total=n_chunks,
+            delay=5,
+            disable=None,
+        )
+        chunks = [pa.Table.from_pandas(c, preserve_index=False) for c in generated]
         items, users = synthetic_items_users(spec)
         raw = RawData(
             pa.concat_tables(chunks), items, users, RATING_SCALES["synthetic"], f"synthetic:{spec}"

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from towers.data.interactions import Interactions
 from towers.evaluation.protocol import evaluate_model
@@ -74,8 +75,9 @@ def tune_user_knn(
         # Grid points whose neighbour matrices coincide (a min_sim below every kept similarity)
         # score the same: evaluate each distinct matrix once.
         scored: dict[tuple[int, bytes], dict[str, float]] = {}
-        points = itertools.product(grid["n_neighbors"], grid["min_sim"], grid["min_nbrs"])
-        for n_neighbors, min_sim, min_nbrs in points:
+        points = list(itertools.product(grid["n_neighbors"], grid["min_sim"], grid["min_nbrs"]))
+        bar = tqdm(points, desc=f"UserKNN grid ({mode})", delay=5, leave=False, disable=None)
+        for n_neighbors, min_sim, min_nbrs in bar:
             started = time.perf_counter()
             model = UserKNN(n_neighbors, min_sim, min_nbrs, mode)
             model.fit_from_neighbors(train, neighbors, sims)

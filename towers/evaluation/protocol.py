@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from towers.data.interactions import Interactions
 from towers.data.prepared import PreparedData
@@ -69,7 +70,9 @@ def evaluate_model(
     unseen_by_model = train_seen - train_seen.multiply(model.seen_matrix())
     unseen_by_model.eliminate_zeros()
     lists = np.full((len(users), k), -1, dtype=np.int64)
-    for start in range(0, len(users), batch_size):
+    starts = range(0, len(users), batch_size)
+    # A bar only for a step past 5 s, and only on a terminal (tqdm's delay and disable=None).
+    for start in tqdm(starts, desc=f"evaluate {model.name}", delay=5, leave=False, disable=None):
         batch = users[start : start + batch_size]
         extra = unseen_by_model[batch]
         extra_k = int(np.diff(extra.indptr).max(initial=0))

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from tqdm import tqdm
 
 from towers.data.interactions import Interactions
 from towers.recommenders.base import Recommender
@@ -130,7 +131,8 @@ def top_neighbors(rows: sp.csr_matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
     left = rows.toarray() if dense else rows
     right = left.T if dense else rows.T.tocsr()  # (I, U)
     block = max(1, _BLOCK_CELLS // n_users)
-    for start in range(0, n_users, block):
+    blocks = range(0, n_users, block)
+    for start in tqdm(blocks, desc="UserKNN neighbours", delay=5, leave=False, disable=None):
         stop = min(start + block, n_users)
         sims = left[start:stop] @ right  # (B, U)
         sims = np.asarray(sims if dense else sims.toarray(), np.float32)
