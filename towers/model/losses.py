@@ -4,8 +4,8 @@ All functions take embeddings or logits and return a scalar mean over the batch:
 
 - :func:`pointwise_bce` — the paper's loss: binary cross-entropy of ``sigmoid(<u, i>)`` against the
   rating scaled to [0, 1], on observed pairs only.
-- :func:`sampled_softmax` — softmax over a sampled candidate set: the batch's items (in-batch,
-  :func:`in_batch_softmax`) plus, for mixed negative sampling, items drawn from the catalog; logQ
+- :func:`sampled_softmax` — softmax over a sampled candidate set: the batch's items (in-batch
+  negatives) plus, for mixed negative sampling, items drawn from the catalog; logQ
   correction and removal of accidental hits (after tensorflow/recommenders' ``Retrieval`` task).
 - :func:`full_softmax` — softmax over the whole catalog (exact, no sampling bias, so no logQ); fits
   small catalogs such as ML-100K's 1,682 items. Optionally masks the user's other known positives.
@@ -77,29 +77,6 @@ def sampled_softmax(
         same_item[rows, rows] = False
         logits = logits.masked_fill(same_item, MASKED)
     return F.cross_entropy(logits, rows)
-
-
-def in_batch_softmax(
-    user_emb: torch.Tensor,
-    item_emb: torch.Tensor,
-    item_idx: torch.Tensor,
-    item_log_q: torch.Tensor | None = None,
-    remove_accidental_hits: bool = True,
-) -> torch.Tensor:
-    """Sampled softmax where each row's negatives are the other rows' items.
-
-    Args:
-        user_emb: ``(B, D)`` user embeddings (already divided by the temperature, if any).
-        item_emb: ``(B, D)`` embeddings of each row's positive item.
-        item_idx: ``(B,)`` item indices of the positives (for accidental-hit removal).
-        item_log_q: ``(B,)`` log sampling probability of each row's item, or None (see
-            :func:`sampled_softmax`).
-        remove_accidental_hits: the same item twice in a batch is not a negative.
-
-    Returns:
-        Scalar cross-entropy with the diagonal as the target class.
-    """
-    return sampled_softmax(user_emb, item_emb, item_idx, item_log_q, remove_accidental_hits)
 
 
 def full_softmax(

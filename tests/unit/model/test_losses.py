@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from towers.model.losses import (
     MASKED,
     full_softmax,
-    in_batch_softmax,
     pointwise_bce,
     rating_mse,
     sampled_softmax,
@@ -35,11 +34,11 @@ def test_pointwise_bce_matches_hand_value() -> None:
     assert expected == pytest.approx(1.1600, abs=1e-3)
 
 
-def test_in_batch_softmax_identity_case() -> None:
+def test_in_batch_negatives_identity_case() -> None:
     # Logits = I (2x2): each row's positive scores 1, the other item 0 → loss log(1 + e^-1).
     user = torch.eye(2)
     items = torch.eye(2)
-    loss = in_batch_softmax(user, items, torch.tensor([0, 1]))
+    loss = sampled_softmax(user, items, torch.tensor([0, 1]))
     assert loss.item() == pytest.approx(math.log(1.0 + math.exp(-1.0)), rel=1e-6)
     assert loss.item() == pytest.approx(0.31326, abs=1e-5)
 
@@ -48,7 +47,7 @@ def test_logq_correction_shifts_each_column_by_minus_log_q() -> None:
     user = torch.eye(2)
     items = torch.eye(2)
     log_q = torch.log(torch.tensor([0.5, 0.25]))
-    loss = in_batch_softmax(user, items, torch.tensor([0, 1]), item_log_q=log_q)
+    loss = sampled_softmax(user, items, torch.tensor([0, 1]), candidate_log_q=log_q)
     # Corrected logits: row 0 = [1 + log 2, 0 + log 4]; row 1 = [0 + log 2, 1 + log 4].
     row0 = [1 + math.log(2), math.log(4)]
     row1 = [math.log(2), 1 + math.log(4)]
@@ -68,9 +67,9 @@ def test_accidental_hits_are_masked_but_the_diagonal_is_kept() -> None:
     user = torch.zeros(3, 2)
     items = torch.zeros(3, 2)
     item_idx = torch.tensor([3, 3, 5])
-    loss = in_batch_softmax(user, items, item_idx)
+    loss = sampled_softmax(user, items, item_idx)
     assert loss.item() == pytest.approx((2 * math.log(2) + math.log(3)) / 3, rel=1e-6)
-    unmasked = in_batch_softmax(user, items, item_idx, remove_accidental_hits=False)
+    unmasked = sampled_softmax(user, items, item_idx, remove_accidental_hits=False)
     assert unmasked.item() == pytest.approx(math.log(3), rel=1e-6)
 
 
@@ -92,7 +91,7 @@ def test_full_softmax_masks_other_positives_but_never_the_target() -> None:
 
 def test_fully_masked_row_stays_finite() -> None:
     user = torch.zeros(2, 2)
-    loss = in_batch_softmax(user, torch.zeros(2, 2), torch.tensor([1, 1]))
+    loss = sampled_softmax(user, torch.zeros(2, 2), torch.tensor([1, 1]))
     assert torch.isfinite(loss)
     assert MASKED < -1e8
 
@@ -106,7 +105,7 @@ def test_rating_mse() -> None:
 def test_losses_are_differentiable() -> None:
     user = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
     items = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
-    loss = full_softmax(user, items, torch.tensor([0, 1, 2, 5])) + in_batch_softmax(
+    loss = full_softmax(user, items, torch.tensor([0, 1, 2, 5])) + sampled_softmax(
         user, items[:4], torch.tensor([0, 1, 2, 5]), torch.zeros(4)
     )
     loss.backward()
