@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,13 @@ KNN_GRID = "validation_grid.parquet"  # in knn/: one row per UserKNN grid point
 REPORT_JSON, REPORT_MD, REPORT_PLOT = "metrics.json", "metrics.md", "metrics_vs_k.png"
 
 
-def publish_folder(storage: Storage, folder: Path, artifact: str, **fields: Any) -> dict[str, Any]:
-    """Uploads local ``folder``'s files as ``artifact`` and publishes its manifest (last)."""
+def publish_folder(
+    storage: Storage, folder: Path, artifact: str, exclude: Collection[str] = (), **fields: Any
+) -> dict[str, Any]:
+    """Uploads local ``folder``'s files but ``exclude`` as ``artifact`` and publishes its
+    manifest (last)."""
     storage.begin_artifact(artifact)
-    storage.upload_dir(folder, artifact)
+    storage.upload_dir(folder, artifact, exclude=exclude)
     return storage.publish(artifact, fields)
 
 
@@ -112,9 +116,7 @@ def publish_index(
             np.save(folder / USER_EMBEDDINGS, user_embeddings, allow_pickle=False)
         own = json.loads((folder / MANIFEST).read_text())
         del own["files"]  # the storage manifest lists every uploaded file
-        storage.begin_artifact(artifact)
-        storage.upload_dir(folder, artifact, exclude={MANIFEST})
-        return storage.publish(artifact, {**own, **fields})
+        return publish_folder(storage, folder, artifact, exclude={MANIFEST}, **{**own, **fields})
 
 
 def load_index(
