@@ -61,6 +61,9 @@ class TwoTowerConfig:
     # --- Optimisation (towers/training/).
     lr: float = 3e-3  # peak Adam learning rate (the paper uses 1e-3, constant)
     weight_decay: float = 0.0  # decoupled weight decay; > 0 switches Adam to AdamW
+    # Catalog- and user-sized tables with sparse gradients and LazyAdam: a step's cost then no
+    # longer grows with the catalog (with negatives="mixed"; docs/BENCHMARKS.md).
+    sparse_embeddings: bool = False
     lr_schedule: str = "cosine"  # "cosine": per-step decay to 0 over `epochs`; "constant"
     batch_size: int = 1024  # training pairs per optimizer step, over all DDP workers together
     epochs: int = 20  # maximum epochs, also the length of the cosine schedule
@@ -74,6 +77,8 @@ class TwoTowerConfig:
             raise ValueError(f"TwoTowerConfig.loss must be one of {LOSSES}, got {self.loss!r}")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"TwoTowerConfig.negatives must be one of {NEGATIVES}")
+        if self.sparse_embeddings and self.weight_decay > 0:
+            raise ValueError("TwoTowerConfig: sparse_embeddings takes Adam, not AdamW's decay")
         if self.sampled_negatives < 1:
             raise ValueError(
                 f"TwoTowerConfig.sampled_negatives must be >= 1, got {self.sampled_negatives}"

@@ -74,7 +74,8 @@ class ItemTower(nn.Module):
     def __init__(self, config: TwoTowerConfig) -> None:
         super().__init__()
         self.config = config
-        self.item_id = nn.Embedding(config.n_items, config.id_dim)
+        sparse = config.sparse_embeddings  # catalog-sized: sparse gradients when asked
+        self.item_id = nn.Embedding(config.n_items, config.id_dim, sparse=sparse)
         in_dim = config.id_dim
         if config.use_features:
             # A bias-free linear map of the multi-hot is the sum of per-genre embeddings.
@@ -101,9 +102,10 @@ class UserTower(nn.Module):
         super().__init__()
         self.config = config
         in_dim = 0
+        sparse = config.sparse_embeddings  # user- and catalog-sized: sparse gradients when asked
         if config.use_user_id:
             # Row n_users is "unknown user": cold-start users and train-time id dropout use it.
-            self.user_id = nn.Embedding(config.n_users + 1, config.id_dim)
+            self.user_id = nn.Embedding(config.n_users + 1, config.id_dim, sparse=sparse)
             in_dim += config.id_dim
         if config.use_features:
             self.demographics = nn.ModuleList(
@@ -113,10 +115,12 @@ class UserTower(nn.Module):
         if config.use_history:
             # Own table (not the item tower's): "what I watched" and "what I am" are different
             # roles, as in YouTube-DNN. Mode "sum" with weights that sum to 1 per bag is a mean.
-            self.history = nn.EmbeddingBag(config.n_items, config.id_dim, mode="sum")
+            self.history = nn.EmbeddingBag(config.n_items, config.id_dim, mode="sum", sparse=sparse)
             in_dim += config.id_dim
         if config.recent_history > 0:
-            self.recent_history = nn.EmbeddingBag(config.n_items, config.id_dim, mode="sum")
+            self.recent_history = nn.EmbeddingBag(
+                config.n_items, config.id_dim, mode="sum", sparse=sparse
+            )
             in_dim += config.id_dim
         if config.use_genre_profile:
             self.genre_profile = nn.Linear(max(config.n_genres, 1), config.feature_dim, bias=False)
@@ -124,7 +128,9 @@ class UserTower(nn.Module):
         if config.use_rating_history:
             # Like SVD++'s implicit factors but signed: items rated above the user's own mean
             # pull one way, below it the other. Plus the mean rating itself (1 column).
-            self.rated_history = nn.EmbeddingBag(config.n_items, config.id_dim, mode="sum")
+            self.rated_history = nn.EmbeddingBag(
+                config.n_items, config.id_dim, mode="sum", sparse=sparse
+            )
             in_dim += config.id_dim + 1
         if in_dim == 0:
             raise ValueError("UserTower: enable at least one of user id, features, history")
@@ -180,8 +186,9 @@ class RatingHead(nn.Module):
         super().__init__()
         d = config.embedding_dim
         self.global_bias = nn.Parameter(torch.tensor(0.6))  # ML ratings average ~3.5/5
-        self.user_bias = nn.Embedding(config.n_users + 1, 1)  # + "unknown user" row
-        self.item_bias = nn.Embedding(config.n_items, 1)
+        sparse = config.sparse_embeddings
+        self.user_bias = nn.Embedding(config.n_users + 1, 1, sparse=sparse)  # + "unknown user"
+        self.item_bias = nn.Embedding(config.n_items, 1, sparse=sparse)
         nn.init.zeros_(self.user_bias.weight)
         nn.init.zeros_(self.item_bias.weight)
         self.mlp = mlp(3 * d, (config.rating_hidden,), 1, config.dropout)

@@ -33,6 +33,7 @@ from towers.model.config import TwoTowerConfig
 from towers.model.losses import full_softmax, pointwise_bce, rating_mse, sampled_softmax
 from towers.model.network import TwoTower
 from towers.training.inputs import Batch, TrainingContext
+from towers.training.lazy_adam import LazyAdam
 
 
 def unwrap(model: nn.Module) -> TwoTower:
@@ -68,7 +69,10 @@ def make_batches(
 
 
 def make_optimizer(model: nn.Module, config: TwoTowerConfig) -> torch.optim.Optimizer:
-    """Adam as in the paper; AdamW (decoupled decay) when ``weight_decay > 0``."""
+    """Adam as in the paper; AdamW (decoupled decay) when ``weight_decay > 0``; with sparse
+    embeddings, Adam whose sparse rows update lazily (``LazyAdam``)."""
+    if config.sparse_embeddings:
+        return LazyAdam(model.parameters(), lr=config.lr)
     if config.weight_decay > 0:
         return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=config.lr)

@@ -250,3 +250,16 @@ def test_progress_inside_an_epoch(data) -> None:
     assert [t["step"] for t in ticks] == list(range(1, steps))
     assert all(t["steps"] == steps and t["samples_per_s"] > 0 for t in ticks)
     assert ticks[-1]["eta_s"] < ticks[0]["eta_s"] and ticks[0]["phase"] == "search"
+
+
+def test_fit_with_sparse_embeddings_learns_the_blocks(data) -> None:
+    """Sparse gradients for the catalog-sized tables and LazyAdam: the same block data learnt."""
+    train, test, features = data
+    config = TwoTowerConfig.from_preset(
+        "default", **SMALL, epochs=25, lr=5e-3, loss="hybrid", sparse_embeddings=True,
+    )  # fmt: skip
+    model, _ = fit(config, train, None, features)
+    assert model.item_tower.item_id.sparse and model.user_tower.history.sparse
+    ctx = TrainingContext.build(features, train, model.config)
+    metrics = validation_metrics(model, ctx, train, test, k=10)
+    assert metrics["recall@10"] > 0.8, metrics

@@ -1,0 +1,18 @@
+"""bench/bench_loss.py runs end to end on tiny catalogs and prints every loss's column."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import bench_loss
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_tiny_sweep_prints_the_table(capsys):
+    bench_loss.main(["--items", "150,300", "--rounds", "1", "--steps", "2", "--threads", "1"])
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| items |"))
+    assert all(f"{loss} samples/s" in header for loss in bench_loss.LOSSES)
+    rows = [line for line in out.splitlines() if line.startswith(("| 150 |", "| 300 |"))]
+    assert len(rows) == 2 and rows[0].count("| 1.00") == len(bench_loss.LOSSES)
