@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from towers.data.interactions import Interactions
 from towers.evaluation.protocol import evaluate_model
-from towers.recommenders.user_knn import MODES, UserKNN, top_neighbors, unit_rows
+from towers.recommenders.neighbor_search import top_neighbors
+from towers.recommenders.user_knn import MODES, UserKNN, unit_rows
 
 DEFAULT_GRID: dict[str, tuple[Any, ...]] = {
     "mode": MODES,

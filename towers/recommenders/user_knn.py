@@ -29,21 +29,18 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm import tqdm
 
 from towers.data.interactions import Interactions
 from towers.recommenders.base import Recommender
+from towers.recommenders.neighbor_search import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_RANK,
+    SEARCHES,
+    top_neighbors,
+)
 from towers.storage.formats import read_model_dir, write_model_dir
 
 MODES = ("explicit", "implicit")
-# float32 products of vectors that barely overlap leave rounding noise around 0; LensKit drops
-# |sim| < 1e-10 in float64, we drop below 1e-6 in float32.
-MIN_SIMILARITY = 1e-6
-# Dense GEMM is ~2x faster than sparse×sparse at ML-1M size; above this many user×item cells the
-# dense copy of the rating matrix would cost too much memory and the sparse product is used.
-_DENSE_CELLS = 50_000_000
-# Cells of one block of the user×user similarity matrix (float32 ⇒ 32 MB).
-_BLOCK_CELLS = 8_000_000
 
 
 def unit_rows(train: Interactions, mode: str) -> sp.csr_matrix:
@@ -80,70 +77,6 @@ def centered_ratings(train: Interactions, means: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((values, (train.user_idx, train.item_idx)), shape=shape)
 
 
-def _top_n_sorted(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Largest ``n`` entries of each row, sorted descending; ties go to the lower column index.
-
-    The tie rule makes the top ``m < n`` equal the first ``m`` of the top ``n``, which lets
-    ``tune_user_knn`` compute neighbours once for the largest ``n_neighbors``.
-
-    Args:
-        values: ``(B, M)`` float32.
-        n: ``1 <= n <= M``.
-
-    Returns:
-        ``(columns, values)``, both ``(B, n)``.
-    """
-    n_rows, n_cols = values.shape
-    threshold = np.partition(values, n_cols - n, axis=1)[:, n_cols - n, None]  # n-th largest
-    above = values > threshold
-    at = values == threshold
-    needed = n - above.sum(axis=1, keepdims=True)
-    chosen = above | at
-    crowded = at.sum(axis=1) > needed[:, 0]  # more ties at the threshold than places left
-    if crowded.any():
-        first_ties = np.cumsum(at[crowded], axis=1) <= needed[crowded]
-        chosen[crowded] = above[crowded] | (at[crowded] & first_ties)
-    cols = np.nonzero(chosen)[1].reshape(n_rows, n)  # exactly n per row, ascending columns
-    top = np.take_along_axis(values, cols, axis=1)
-    order = np.lexsort((cols, -top), axis=1)
-    return np.take_along_axis(cols, order, axis=1), np.take_along_axis(top, order, axis=1)
-
-
-def top_neighbors(rows: sp.csr_matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's ``n`` most similar other users with positive similarity.
-
-    Args:
-        rows: ``(U, I)`` unit rows from :func:`unit_rows`.
-        n: neighbours kept per user.
-
-    Returns:
-        ``(neighbors, similarities)``, both ``(U, n')`` with ``n' = min(n, U - 1)``: int32 user
-        indices sorted by descending float32 similarity, padded with ``-1``/``0`` where a user has
-        fewer than ``n'`` users above ``MIN_SIMILARITY``.
-    """
-    n_users, n_items = rows.shape
-    n = min(n, max(n_users - 1, 0))
-    neighbors = np.full((n_users, n), -1, np.int32)
-    similarities = np.zeros((n_users, n), np.float32)
-    if n == 0:
-        return neighbors, similarities
-    dense = n_users * n_items <= _DENSE_CELLS
-    left = rows.toarray() if dense else rows
-    right = left.T if dense else rows.T.tocsr()  # (I, U)
-    block = max(1, _BLOCK_CELLS // n_users)
-    blocks = range(0, n_users, block)
-    for start in tqdm(blocks, desc="UserKNN neighbours", delay=5, leave=False, disable=None):
-        stop = min(start + block, n_users)
-        sims = left[start:stop] @ right  # (B, U)
-        sims = np.asarray(sims if dense else sims.toarray(), np.float32)
-        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # never one's own neighbour
-        cols, top = _top_n_sorted(sims, n)
-        valid = top >= MIN_SIMILARITY
-        neighbors[start:stop] = np.where(valid, cols, -1)
-        similarities[start:stop] = np.where(valid, top, 0.0)
-    return neighbors, similarities
-
-
 def neighbor_matrix(
     neighbors: np.ndarray, similarities: np.ndarray, n: int, min_sim: float
 ) -> sp.csr_matrix:
@@ -168,22 +101,42 @@ class UserKNN(Recommender):
         min_sim: smallest similarity that makes a neighbour (non-positive ones never do).
         min_nbrs: neighbours who interacted with an item needed to score it.
         mode: ``"explicit"`` (centred ratings, weighted average) or ``"implicit"`` (0/1, sum).
+        search: neighbour search, ``"auto"`` (exact on small data, projected on large; see
+            ``towers.recommenders.neighbor_search``), ``"exact"`` or ``"projected"``.
+        rank: projection rank of the projected search.
+        candidates: projected search: candidates per user from the projection, as a multiple of
+            ``n_neighbors``, rescored exactly.
     """
 
     name = "user_knn"
 
     def __init__(
-        self, n_neighbors: int = 40, min_sim: float = 0.0, min_nbrs: int = 1, mode: str = "explicit"
+        self,
+        n_neighbors: int = 40,
+        min_sim: float = 0.0,
+        min_nbrs: int = 1,
+        mode: str = "explicit",
+        search: str = "auto",
+        rank: int = DEFAULT_RANK,
+        candidates: int = DEFAULT_CANDIDATES,
     ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if search not in SEARCHES or min(rank, candidates) < 1:
+            raise ValueError(
+                f"search must be one of {SEARCHES}, rank and candidates >= 1: "
+                f"{search!r}, {rank}, {candidates}"
+            )
         if n_neighbors < 1 or min_nbrs < 1:
             raise ValueError(f"n_neighbors ({n_neighbors}) and min_nbrs ({min_nbrs}) must be >= 1")
         self.n_neighbors = int(n_neighbors)
         self.min_sim = float(min_sim)
         self.min_nbrs = int(min_nbrs)
         self.mode = mode
+        self.search = search
+        self.rank = int(rank)
+        self.candidates = int(candidates)
         self.neighbors_: sp.csr_matrix | None = None  # (U, U) similarity weights
         self.user_mean_: np.ndarray | None = None  # (U,) float64
         self.global_mean_: float = 0.0
@@ -196,10 +149,16 @@ class UserKNN(Recommender):
             "min_sim": self.min_sim,
             "min_nbrs": self.min_nbrs,
             "mode": self.mode,
+            "search": self.search,
+            "rank": self.rank,
+            "candidates": self.candidates,
         }
 
     def fit(self, train: Interactions) -> UserKNN:
-        neighbors, similarities = top_neighbors(unit_rows(train, self.mode), self.n_neighbors)
+        rows = unit_rows(train, self.mode)
+        neighbors, similarities = top_neighbors(
+            rows, self.n_neighbors, self.search, self.rank, self.candidates
+        )
         return self.fit_from_neighbors(train, neighbors, similarities)
 
     def fit_from_neighbors(
@@ -309,5 +268,13 @@ class UserKNN(Recommender):
             (arrays["neighbors_data"], arrays["neighbors_indices"], arrays["neighbors_indptr"]),
             shape=(n_users, n_users),
         )
-        model = cls(config["n_neighbors"], config["min_sim"], config["min_nbrs"], config["mode"])
+        model = cls(
+            config["n_neighbors"],
+            config["min_sim"],
+            config["min_nbrs"],
+            config["mode"],
+            config.get("search", "auto"),  # models saved before the projected search existed
+            config.get("rank", DEFAULT_RANK),
+            config.get("candidates", DEFAULT_CANDIDATES),
+        )
         return model._set_state(train, weights)

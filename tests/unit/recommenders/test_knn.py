@@ -9,8 +9,9 @@ from tests.unit.recommenders.contract import RecommenderContract, contract_inter
 from towers.data.interactions import Interactions
 from towers.evaluation.knn_selection import tune_user_knn
 from towers.evaluation.protocol import evaluate_model
-from towers.recommenders import user_knn as knn
-from towers.recommenders.user_knn import UserKNN, top_neighbors, unit_rows
+from towers.recommenders import neighbor_search as knn
+from towers.recommenders.neighbor_search import top_neighbors
+from towers.recommenders.user_knn import MODES, UserKNN, unit_rows
 
 
 def from_triples(triples: list[tuple[int, int, float]], n_users: int, n_items: int) -> Interactions:
@@ -43,7 +44,7 @@ def held_out_blocks(
     return from_triples(triples, n_users, n_items), np.array(held_out)
 
 
-@pytest.mark.parametrize("mode", knn.MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_held_out_block_item_is_the_only_recommendation(mode: str) -> None:
     train, held_out = held_out_blocks()
     model = UserKNN(n_neighbors=5, mode=mode).fit(train)
@@ -194,3 +195,66 @@ class TestUserKNNImplicitContract(RecommenderContract):
     @pytest.fixture(scope="class")
     def make_model(self):
         return lambda train: UserKNN(n_neighbors=10, min_nbrs=2, mode="implicit").fit(train)
+
+
+def test_pair_count_and_the_auto_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = from_triples([(0, 0, 1.0), (1, 0, 1.0), (2, 0, 1.0), (0, 1, 1.0), (2, 2, 1.0)], 3, 3)
+    rows = unit_rows(data, "implicit")
+    assert knn.pair_count(rows) == 3**2 + 1 + 1  # item degrees 3, 1, 1
+    assert knn.resolve_search(rows, "auto") == "exact"
+    monkeypatch.setattr(knn, "EXACT_MAX_PAIRS", 10)
+    assert knn.resolve_search(rows, "auto") == "projected"
+    assert knn.resolve_search(rows, "exact") == "exact"
+    with pytest.raises(ValueError, match="neighbour search must be one of"):
+        knn.resolve_search(rows, "fast")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_projected_search_with_every_user_a_candidate_is_exact(mode: str) -> None:
+    """Candidates are rescored exactly: when they cover everyone, the result is the exact one."""
+    rows = unit_rows(contract_interactions(n_users=60, n_items=45, seed=5), mode)
+    exact = top_neighbors(rows, 6, "exact")
+    projected = top_neighbors(rows, 6, "projected", rank=4, candidates=10)  # 60 >= 59 others
+    np.testing.assert_array_equal(projected[0], exact[0])
+    np.testing.assert_allclose(projected[1], exact[1], rtol=1e-5)
+    assert knn.neighbor_recall(rows, projected[0], np.arange(60)) == 1.0
+
+
+def test_projected_search_finds_most_neighbours_from_few_candidates() -> None:
+    """Taste groups are low-rank: a rank-8 projection finds the group-mates (recall measured)."""
+    rows = unit_rows(
+        contract_interactions(n_users=200, n_items=120, n_groups=4, seed=1), "implicit"
+    )
+    exact = top_neighbors(rows, 10, "exact")
+    projected = top_neighbors(rows, 10, "projected", rank=8, candidates=2)
+    recall = knn.neighbor_recall(rows, projected[0], np.arange(0, 200, 3))
+    assert 0.7 < recall <= 1.0
+    assert knn.neighbor_recall(rows, exact[0], np.arange(0, 200, 3)) == 1.0
+    # similarities are the exact ones of the pairs found, sorted descending, self never included
+    sims = (rows @ rows.T).toarray()
+    valid = projected[0] >= 0
+    users = np.nonzero(valid)[0]
+    np.testing.assert_allclose(projected[1][valid], sims[users, projected[0][valid]], rtol=1e-5)
+    assert (np.diff(projected[1], axis=1) <= 1e-7).all()
+    assert not (projected[0] == np.arange(200)[:, None]).any()
+
+
+def test_search_settings_survive_save_and_load(tmp_path) -> None:
+    train = contract_interactions(seed=3)
+    model = UserKNN(n_neighbors=5, mode="implicit", search="projected", rank=6, candidates=3)
+    model.fit(train).save(tmp_path / "knn")
+    loaded = UserKNN.load(tmp_path / "knn")
+    assert loaded.params == model.params
+    np.testing.assert_array_equal(
+        loaded.recommend(np.arange(10), 5)[0], model.recommend(np.arange(10), 5)[0]
+    )
+    with pytest.raises(ValueError, match="search must be one of"):
+        UserKNN(search="fast")
+
+
+class TestUserKNNProjectedContract(RecommenderContract):
+    @pytest.fixture(scope="class")
+    def make_model(self):
+        return lambda train: UserKNN(
+            n_neighbors=10, mode="implicit", search="projected", rank=8
+        ).fit(train)
