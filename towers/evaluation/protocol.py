@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -23,6 +24,36 @@ from towers.metrics.rating import rating_metrics
 from towers.recommenders.base import Recommender
 
 log = logging.getLogger(__name__)
+# Score cells (users x items) of one recommend call: float32 scores plus top-k's int64 partition
+# indices make ~12 bytes a cell, so 2**24 cells bound a block at ~200 MB whatever the data size.
+BLOCK_CELLS = 2**24
+# Test pairs per predict_ratings call (whole users per call; the largest user may exceed it).
+RATING_BLOCK_PAIRS = 1_000_000
+
+
+def users_per_block(n_items: int, block_cells: int = BLOCK_CELLS) -> int:
+    """Users scored per ``recommend`` call so that a block holds at most ``block_cells`` cells."""
+    return max(1, block_cells // max(n_items, 1))
+
+
+def blocked_rating_predictions(
+    model: Recommender, test: Interactions, block_pairs: int = RATING_BLOCK_PAIRS
+) -> np.ndarray:
+    """``(N,)`` ``model.predict_ratings`` of every test pair, ``block_pairs`` pairs per call.
+
+    Pairs are grouped by user so that a user's pairs share one call (UserKNN's work is per user).
+    """
+    order = np.argsort(test.user_idx, kind="stable")
+    users = test.user_idx[order]
+    # Block edges on user boundaries: the first pair of a user at or after each multiple.
+    edges = np.searchsorted(users, users[np.arange(0, len(users), block_pairs)], side="left")
+    edges = np.unique(np.concatenate([edges, [len(users)]]))
+    out = np.empty(len(users), np.float32)
+    spans = list(itertools.pairwise(edges))
+    for lo, hi in tqdm(spans, desc=f"ratings {model.name}", delay=5, leave=False, disable=None):
+        pairs = order[lo:hi]
+        out[pairs] = model.predict_ratings(test.user_idx[pairs], test.item_idx[pairs])
+    return out
 
 
 def _drop_masked(items: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -36,7 +67,7 @@ def evaluate_model(
     train: Interactions,
     test: Interactions,
     ks: Sequence[int] = (5, 10, 20),
-    batch_size: int = 2048,
+    block_cells: int = BLOCK_CELLS,
     with_ratings: bool = True,
 ) -> dict[str, float]:
     """Ranking metrics (and rating metrics where the model predicts ratings) on ``test``.
@@ -52,8 +83,10 @@ def evaluate_model(
         train: the interactions whose items must not be recommended.
         test: held-out interactions; each one is relevant.
         ks: cut-offs.
-        batch_size: users scored per ``recommend`` call (bounds memory at ``batch × n_items``).
-        with_ratings: also compute rating metrics (when the model predicts ratings).
+        block_cells: users × items scored per ``recommend`` call: memory is bounded by this, not
+            by ``n_users × n_items`` (the metrics do not depend on it).
+        with_ratings: also compute rating metrics (when the model predicts ratings), predicted
+            :data:`RATING_BLOCK_PAIRS` pairs at a time.
 
     Returns:
         ``ranking_metrics`` keys, plus ``mse, rmse, mae, r2`` when ``with_ratings`` and
@@ -70,6 +103,7 @@ def evaluate_model(
     unseen_by_model = train_seen - train_seen.multiply(model.seen_matrix())
     unseen_by_model.eliminate_zeros()
     lists = np.full((len(users), k), -1, dtype=np.int64)
+    batch_size = users_per_block(model.n_items, block_cells)
     starts = range(0, len(users), batch_size)
     # A bar only for a step past 5 s, and only on a terminal (tqdm's delay and disable=None).
     for start in tqdm(starts, desc=f"evaluate {model.name}", delay=5, leave=False, disable=None):
@@ -84,7 +118,9 @@ def evaluate_model(
     out = ranking_metrics(lists, relevant[users], ks)
     out["n_users_skipped"] = float(test.n_users - len(users))
     if with_ratings and model.predicts_ratings and len(test):
-        out.update(rating_metrics(test.rating, model.predict_ratings(test.user_idx, test.item_idx)))
+        out.update(
+            rating_metrics(test.rating, blocked_rating_predictions(model, test, RATING_BLOCK_PAIRS))
+        )
     return out
 
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from tests.unit.recommenders.contract import contract_interactions
 from towers.data.interactions import Interactions
+from towers.evaluation import protocol
 from towers.evaluation.protocol import evaluate_model
 from towers.metrics.ranking import ranking_metrics
 from towers.metrics.rating import rating_metrics
@@ -221,3 +223,28 @@ def test_evaluate_rejects_mismatched_vocabularies() -> None:
     train = triples([(0, 0, 4)], 2, 3)
     with pytest.raises(ValueError, match="vocabularies"):
         evaluate_model(PopularityRecommender().fit(train), train, triples([(0, 1, 4)], 2, 4))
+
+
+@pytest.mark.parametrize("mode", ["explicit", "implicit"])
+def test_blocked_evaluation_equals_one_block(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = contract_interactions(n_users=60, n_items=45, seed=7)
+    held_out = np.random.default_rng(2).random(len(data)) < 0.25
+    train, test = data.subset(~held_out), data.subset(held_out)
+    model = UserKNN(n_neighbors=8, mode=mode).fit(train)
+    whole = evaluate_model(model, train, test, block_cells=60 * 45)  # every user in one call
+    calls: dict[str, list[int]] = {"recommend": [], "predict_ratings": []}
+    for name, calls_of in calls.items():
+        method = getattr(model, name)
+
+        def counted(users, *args, _method=method, _calls=calls_of, **kwargs):
+            _calls.append(len(np.unique(users)))
+            return _method(users, *args, **kwargs)
+
+        monkeypatch.setattr(model, name, counted)
+    monkeypatch.setattr(protocol, "RATING_BLOCK_PAIRS", 7)
+    blocked = evaluate_model(model, train, test, block_cells=2 * 45 + 1)  # two users a call
+    assert max(calls["recommend"]) == 2
+    assert len(calls["recommend"]) == -(-int(whole["n_users"]) // 2)
+    assert len(calls["predict_ratings"]) > 5  # the test pairs went in blocks of whole users
+    assert sum(calls["predict_ratings"]) == len(np.unique(test.user_idx))
+    assert blocked == whole and "rmse" in blocked
