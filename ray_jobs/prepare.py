@@ -2,6 +2,7 @@
 
 python -m ray_jobs.prepare --dataset ml-100k --storage runs/demo
 python -m ray_jobs.prepare --dataset synthetic --synthetic-interactions 10000000 --storage /tmp/s
+python -m ray_jobs.prepare --dataset synthetic --synthetic-preset ml-25m --storage /tmp/s25m
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from towers.data.prepared import summary, write_prepared
 from towers.data.raw import RawData
 from towers.data.sources import locate
 from towers.data.splits import SPLITS
-from towers.data.synthetic import SyntheticSpec, iter_interaction_chunks, synthetic_items_users
+from towers.data.synthetic import (
+    PRESETS,
+    SyntheticSpec,
+    iter_interaction_chunks,
+    preset_spec,
+    synthetic_items_users,
+)
 from towers.data.validation import validate_raw
 from towers.launch.cli import help_field, parse_config
 from towers.storage.root import Storage
@@ -41,9 +48,15 @@ class PrepareConfig:
     )
     seed: int = help_field(42, "seed of the random split (42 = the Recommenders benchmark)")
     valid_ratio: float = help_field(0.1, "share of train carved out for validation/early stopping")
-    synthetic_users: int = help_field(1_000, "synthetic: number of users")
-    synthetic_items: int = help_field(2_000, "synthetic: number of items")
-    synthetic_interactions: int = help_field(100_000, "synthetic: approximate interactions")
+    synthetic_preset: str | None = help_field(
+        None, f"synthetic: a MovieLens-shaped size, one of {', '.join(PRESETS)}"
+    )
+    # None: the preset's value, or 1,000 users / 2,000 items / 100,000 interactions without one.
+    synthetic_users: int | None = help_field(None, "synthetic: number of users (overrides preset)")
+    synthetic_items: int | None = help_field(None, "synthetic: number of items (overrides preset)")
+    synthetic_interactions: int | None = help_field(
+        None, "synthetic: approximate interactions (overrides the preset)"
+    )
     synthetic_seed: int = help_field(0, "synthetic: generator seed")
 
     def __post_init__(self) -> None:
@@ -52,6 +65,17 @@ class PrepareConfig:
             raise ValueError(f"--split: unknown {bad}; choose from {SPLITS}")
         if not 0 <= self.valid_ratio < 1:
             raise ValueError(f"--valid-ratio must be in [0, 1), got {self.valid_ratio}")
+        if self.synthetic_preset is not None and self.synthetic_preset not in PRESETS:
+            raise ValueError(
+                f"--synthetic-preset: unknown {self.synthetic_preset!r}; "
+                f"choose from {list(PRESETS)}"
+            )
+
+    @property
+    def synthetic_spec(self) -> SyntheticSpec:
+        """The synthetic size: the preset (default: ``small``) with the explicit sizes over it."""
+        sizes = (self.synthetic_users, self.synthetic_items, self.synthetic_interactions)
+        return preset_spec(self.synthetic_preset or "small", *sizes, seed=self.synthetic_seed)
 
     @property
     def splits(self) -> list[str]:
@@ -61,12 +85,7 @@ class PrepareConfig:
 def load_raw(cfg: PrepareConfig) -> tuple[RawData, dict[str, int]]:
     """Reads and validates the configured data set."""
     if cfg.dataset == "synthetic":
-        spec = SyntheticSpec(
-            cfg.synthetic_users,
-            cfg.synthetic_items,
-            cfg.synthetic_interactions,
-            seed=cfg.synthetic_seed,
-        )
+        spec = cfg.synthetic_spec
         # Chunks stream into one Arrow table: no single pandas frame of all interactions.
         n_chunks = -(-spec.n_users // CHUNK_USERS)
         generated = tqdm(

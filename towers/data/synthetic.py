@@ -21,6 +21,14 @@ from towers.data.raw import RawData
 GENRES = ML100K_GENRES[1:]  # 18 real genres
 OCCUPATIONS = ("student", "engineer", "educator", "artist", "writer", "other")
 T0 = 874_000_000  # Sept 1997, the ML-100K period
+# Named sizes shaped like the real MovieLens sets: (users, items with a rating, ratings).
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "small": (1_000, 2_000, 100_000),  # the default of ray_jobs.prepare and SyntheticSpec
+    "ml-100k": (943, 1_682, 100_000),
+    "ml-1m": (6_040, 3_706, 1_000_209),
+    "ml-10m": (69_878, 10_677, 10_000_054),
+    "ml-25m": (162_541, 59_047, 25_000_095),
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,29 @@ class SyntheticSpec:
             raise ValueError(f"synthetic sizes must be positive: {self}")
         if self.n_interactions > self.n_users * self.n_items:
             raise ValueError("n_interactions exceeds n_users * n_items")
+
+
+def preset_spec(
+    name: str,
+    n_users: int | None = None,
+    n_items: int | None = None,
+    n_interactions: int | None = None,
+    seed: int = 0,
+) -> SyntheticSpec:
+    """The :data:`PRESETS` size ``name``; a size given explicitly overrides the preset's.
+
+    Raises:
+        ValueError: ``name`` is not a preset.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown synthetic preset {name!r}; choose from {sorted(PRESETS)}")
+    users, items, interactions = PRESETS[name]
+    return SyntheticSpec(
+        users if n_users is None else n_users,
+        items if n_items is None else n_items,
+        interactions if n_interactions is None else n_interactions,
+        seed=seed,
+    )
 
 
 class _World:

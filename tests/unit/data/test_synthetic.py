@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from towers.data.synthetic import SyntheticSpec, generate, iter_interaction_chunks
+from towers.data.synthetic import SyntheticSpec, generate, iter_interaction_chunks, preset_spec
 from towers.data.validation import validate_raw
 
 SPEC = SyntheticSpec(n_users=300, n_items=500, n_interactions=20_000, seed=3)
@@ -58,3 +58,28 @@ def test_bad_spec():
         SyntheticSpec(n_users=0)
     with pytest.raises(ValueError, match="exceeds"):
         SyntheticSpec(n_users=2, n_items=2, n_interactions=5)
+
+
+def test_presets_have_the_movielens_shapes_and_explicit_sizes_override_them():
+    assert preset_spec("ml-1m") == SyntheticSpec(6_040, 3_706, 1_000_209)
+    assert preset_spec("ml-25m", seed=2) == SyntheticSpec(162_541, 59_047, 25_000_095, seed=2)
+    assert preset_spec("ml-10m", n_users=5_000) == SyntheticSpec(5_000, 10_677, 10_000_054)
+    with pytest.raises(ValueError, match="unknown synthetic preset 'ml-5m'"):
+        preset_spec("ml-5m")
+
+
+def test_prepare_takes_a_preset_with_overrides(capsys: pytest.CaptureFixture[str]):
+    from ray_jobs import prepare
+
+    def spec(*argv: str) -> SyntheticSpec:
+        return prepare.parse_config(prepare.PrepareConfig, ["--dataset", "synthetic", *argv])
+
+    assert spec("--synthetic-preset", "ml-10m").synthetic_spec == preset_spec("ml-10m")
+    given = spec(
+        "--synthetic-preset", "ml-25m", "--synthetic-items", "700", "--synthetic-seed", "5"
+    )
+    assert given.synthetic_spec == SyntheticSpec(162_541, 700, 25_000_095, seed=5)
+    assert spec().synthetic_spec == SyntheticSpec()  # no preset: the old defaults
+    with pytest.raises(SystemExit):  # an argparse error: exit status 2 and the message
+        spec("--synthetic-preset", "ml-2m")
+    assert "--synthetic-preset: unknown 'ml-2m'" in capsys.readouterr().err
