@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 # Score cells (users x items) of one recommend call: float32 scores plus top-k's int64 partition
 # indices make ~12 bytes a cell, so 2**24 cells bound a block at ~200 MB whatever the data size.
 BLOCK_CELLS = 2**24
-# Test pairs per predict_ratings call (whole users per call; the largest user may exceed it).
-RATING_BLOCK_PAIRS = 1_000_000
+# Test pairs per predict_ratings call (whole users per call; the largest user may exceed it):
+# the two-tower rating head's activations are ~2 KB a pair (1M pairs: 3.0 GiB peak at 5M data,
+# 2**18: 1.6 GiB).
+RATING_BLOCK_PAIRS = 2**18
 
 
 def users_per_block(n_items: int, block_cells: int = BLOCK_CELLS) -> int:
