@@ -22,10 +22,19 @@ from pathlib import Path
 MOTO_SERVER = str(Path(sys.executable).with_name("moto_server"))
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now and not handed out before in this process (the kernel may
+    return a just-closed port twice, and a Ray node refuses two components on one port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 @dataclass

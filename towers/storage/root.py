@@ -254,6 +254,9 @@ class Storage:
                 digest = self._sha256(self.path(artifact, rel), copy_to=tmp / rel)
                 if rel in digests and digest != digests[rel]:
                     raise self._damaged(artifact, rel)
+            # The manifest too, as in the artifact's folder: readers of a library's own format
+            # that shares it (ItemIndex.load reads index/manifest.json) find it in the copy.
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
             yield tmp, manifest
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

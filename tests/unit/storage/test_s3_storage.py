@@ -3,6 +3,7 @@ every file once (the digest is checked on the bytes the load downloads)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -156,7 +157,28 @@ def test_checked_copy_refuses_a_damaged_object_and_leaves_no_copy(s3_run):
 
 def test_checked_copy_removes_its_download(s3_run):
     with s3_run.checked_copy("knn") as (folder, manifest):
-        assert sorted(p.name for p in folder.iterdir()) == sorted(manifest["files"])
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == sorted([*manifest["files"], "manifest.json"])  # as in the folder
+        assert json.loads((folder / "manifest.json").read_text()) == manifest
         arrays = np.load(folder / "arrays.npz", allow_pickle=False)
         assert arrays.files
     assert not folder.exists()
+
+
+def test_index_published_to_s3_loads_with_its_manifest(s3_root):
+    """``index/`` shares the storage manifest with ``ItemIndex.load`` (it reads
+    ``index/manifest.json``): the checked copy of an s3:// index carries it, or nothing could be
+    served from object storage."""
+    from towers.index.factory import make_index
+
+    storage = Storage(s3_root)
+    rng = np.random.default_rng(0)
+    items, users = rng.normal(size=(30, 8)).astype(np.float32), rng.normal(size=(5, 8))
+    index = make_index("exact", 30, model_version="v1")
+    index.build(items, np.arange(30))
+    artifacts.publish_index(storage, index, user_embeddings=users.astype(np.float32))
+    loaded, ids, user_emb = artifacts.load_index(storage, "index", "v1", 8)
+    np.testing.assert_array_equal(ids, np.arange(30))
+    assert user_emb.shape == (5, 8)
+    _, found = loaded.search(items[:3], 1)
+    np.testing.assert_array_equal(found[:, 0], (items[:3] @ items.T).argmax(1))  # inner product
