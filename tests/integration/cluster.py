@@ -58,6 +58,11 @@ class Node:
                 return proc
         return None
 
+    def kill_all(self) -> None:
+        for proc in self.processes():
+            with suppress(psutil.Error):
+                proc.send_signal(signal.SIGKILL)
+
     def processes(self) -> list[psutil.Process]:
         """The raylet, its descendants, and anything else whose command line names this node's
         temp dir (the head's GCS, dashboard and log monitor)."""
@@ -126,6 +131,8 @@ class LocalCluster:
         ]
         done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=180)
         if done.returncode != 0:  # the reason is in Ray's own output: show it
+            Node(name, temp_dir, 0).kill_all()  # what a half-started node left behind
+            shutil.rmtree(temp_dir, ignore_errors=True)
             raise RuntimeError(
                 f"`ray start` ({name}) exited {done.returncode}\n--- stdout\n"
                 f"{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
