@@ -52,8 +52,7 @@ class ItemTowerActor:
         import torch
 
         torch.set_num_threads(1)
-        # The driver checked the artifact's digests before starting the actors.
-        with Storage(storage_uri).local_copy(artifact) as folder:
+        with Storage(storage_uri).checked_copy(artifact) as (folder, _):
             self.rec = TwoTowerRecommender.load(folder)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,10 +1,13 @@
 """Fault injection for the reliability tests: a test-only hook, not a user flag.
 
 Set ``TWO_TOWER_FAULTS`` in the environment of the process that starts training, e.g.
-``TWO_TOWER_FAULTS=crash_after_epoch=0`` (the worker group raises once after epoch 0) or
+``TWO_TOWER_FAULTS=crash_after_epoch=0`` (the worker group raises once after epoch 0),
 ``TWO_TOWER_FAULTS=kill_worker_at=1:2`` (the last rank SIGKILLs itself at epoch 1, step 2, once;
-what an OOM kill or a lost node looks like to Ray Train). The driver reads it and hands the plan
-to the workers; without it nothing is injected.
+what an OOM kill looks like to Ray Train) or ``TWO_TOWER_FAULTS=pause_at=1:2`` (every rank stops
+at epoch 1, step 2, once, for up to ``PAUSE_S``: a test kills a whole node meanwhile, see
+``tests/integration/test_multinode.py``). The driver reads it and hands the plan to the workers;
+without it nothing is injected. A marker beside the run's checkpoints (``fault_injected``, on
+any storage root, object storage included) says a fault fired and keeps it from firing again.
 """
 
 from __future__ import annotations
@@ -15,16 +18,20 @@ import signal
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from towers.storage.root import Storage
+
 ENV = "TWO_TOWER_FAULTS"
+MARKER = "fault_injected"  # in the Ray Train run folder, train/<run>/
+PAUSE_S = 300.0  # a paused run carries on after this, whether or not its node was killed
 
 
 @dataclass(frozen=True)
 class FaultPlan:
     crash_after_epoch: int = -1  # raise once after this epoch (-1: never)
     kill_worker_at: str = ""  # "EPOCH:STEP": the last rank SIGKILLs itself there, once
+    pause_at: str = ""  # "EPOCH:STEP": every rank stops there once, for up to PAUSE_S
 
     @classmethod
     def from_env(cls) -> FaultPlan:
@@ -35,32 +42,61 @@ class FaultPlan:
             key, _, value = part.partition("=")
             if key == "crash_after_epoch" and re.fullmatch(r"\d+", value):
                 values[key] = int(value)
-            elif key == "kill_worker_at" and re.fullmatch(r"\d+:\d+", value):
+            elif key in ("kill_worker_at", "pause_at") and re.fullmatch(r"\d+:\d+", value):
                 values[key] = value
             else:
                 raise ValueError(
-                    f"{ENV}: cannot read {part!r}; expected crash_after_epoch=N or "
-                    "kill_worker_at=EPOCH:STEP"
+                    f"{ENV}: cannot read {part!r}; expected crash_after_epoch=N, "
+                    "kill_worker_at=EPOCH:STEP or pause_at=EPOCH:STEP"
                 )
         return cls(**values)
 
 
-def kill_at(
-    batches: Iterable, plan: FaultPlan, epoch: int, rank: int, world: int, marker: Path
-) -> Iterator:
-    """Yields ``batches``; the last rank kills its own process at ``plan.kill_worker_at``, once.
+@dataclass(frozen=True)
+class FaultMarker:
+    """``train/<run>/fault_injected`` under a storage root: written when a fault fires."""
 
-    ``marker`` (a file beside the checkpoints) makes it fire only on the first attempt.
-    """
-    armed = bool(plan.kill_worker_at) and rank == world - 1
+    storage: str
+    run_folder: str  # e.g. "train/model-1764590000"
+
+    @property
+    def rel(self) -> str:
+        return f"{self.run_folder}/{MARKER}"
+
+    def fired(self) -> bool:
+        return Storage(self.storage).exists(self.rel)
+
+    def write(self, text: str) -> None:
+        Storage(self.storage).write_bytes(self.rel, text.encode())
+
+
+def kill_at(
+    batches: Iterable, plan: FaultPlan, epoch: int, rank: int, world: int, marker: FaultMarker
+) -> Iterator:
+    """Yields ``batches``; at ``plan.kill_worker_at`` the last rank kills its own process, at
+    ``plan.pause_at`` every rank waits; each fires on the first attempt only (``marker``)."""
+    kill = bool(plan.kill_worker_at) and rank == world - 1
+    pause = bool(plan.pause_at)
     for step, batch in enumerate(batches):
-        if armed and f"{epoch}:{step}" == plan.kill_worker_at and not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(f"killed pid {os.getpid()} at epoch {epoch} step {step}\n")
-            # Ray Train's controller registers reported checkpoints when it polls the workers
-            # (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default). A real mid-epoch death comes
-            # long after the last report; dying sooner would (correctly) redo one more epoch.
-            time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
-            print(f"fault injection: SIGKILL to pid {os.getpid()} at {epoch}:{step}", flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
+        here = f"{epoch}:{step}"
+        due = (kill and here == plan.kill_worker_at) or (pause and here == plan.pause_at)
+        if due and not marker.fired():
+            _fire(plan, here, rank, world, marker)
         yield batch
+
+
+def _fire(plan: FaultPlan, here: str, rank: int, world: int, marker: FaultMarker) -> None:
+    # Ray Train's controller registers reported checkpoints when it polls the workers
+    # (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default). A real mid-epoch death comes long
+    # after the last report; dying sooner would (correctly) redo one more epoch.
+    time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
+    epoch, step = here.split(":")
+    if plan.pause_at == here:
+        if rank == world - 1:
+            marker.write(f"paused {world} ranks at epoch {epoch} step {step}\n")
+        print(f"fault injection: rank {rank} pauses at {here}", flush=True)
+        time.sleep(PAUSE_S)
+        return
+    marker.write(f"killed pid {os.getpid()} at epoch {epoch} step {step}\n")
+    print(f"fault injection: SIGKILL to pid {os.getpid()} at {here}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)

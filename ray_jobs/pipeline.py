@@ -23,6 +23,7 @@ from towers.launch.cli import help_field, parse_config
 from towers.storage.root import ArtifactError, Storage
 
 log = logging.getLogger("pipeline")
+SYNTHETIC_SIZES = ("synthetic_users", "synthetic_items", "synthetic_interactions")
 
 
 @dataclass
@@ -35,8 +36,14 @@ class PipelineConfig:
     dataset: prepare.Dataset = help_field("ml-100k", "data set to prepare")
     data_dir: str | None = help_field(None, "folder with the data set's files")
     split: Literal["random", "temporal"] = help_field("random", "split to train and report on")
+    synthetic_users: int = help_field(1_000, "--dataset synthetic: number of users")
+    synthetic_items: int = help_field(2_000, "--dataset synthetic: number of items")
+    synthetic_interactions: int = help_field(100_000, "--dataset synthetic: interactions")
     num_workers: int = help_field(2, "Ray Train workers")
     cpus_per_worker: float = help_field(1.0, "CPUs (torch threads) per Ray Train worker")
+    placement_strategy: train.PlacementStrategy = help_field(
+        "PACK", "Ray Train workers' placement: SPREAD puts them on different nodes where it can"
+    )
     use_gpu: bool = help_field(False, "train on GPUs (one per worker)")
     tune: bool = help_field(False, "run the Ray Tune search and train the tuned config too")
     tune_samples: int = help_field(16, "Tune trials when --tune")
@@ -99,7 +106,12 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     steps = Steps(cfg)
     uri = cfg.storage
     start = time.perf_counter()
-    prep_cfg = prepare.PrepareConfig(storage=uri, dataset=cfg.dataset, data_dir=cfg.data_dir)
+    prep_cfg = prepare.PrepareConfig(
+        storage=uri,
+        dataset=cfg.dataset,
+        data_dir=cfg.data_dir,
+        **{k: getattr(cfg, k) for k in SYNTHETIC_SIZES},
+    )
     prep_inputs = fingerprint(**{k: v for k, v in asdict(prep_cfg).items() if k != "storage"})
     data = steps.step("prepare", artifacts.DATA, prep_inputs, lambda: prepare.run(prep_cfg))
     data_fp = data["inputs"]
@@ -136,6 +148,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             preset=preset,
             num_workers=cfg.num_workers,
             cpus_per_worker=cfg.cpus_per_worker,
+            placement_strategy=cfg.placement_strategy,
             use_gpu=cfg.use_gpu,
             export_as=artifact,
             **overrides,
@@ -145,7 +158,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             **{
                 k: v
                 for k, v in asdict(train_cfg).items()
-                if k not in ("storage", "num_workers", "cpus_per_worker")
+                if k not in ("storage", *train.PLACEMENT_SETTINGS)
             },
         )
         manifest = steps.step(

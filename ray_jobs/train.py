@@ -25,8 +25,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ray_jobs.faults import ENV as FAULTS_ENV
-from ray_jobs.faults import FaultPlan, kill_at
+from ray_jobs.curves import Curves
+from ray_jobs.faults import FaultMarker, FaultPlan, kill_at
 from towers import artifacts
 from towers.data.prepared import PreparedData, load_prepared, split_file
 from towers.launch.cli import help_field, parse_config
@@ -56,6 +56,9 @@ MODEL_OVERRIDES = (
     "weight_decay",
     "seed",
 )
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"]
+# Settings that say where training runs, not what it learns (left out of the pipeline's inputs).
+PLACEMENT_SETTINGS = ("num_workers", "min_workers", "cpus_per_worker", "placement_strategy")
 
 
 @dataclass
@@ -68,6 +71,12 @@ class TrainConfig:
         "default", "model preset (towers.model.config.PRESETS)"
     )
     num_workers: int = help_field(2, "Ray Train workers (DDP ranks)")
+    min_workers: int | None = help_field(
+        None, "elastic: after a lost node, go on with as few as this many workers (default: fixed)"
+    )
+    placement_strategy: PlacementStrategy = help_field(
+        "PACK", "workers' placement group: SPREAD puts them on different nodes where it can"
+    )
     use_gpu: bool = help_field(False, "one GPU per worker, NCCL and bf16 autocast")
     cpus_per_worker: float = help_field(1.0, "CPUs reserved per worker")
     epochs: int | None = help_field(None, "maximum epochs (default: the preset's)")
@@ -95,6 +104,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ValueError(f"--num-workers must be >= 1, got {self.num_workers}")
+        if self.min_workers is not None and not 1 <= self.min_workers <= self.num_workers:
+            raise ValueError(
+                f"--min-workers must be in [1, --num-workers={self.num_workers}], "
+                f"got {self.min_workers}"
+            )
         if "/" in self.export_as or self.export_as in ("", ".", "..", artifacts.DATA):
             raise ValueError(f"--export-as must be a plain folder name, got {self.export_as!r}")
 
@@ -102,8 +116,9 @@ class TrainConfig:
         overrides = {k: getattr(self, k) for k in MODEL_OVERRIDES if getattr(self, k) is not None}
         overrides["bf16"] = self.use_gpu
         cfg = TwoTowerConfig.from_preset(self.preset, **overrides).sized_for(data.features)
-        if cfg.batch_size % self.num_workers:
-            raise ValueError(f"batch size {cfg.batch_size} not divisible by {self.num_workers}")
+        for workers in range(self.min_workers or self.num_workers, self.num_workers + 1):
+            if cfg.batch_size % workers:
+                raise ValueError(f"batch size {cfg.batch_size} not divisible by {workers} workers")
         return cfg
 
 
@@ -148,7 +163,7 @@ class ShardBatches:
                 local_shuffle_buffer_size=per_worker * 8,
                 local_shuffle_seed=self.seed * 1000 + epoch,
             )
-        marker = Path(self.loop["storage_path"]) / "fault_injected"
+        marker = FaultMarker(self.loop["storage"], self.loop["run_folder"])
         return kill_at(batches, self.faults, epoch, self.rank, self.world, marker)
 
 
@@ -180,7 +195,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     curves = Curves(Path(run_folder) / "tensorboard") if rank == 0 and run_folder else None
 
     def report(end: EpochEnd) -> None:
-        _report(end, rank, curves)
+        _report(end, rank, curves, ray.train.get_context().get_world_size())
         if faults.crash_after_epoch == end.row["epoch"] and resume is None:
             raise RuntimeError(f"fault injection: crashing after epoch {end.row['epoch']}")
 
@@ -214,33 +229,13 @@ def _log_progress(tick: dict[str, Any]) -> None:
     )
 
 
-class Curves:
-    """Rank 0's TensorBoard scalars, one point per epoch and phase (``search/loss``,
-    ``refit/samples_per_s``, ``search/ndcg_10``: TensorBoard tags have no ``@``), in ``folder``
-    beside the checkpoints."""
-
-    def __init__(self, folder: Path) -> None:
-        from tensorboardX import SummaryWriter  # comes with ray[tune]
-
-        self.writer = SummaryWriter(str(folder))
-
-    def add(self, row: dict[str, Any]) -> None:
-        for key, value in row.items():
-            if key in ("loss", "samples_per_s", "lr") or "@" in key or key == "rmse":
-                tag = f"{row['phase']}/{key.replace('@', '_')}"  # no "@" in TensorBoard tags
-                self.writer.add_scalar(tag, value, row["epoch"])
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()  # the writer's thread drains its queue: the last epoch is kept
-
-
-def _report(end: EpochEnd, rank: int, curves: Curves | None) -> None:
+def _report(end: EpochEnd, rank: int, curves: Curves | None, world_size: int) -> None:
     """Every rank reports (a barrier); rank 0 logs the epoch, adds it to the curves and writes
     the checkpoint."""
     import ray.train
 
     metrics = {k: v for k, v in end.row.items() if isinstance(v, (int, float, str))}
+    metrics["world_size"] = world_size  # changes when an elastic group shrinks
     shown = "  ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in metrics.items()
@@ -266,13 +261,14 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    need = cfg.num_workers * cfg.cpus_per_worker + (1 if cfg.data_loader == "ray_data" else 0)
+    workers = cfg.min_workers or cfg.num_workers
+    need = workers * cfg.cpus_per_worker + (1 if cfg.data_loader == "ray_data" else 0)
     init_ray(need)
     quiet_ray_data()
     have = ray.cluster_resources().get("CPU", 0)
     if have < need:
         raise RuntimeError(
-            f"the Ray cluster has {have:g} CPUs; {cfg.num_workers} workers x "
+            f"the Ray cluster has {have:g} CPUs; {workers} workers x "
             f"{cfg.cpus_per_worker:g} CPU plus 1 for Ray Data's reads need {need:g}. Lower "
             "--num-workers or --cpus-per-worker, or use --data-loader local"
         )
@@ -284,8 +280,6 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
     model_cfg = cfg.model_config(data)
     storage = Storage(cfg.storage)
     faults = FaultPlan.from_env()
-    if faults.kill_worker_at and not storage.is_local:
-        raise ValueError(f"{FAULTS_ENV} kill_worker_at needs a local storage root")
     split = data.split
     datasets = {}
     if cfg.data_loader == "ray_data":
@@ -310,12 +304,15 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
         "verbose": verbose(),
         "progress_every_s": cfg.progress_every_s,
         "storage_path": storage.path(artifacts.TRAIN, run_name) if storage.is_local else "",
+        "run_folder": f"{artifacts.TRAIN}/{run_name}",
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers,
+            # (min, max): Ray Train's elastic group, restarted with the workers that fit.
+            num_workers=(cfg.min_workers, cfg.num_workers) if cfg.min_workers else cfg.num_workers,
+            placement_strategy=cfg.placement_strategy,
             use_gpu=cfg.use_gpu,
             resources_per_worker={
                 "CPU": cfg.cpus_per_worker,
@@ -324,11 +321,10 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=(
-                storage.path(artifacts.TRAIN)
-                if storage.is_local
-                else f"{cfg.storage}/{artifacts.TRAIN}"
-            ),
+            # Checkpoints go to the storage root through its own filesystem (object storage:
+            # the endpoint and credentials it was opened with travel with it).
+            storage_path=storage.path(artifacts.TRAIN),
+            storage_filesystem=None if storage.is_local else storage.fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             logging_config=ray.train.LoggingConfig(log_level=ray_train_log_level()),
@@ -345,7 +341,9 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
             signal.signal(signal.SIGINT, previous)
 
 
-def export(cfg: TrainConfig, data: PreparedData, checkpoint_dir: Path) -> dict[str, Any]:
+def export(
+    cfg: TrainConfig, data: PreparedData, checkpoint_dir: Path, world_size: int | None = None
+) -> dict[str, Any]:
     """Publishes ``<export_as>/`` from the final checkpoint: refit weights, else the best epoch."""
     _, _, state = load_checkpoint(checkpoint_dir)
     refit = state.phase == "refit"
@@ -364,6 +362,7 @@ def export(cfg: TrainConfig, data: PreparedData, checkpoint_dir: Path) -> dict[s
         refit=refit,
         best_epoch=state.best_epoch,
         num_workers=cfg.num_workers,
+        final_world_size=world_size or cfg.num_workers,
         valid_metrics={k: v for k, v in best.items() if "@" in k or k == "rmse"},
         history=state.history,
         resumed_at=state.resumed_at,
@@ -382,7 +381,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     if result.checkpoint is None:
         raise RuntimeError("training reported no checkpoint")
     with result.checkpoint.as_directory() as folder:
-        manifest = export(cfg, data, Path(folder))
+        manifest = export(cfg, data, Path(folder), (result.metrics or {}).get("world_size"))
     wall = time.perf_counter() - start
     print(
         f"exported {cfg.export_as}/ version {manifest['version']} (D={model_cfg.embedding_dim}, "

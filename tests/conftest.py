@@ -91,3 +91,25 @@ def ray_session():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on loopback for the whole session, with ``AWS_*`` pointing at it in this
+    process's environment (and so in every Ray node and job started from it); stopped and the
+    environment restored at the end."""
+    from tests.s3 import environ_with, restore_environ, start_s3_server, stop_s3_server
+
+    server = start_s3_server(tmp_path_factory.mktemp("moto") / "moto_server.log")
+    saved = environ_with(server.env)
+    try:
+        yield server
+    finally:
+        restore_environ(saved)
+        stop_s3_server(server)
+
+
+@pytest.fixture
+def s3_root(s3_server) -> str:
+    """``s3://<fresh bucket>/run``: an empty storage root on the test S3 server."""
+    return f"s3://{s3_server.new_bucket()}/run"

@@ -89,8 +89,7 @@ def load_two_tower(
 ) -> tuple[TwoTowerRecommender, dict[str, Any]]:
     """``(model, manifest)`` of the export in ``artifact``, its files checked against the
     manifest (which refuses an incomplete export with a clear message)."""
-    manifest = storage.read_manifest(artifact)
-    with storage.local_copy(artifact) as folder:
+    with storage.checked_copy(artifact) as (folder, manifest):
         return TwoTowerRecommender.load(folder), manifest
 
 
@@ -123,17 +122,17 @@ def load_index(
     storage: Storage, artifact: str, model_version: str, dim: int
 ) -> tuple[ItemIndex, np.ndarray, np.ndarray | None]:
     """``(index, ids, user_embeddings or None)`` of ``artifact``, checked against the model."""
-    manifest = storage.read_manifest(artifact)
-    if manifest.get("model_version") != model_version:
-        raise ArtifactError(
-            f"{storage.uri}: {artifact}/ was built for model version "
-            f"{manifest.get('model_version')!r}, the model is {model_version!r}; rebuild the index"
-        )
-    if manifest.get("dim") != dim:
-        raise ArtifactError(
-            f"{storage.uri}: {artifact}/ has dimension {manifest.get('dim')}, the model {dim}"
-        )
-    with storage.local_copy(artifact) as folder:
+    with storage.checked_copy(artifact) as (folder, manifest):
+        if manifest.get("model_version") != model_version:
+            raise ArtifactError(
+                f"{storage.uri}: {artifact}/ was built for model version "
+                f"{manifest.get('model_version')!r}, the model is {model_version!r}; "
+                "rebuild the index"
+            )
+        if manifest.get("dim") != dim:
+            raise ArtifactError(
+                f"{storage.uri}: {artifact}/ has dimension {manifest.get('dim')}, the model {dim}"
+            )
         index = ItemIndex.load(folder, expected_version=model_version, expected_dim=dim)
         ids = np.load(folder / IDS_FILE, allow_pickle=False)
         user_emb = None
@@ -163,8 +162,7 @@ def publish_user_knn(
 
 def load_user_knn(storage: Storage, artifact: str = KNN) -> tuple[UserKNN, str]:
     """``(model, version)``: the version is 12 hex digits of SHA-256 over the saved files."""
-    manifest = storage.read_manifest(artifact)
-    with storage.local_copy(artifact) as folder:
+    with storage.checked_copy(artifact) as (folder, manifest):
         knn = UserKNN.load(folder)
         digest = hashlib.sha256()
         for name in sorted(manifest["files"]):

@@ -151,20 +151,21 @@ def write_prepared(
 
 def load_prepared(storage: Storage, split: str | None = None) -> PreparedData:
     """Reads ``data/`` for ``split`` (default: the first prepared split)."""
-    manifest = storage.read_manifest(ARTIFACT)
+    # Sizes here; each file's digest is checked on the bytes read_parquet reads (read once).
+    manifest = storage.read_manifest(ARTIFACT, checksums=False)
     split = split or manifest["splits"][0]
     if split not in manifest["splits"]:
         raise ArtifactError(
             f"{storage.uri}: split {split!r} was not prepared (have {manifest['splits']}); "
             f"rerun prepare with --split {split}"
         )
-    users = storage.read_parquet(USERS)
-    items = storage.read_parquet(ITEMS)
+    users = storage.read_parquet(USERS, manifest=manifest)
+    items = storage.read_parquet(ITEMS, manifest=manifest)
     items["genres"] = items["genres"].map(list)
     n_users, n_items = len(users), len(items)
     parts = {
         part: Interactions.from_frame(
-            storage.read_parquet(split_file(split, part)), n_users, n_items
+            storage.read_parquet(split_file(split, part), manifest=manifest), n_users, n_items
         )
         for part in PARTS
     }
@@ -184,9 +185,9 @@ def load_prepared(storage: Storage, split: str | None = None) -> PreparedData:
 def read_catalog_tables(storage: Storage) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(users, items)`` id tables for serving: ``user_idx, user_id`` and ``item_idx, item_id,
     title, genres``, after checking ``data/``'s manifest."""
-    storage.read_manifest(ARTIFACT)
-    users = storage.read_parquet(USERS, columns=["user_idx", "user_id"])
-    items = storage.read_parquet(ITEMS, columns=["item_idx", "item_id", "title", "genres"])
+    manifest = storage.read_manifest(ARTIFACT, checksums=False)  # digests: in read_parquet
+    users = storage.read_parquet(USERS, ["user_idx", "user_id"], manifest)
+    items = storage.read_parquet(ITEMS, ["item_idx", "item_id", "title", "genres"], manifest)
     return users, items
 
 

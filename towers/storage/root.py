@@ -19,7 +19,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +104,22 @@ class Storage:
         pq.write_table(table, sink, compression="zstd")
         self.write_bytes(rel, sink.getvalue())
 
-    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pd.DataFrame:
-        if not self.exists(rel):
-            raise ArtifactError(f"{self.uri}: missing file {rel}")
-        return pq.read_table(self.path(rel), filesystem=self.fs, columns=columns).to_pandas()
+    def read_parquet(
+        self, rel: str, columns: list[str] | None = None, manifest: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """Reads a Parquet file; with its artifact's ``manifest``, the file is read once into
+        memory and its SHA-256 is checked on those bytes before they are parsed (the check and
+        the read are one download on object storage)."""
+        if manifest is None:
+            if not self.exists(rel):
+                raise ArtifactError(f"{self.uri}: missing file {rel}")
+            return pq.read_table(self.path(rel), filesystem=self.fs, columns=columns).to_pandas()
+        artifact = manifest["artifact"]
+        own = posixpath.relpath(posixpath.normpath(rel), artifact)
+        data, digests = self.read_bytes(rel), manifest.get("sha256", {})
+        if own in digests and hashlib.sha256(data).hexdigest() != digests[own]:
+            raise self._damaged(artifact, own)
+        return pq.read_table(pa.BufferReader(data), columns=columns).to_pandas()
 
     # --- artifacts ---------------------------------------------------------------------------
 
@@ -170,11 +182,7 @@ class Storage:
                 )
         for rel, digest in manifest.get("sha256", {}).items() if checksums else ():
             if self._sha256(self.path(artifact, rel)) != digest:
-                raise ArtifactError(
-                    f"{self.uri}: {artifact}/{rel} is damaged or was changed after it was "
-                    "written: its SHA-256 differs from the manifest's; rerun the step that "
-                    "writes it"
-                )
+                raise self._damaged(artifact, rel)
         for key, value in expected.items():
             if value is not None and manifest.get(key) != value:
                 raise ArtifactError(
@@ -190,12 +198,23 @@ class Storage:
         self.write_json(f"{artifact}/{MANIFEST}", manifest)
         return manifest
 
-    def _sha256(self, path: str) -> str:
+    def _sha256(self, path: str, copy_to: Path | None = None) -> str:
+        """SHA-256 of the file at ``path``, read once in 1 MiB chunks (written to ``copy_to``
+        on the way when given: one download both copies and checks a file)."""
         digest = hashlib.sha256()
-        with self.fs.open_input_stream(path) as src:
+        with self.fs.open_input_stream(path) as src, ExitStack() as stack:
+            out = stack.enter_context(open(copy_to, "wb")) if copy_to is not None else None
             while chunk := src.read(1 << 20):
                 digest.update(chunk)
+                if out is not None:
+                    out.write(chunk)
         return digest.hexdigest()
+
+    def _damaged(self, artifact: str, rel: str) -> ArtifactError:
+        return ArtifactError(
+            f"{self.uri}: {artifact}/{rel} is damaged or was changed after it was written: its "
+            "SHA-256 differs from the manifest's; rerun the step that writes it"
+        )
 
     def is_complete(self, artifact: str, **expected: Any) -> bool:
         try:
@@ -215,16 +234,29 @@ class Storage:
                 )
 
     @contextmanager
-    def local_copy(self, artifact: str) -> Iterator[Path]:
-        """A local folder holding ``artifact``'s files (the folder itself when storage is local)."""
+    def checked_copy(self, artifact: str, **expected: Any) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """``(local folder, manifest)`` of ``artifact``, every file checked against the manifest
+        (``read_manifest``'s checks; ``expected`` as there).
+
+        Local storage yields the artifact's own folder. Object storage downloads each file once
+        into a temporary folder (removed afterwards) and checks its SHA-256 on the bytes it
+        downloaded: a checked load reads every file once, not twice (digest, then copy).
+        """
         if self.is_local:
-            yield Path(self.path(artifact))
+            yield Path(self.path(artifact)), self.read_manifest(artifact, **expected)
             return
+        manifest = self.read_manifest(artifact, checksums=False, **expected)  # sizes, fields
+        digests = manifest.get("sha256", {})
         tmp = Path(tempfile.mkdtemp(prefix=f"{artifact}-"))
         try:
-            for rel in self.read_manifest(artifact)["files"]:
+            for rel in manifest["files"]:
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                (tmp / rel).write_bytes(self.read_bytes(f"{artifact}/{rel}"))
-            yield tmp
+                digest = self._sha256(self.path(artifact, rel), copy_to=tmp / rel)
+                if rel in digests and digest != digests[rel]:
+                    raise self._damaged(artifact, rel)
+            # The manifest too, as in the artifact's folder: readers of a library's own format
+            # that shares it (ItemIndex.load reads index/manifest.json) find it in the copy.
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            yield tmp, manifest
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -36,3 +36,20 @@ def test_no_dashboard_or_serve_port_open_to_the_world():
     assert all(ip["CidrIp"] != "0.0.0.0/0" for r in rules for ip in r["IpRanges"])
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
     assert any("pip install -e ." in c for c in config["setup_commands"])
+
+
+def test_documented_job_submit_runs_on_object_storage_spread_over_nodes():
+    """The header's `ray job submit` line parses as a pipeline command: an s3:// storage root and
+    training workers spread over the nodes (what the multi-node tests run)."""
+    import shlex
+
+    from ray_jobs.pipeline import PipelineConfig
+    from towers.launch.cli import parse_config
+
+    lines = (ROOT / "cluster.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "ray job submit" in line)
+    command = " ".join(line.lstrip("#").strip().rstrip("\\") for line in lines[start : start + 2])
+    args = shlex.split(command.split("python -m ray_jobs.pipeline", 1)[1])
+    cfg = parse_config(PipelineConfig, args)
+    assert cfg.storage.startswith("s3://") and cfg.placement_strategy == "SPREAD"
+    assert cfg.use_gpu and cfg.num_workers == 2

@@ -184,7 +184,7 @@ def test_storage_and_artifact_names_cannot_escape_the_root(tmp_path):
                      storage.begin_artifact):  # fmt: skip
             with pytest.raises(ValueError, match="escapes the storage root"):
                 call(name)
-        with pytest.raises(ValueError, match="escapes"), storage.local_copy(name):
+        with pytest.raises(ValueError, match="escapes"), storage.checked_copy(name):
             pass
     via_uri = Storage(f"file://{tmp_path}/uri-root")
     with pytest.raises(ValueError, match="escapes the storage root"):
