@@ -21,8 +21,8 @@ import time
 import numpy as np
 import torch
 
-from towers.data.features import build_feature_tables
 from towers.data.interactions import Interactions
+from towers.data.prepared import movielens_features
 from towers.data.synthetic import SyntheticSpec, generate
 from towers.model.config import TwoTowerConfig
 from towers.model.network import TwoTower
@@ -54,7 +54,7 @@ def catalog(n_items: int, n_users: int = 2_000, n_interactions: int = 60_000):
         len(users),
         len(items),
     )
-    return train, build_feature_tables(users, items)
+    return train, movielens_features(users, items)
 
 
 def samples_per_s(train, features, loss: str, steps: int) -> float:

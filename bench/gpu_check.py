@@ -20,8 +20,8 @@ import time
 import numpy as np
 import torch
 
-from towers.data.features import build_feature_tables
 from towers.data.interactions import Interactions
+from towers.data.prepared import movielens_features
 from towers.data.splits import split_interactions
 from towers.data.synthetic import SyntheticSpec, generate
 from towers.model.config import TwoTowerConfig
@@ -51,7 +51,7 @@ def synthetic_split():
             len(items),
         )
 
-    return part(parts.train), part(parts.valid), build_feature_tables(users, items)
+    return part(parts.train), part(parts.valid), movielens_features(users, items)
 
 
 def run(device: str, ddp: bool, epochs: int, train, valid, features) -> dict:

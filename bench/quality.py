@@ -50,6 +50,7 @@ def run_row(
 ) -> dict[str, Any]:
     data = load_prepared(storage, split)
     config = TwoTowerConfig.from_preset(preset, **overrides)
+    config = config.sized_for(data.features, data.has_ratings)  # implicit data: no rating parts
     start = time.perf_counter()
     scale = data.rating_scale
     model, history = fit(
@@ -61,7 +62,7 @@ def run_row(
     best_epoch = values.index(min(values) if metric == "rmse" else max(values))
     train = data.full_train if refit else data.train
     rec = TwoTowerRecommender.from_model(model, data.features, train, data.rating_scale)
-    test = evaluate_model(rec, data.full_train, data.test)
+    test = evaluate_model(rec, data.full_train, data.test, with_ratings=data.has_ratings)
     return {
         "split": data.split,
         "preset": preset,

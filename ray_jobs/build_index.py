@@ -1,13 +1,21 @@
 """Item embeddings with Ray Data batch inference, then a ScaNN index checked against exact search.
 
     python -m ray_jobs.build_index --storage runs/demo [--kind scann|exact|auto]
+    python -m ray_jobs.build_index --storage runs/shop --items new_items.parquet --artifact index_v2
 
-The exported item tower runs in a pool of Ray Data actors over ``item_idx`` batches, so a catalog
-of millions of items streams through workers instead of one process; that is the only place the
-items are embedded (the driver loads the model for the user tower only). The index is built over
-the embeddings (item ids = ``item_idx``), its recall@10 is measured against exact search on a
-sample of known users, and ``index/`` is published with a manifest that names the model version
-and dimension it belongs to. Known users' embeddings are precomputed into ``index/`` too.
+The exported item tower runs in a pool of Ray Data actors over batches of the items table's rows
+(each encoded with the model's fitted encoders), so a catalog of millions of items streams
+through workers instead of one process; that is the only place the items are embedded (the
+driver loads the model for the user tower only). The index is built over the embeddings (item
+ids = ``item_idx``), its recall@10 is measured against exact search on a sample of known users,
+and the index artifact is published with a manifest that names the model version and dimension
+it belongs to. Known users' embeddings are precomputed into it too.
+
+``--items`` takes an items table in the form the data set was prepared from: its items that are
+not in ``data/`` are added after the model's (features only: their id embedding is the model's
+"unknown item"), without retraining. The index then carries the grown catalog (ids, display
+columns, embeddings) and a running server rolls it out through its ``user_config``
+(``index_artifact``); whether the new items are recommended is the ``new_items`` setting.
 """
 
 from __future__ import annotations
@@ -18,8 +26,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 
 from towers import artifacts
+from towers.data import prepared
+from towers.data.contract import load_items
 from towers.index import ExactIndex, index_recall, make_index
 from towers.launch.cli import help_field, parse_config
 from towers.launch.ray_init import init_ray, quiet_ray_data
@@ -43,6 +54,10 @@ class BuildIndexConfig:
     recall_users: int = help_field(500, "known users whose top-10 is compared with exact search")
     min_recall: float = help_field(0.9, "fail when the measured recall@10 is below this")
     user_embeddings: bool = help_field(True, "also precompute known users' embeddings")
+    items: str | None = help_field(
+        None, "an items table with items added after training (the prepared form: Parquet/CSV)"
+    )
+    artifact: str = help_field(artifacts.INDEX, "artifact folder the index goes to")
 
 
 class ItemTowerActor:
@@ -55,29 +70,42 @@ class ItemTowerActor:
         with Storage(storage_uri).checked_copy(artifact) as (folder, _):
             self.rec = TwoTowerRecommender.load(folder)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
-        model, ctx = self.rec.model, self.rec.ctx
-        assert model is not None and ctx is not None
-        items = torch.as_tensor(batch["item_idx"].astype(np.int64))
-        with torch.no_grad():
-            emb = model.item_embeddings(ctx.item_batch(items)).float().numpy()  # (B, D)
-        return {"item_idx": batch["item_idx"], "embedding": emb}
+    def __call__(self, batch: pd.DataFrame) -> dict[str, np.ndarray]:
+        emb = self.rec.embed_item_rows(batch, batch["known_idx"].to_numpy())  # (B, D)
+        return {"item_idx": batch["item_idx"].to_numpy(), "embedding": emb}
 
 
-def embed_items_with_ray_data(cfg: BuildIndexConfig, n_items: int) -> np.ndarray:
-    """``(n_items, D)`` float32 item embeddings, row ``i`` for ``item_idx`` ``i``."""
+def catalog_items(
+    storage: Storage, n_model_items: int, new_table: str | None
+) -> tuple[pd.DataFrame, int]:
+    """``(items, n_added)``: ``data/``'s items table, plus the rows of ``new_table`` whose ids it
+    lacks, appended with ``item_idx`` from ``n_model_items`` on; ``known_idx`` is each row's
+    index in the model's catalog, -1 for an added item."""
+    items = storage.read_parquet(prepared.ITEMS)
+    added = 0
+    if new_table is not None:
+        new = load_items(new_table, prepared.read_source_schema(storage))
+        new = new[~new["item_id"].isin(items["item_id"])].reset_index(drop=True)
+        added = len(new)
+        new.insert(0, "item_idx", np.arange(len(items), len(items) + added, dtype=np.int64))
+        items = pd.concat([items, new], ignore_index=True)
+        log.info("%s: %d items added after training (%d in all)", new_table, added, len(items))
+    items["known_idx"] = np.where(items["item_idx"] < n_model_items, items["item_idx"], -1)
+    return items, added
+
+
+def embed_items_with_ray_data(cfg: BuildIndexConfig, items: pd.DataFrame) -> np.ndarray:
+    """``(len(items), D)`` float32 item embeddings, row ``i`` for ``item_idx`` ``i``."""
     import ray
     import ray.data
 
     init_ray(cfg.num_actors + 1)
     quiet_ray_data()
-    items = ray.data.range(n_items).rename_columns({"id": "item_idx"})
-    embedded = items.map_batches(
+    embedded = ray.data.from_pandas(items).map_batches(
         ItemTowerActor,
         fn_constructor_args=(cfg.storage, cfg.model),
         batch_size=cfg.batch_size,
+        batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=1,
     )
@@ -94,11 +122,14 @@ def run(cfg: BuildIndexConfig) -> dict[str, Any]:
     cfg = replace(cfg, storage=storage.absolute_uri)  # Ray Data actors run in another cwd
     # The driver needs the user tower (recall check, user embeddings); items go through Ray Data.
     rec, model_manifest = artifacts.load_two_tower(storage, cfg.model)
+    items, added = catalog_items(storage, rec.n_items, cfg.items)
     start = time.perf_counter()
-    embeddings = embed_items_with_ray_data(cfg, rec.n_items)
+    assert rec.features is not None
+    needed = ["item_idx", "known_idx", *(f.name for f in rec.features.items.features)]
+    embeddings = embed_items_with_ray_data(cfg, items[needed])
     embed_s = time.perf_counter() - start
-    ids = np.arange(rec.n_items, dtype=np.int64)
-    index = make_index(cfg.kind, rec.n_items, model_version=rec.version).build(embeddings, ids)
+    ids = np.arange(len(items), dtype=np.int64)
+    index = make_index(cfg.kind, len(items), model_version=rec.version).build(embeddings, ids)
     exact = ExactIndex(rec.version).build(embeddings, ids)
     rng = np.random.default_rng(0)
     users = rng.choice(rec.n_users, min(cfg.recall_users, rec.n_users), replace=False)
@@ -111,17 +142,22 @@ def run(cfg: BuildIndexConfig) -> dict[str, Any]:
         raise RuntimeError(f"index recall@10 {recall:.3f} is below --min-recall {cfg.min_recall}")
     index.measured_recall = {"k": 10, "recall": recall, "n_queries": len(users)}
     all_users = rec.user_embeddings(np.arange(rec.n_users)) if cfg.user_embeddings else None
+    display = prepared.read_catalog_tables(storage)[2]
+    grown = (items[["item_idx", "item_id", *display]], embeddings) if added else None
     manifest = artifacts.publish_index(
         storage,
         index,
+        cfg.artifact,
         user_embeddings=all_users,
+        catalog=grown,
         model=cfg.model,
         recall_users=len(users),
         embed_seconds=round(embed_s, 2),
         model_manifest_version=model_manifest.get("version"),
     )
     print(
-        f"index/: {index.kind} over {index.size} items (D={index.dim}) for model "
+        f"{cfg.artifact}/: {index.kind} over {index.size} items ({added} added after training; "
+        f"D={index.dim}) for model "
         f"{rec.version}; recall@10 vs exact {recall:.4f} on {len(users)} users; "
         f"item embeddings via Ray Data in {embed_s:.1f}s"
     )

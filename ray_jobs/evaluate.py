@@ -44,7 +44,11 @@ class EvaluateConfig:
 def fit_user_knn(storage: Storage, data: PreparedData, metric: str) -> tuple[UserKNN, dict]:
     """Chooses UserKNN's settings on validation, refits on train ∪ valid, publishes ``knn/``."""
     start = time.perf_counter()
-    best, table = tune_user_knn(data.train, data.valid, metric=metric)
+    # Implicit feedback: the explicit mode's centred ratings would all be 0, so only "implicit".
+    grid = None if data.has_ratings else {"mode": ("implicit",)}
+    if not data.has_ratings and metric in ("mse", "rmse", "mae", "r2"):
+        raise ValueError(f"--knn-metric {metric}: this data set is implicit (no ratings)")
+    best, table = tune_user_knn(data.train, data.valid, grid=grid, metric=metric)
     model = UserKNN(**best).fit(data.full_train)
     artifacts.publish_user_knn(
         storage,

@@ -33,12 +33,18 @@ class PipelineConfig:
     storage: str = help_field(
         "runs/demo", "storage root (local folder or s3://…, seen by all nodes)"
     )
-    dataset: prepare.Dataset = help_field("ml-100k", "data set to prepare")
+    dataset: prepare.Dataset = help_field("ml-100k", "data set to prepare (or --interactions)")
     data_dir: str | None = help_field(None, "folder with the data set's files")
+    interactions: str | None = help_field(None, "your interactions table (docs/YOUR_DATA.md)")
+    items: str | None = help_field(None, "your items table")
+    users: str | None = help_field(None, "your users table")
+    schema: str | None = help_field(None, "your data set's schema file (inferred if absent)")
     split: Literal["random", "temporal"] = help_field("random", "split to train and report on")
-    synthetic_users: int = help_field(1_000, "--dataset synthetic: number of users")
-    synthetic_items: int = help_field(2_000, "--dataset synthetic: number of items")
-    synthetic_interactions: int = help_field(100_000, "--dataset synthetic: interactions")
+    synthetic_users: int | None = help_field(None, "--dataset synthetic: users (preset: small)")
+    synthetic_items: int | None = help_field(None, "--dataset synthetic: items (preset: small)")
+    synthetic_interactions: int | None = help_field(
+        None, "--dataset synthetic: interactions (preset: small)"
+    )
     num_workers: int = help_field(2, "Ray Train workers")
     cpus_per_worker: float = help_field(1.0, "CPUs (torch threads) per Ray Train worker")
     placement_strategy: train.PlacementStrategy = help_field(
@@ -51,7 +57,37 @@ class PipelineConfig:
     epochs: int | None = help_field(None, "override the presets' maximum epochs")
     serve: bool = help_field(False, "finish by serving HTTP on 127.0.0.1:8000 until Ctrl-C")
     port: int = help_field(8000, "HTTP port when --serve")
-    force: bool = help_field(False, "rerun every step even when its outputs are complete")
+    force: bool = help_field(
+        False,
+        "rerun every step even when its outputs are complete, and replace a data/ "
+        "prepared from other inputs",
+    )
+
+    def prepare_config(self) -> prepare.PrepareConfig:
+        own = dict(
+            interactions=self.interactions, items=self.items, users=self.users, schema=self.schema
+        )
+        if self.interactions is None:  # MovieLens/synthetic: both splits, as prepare does
+            sizes = {k: getattr(self, k) for k in SYNTHETIC_SIZES}
+            return prepare.PrepareConfig(
+                storage=self.storage, dataset=self.dataset, data_dir=self.data_dir, **own, **sizes
+            )
+        return prepare.PrepareConfig(storage=self.storage, split=self.split, **own)
+
+
+def guard_data(storage: Storage, inputs: str, force: bool) -> None:
+    """Refuses to replace a ``data/`` prepared from other inputs (your own files, say) unless
+    ``--force``: a pipeline pointed at the wrong storage must not overwrite it."""
+    try:
+        manifest = storage.read_manifest(artifacts.DATA)
+    except ArtifactError:
+        return  # nothing there, or incomplete: prepare (re)writes it
+    if manifest.get("inputs") != inputs and not force:
+        raise SystemExit(
+            f"[pipeline] {storage.uri}/{artifacts.DATA} was prepared from other inputs "
+            f"({manifest.get('dataset')}, {manifest.get('source')}); use another --storage, or "
+            "--force to replace it"
+        )
 
 
 def fingerprint(**inputs: Any) -> str:
@@ -106,19 +142,17 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     steps = Steps(cfg)
     uri = cfg.storage
     start = time.perf_counter()
-    prep_cfg = prepare.PrepareConfig(
-        storage=uri,
-        dataset=cfg.dataset,
-        data_dir=cfg.data_dir,
-        **{k: getattr(cfg, k) for k in SYNTHETIC_SIZES},
-    )
-    prep_inputs = fingerprint(**{k: v for k, v in asdict(prep_cfg).items() if k != "storage"})
+    prep_cfg = cfg.prepare_config()
+    prep_inputs = prepare.inputs_fingerprint(prep_cfg)
+    guard_data(steps.storage, prep_inputs, cfg.force)
     data = steps.step("prepare", artifacts.DATA, prep_inputs, lambda: prepare.run(prep_cfg))
     data_fp = data["inputs"]
 
     model_versions = {}
     runs = [(artifacts.MODEL, "default", None)]
-    if cfg.paper:
+    if cfg.paper and data.get("implicit"):
+        print("[pipeline] train:paper  skipped: its pointwise loss needs ratings (implicit data)")
+    elif cfg.paper:
         runs.append((artifacts.TWO_TOWER_EXPORTS["two_tower_paper"], "paper", None))
     if cfg.tune:
         from tuning import tune

@@ -3,21 +3,29 @@
 python -m ray_jobs.prepare --dataset ml-100k --storage runs/demo
 python -m ray_jobs.prepare --dataset synthetic --synthetic-interactions 10000000 --storage /tmp/s
 python -m ray_jobs.prepare --dataset synthetic --synthetic-preset ml-25m --storage /tmp/s25m
+python -m ray_jobs.prepare --interactions events.parquet --items items.csv --schema schema.yaml \
+    --split temporal --storage runs/shop          # your own data (docs/YOUR_DATA.md)
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
 from tqdm import tqdm
 
+from towers.data.contract import load_dataset
+from towers.data.files import fingerprint
 from towers.data.movielens import RATING_SCALES, read_folder
 from towers.data.prepared import summary, write_prepared
 from towers.data.raw import RawData
+from towers.data.schema import Schema
 from towers.data.sources import locate
 from towers.data.splits import SPLITS
 from towers.data.synthetic import (
@@ -38,10 +46,19 @@ Dataset = Literal["ml-100k", "ml-1m", "ml-latest-small", "ml-20m", "ml-25m", "ml
 
 @dataclass
 class PrepareConfig:
-    """Parse, validate, split and publish a MovieLens (or synthetic) data set under STORAGE/data."""
+    """Parse, validate, split and publish a data set under STORAGE/data: your own files
+    (--interactions, --items, --users, --schema), MovieLens or synthetic data."""
 
     storage: str = help_field("runs/demo", "storage root: a local folder or a pyarrow URI (s3://…)")
-    dataset: Dataset = help_field("ml-100k", "which data set")
+    dataset: Dataset = help_field("ml-100k", "which data set (ignored with --interactions)")
+    interactions: str | None = help_field(
+        None, "your interactions table: a Parquet/CSV file or folder, local or a URI"
+    )
+    items: str | None = help_field(None, "your items table (features, display columns)")
+    users: str | None = help_field(None, "your users table (features)")
+    schema: str | None = help_field(
+        None, "YAML/JSON file naming the columns and their kinds (inferred and printed if absent)"
+    )
     data_dir: str | None = help_field(None, "folder with the data set's files (skips fetching)")
     split: str = help_field(
         "random,temporal", "comma-separated splits to prepare: random, temporal"
@@ -65,11 +82,21 @@ class PrepareConfig:
             raise ValueError(f"--split: unknown {bad}; choose from {SPLITS}")
         if not 0 <= self.valid_ratio < 1:
             raise ValueError(f"--valid-ratio must be in [0, 1), got {self.valid_ratio}")
+        if self.interactions is None and any((self.items, self.users, self.schema)):
+            raise ValueError("--items, --users and --schema describe --interactions: give it too")
         if self.synthetic_preset is not None and self.synthetic_preset not in PRESETS:
             raise ValueError(
                 f"--synthetic-preset: unknown {self.synthetic_preset!r}; "
                 f"choose from {list(PRESETS)}"
             )
+
+    @property
+    def name(self) -> str:
+        """The data set's name in manifests and reports."""
+        if self.interactions is None:
+            return self.dataset
+        stem = self.interactions.rstrip("/").rsplit("/", 1)[-1]
+        return stem.split(".", 1)[0] or "files"
 
     @property
     def synthetic_spec(self) -> SyntheticSpec:
@@ -82,8 +109,28 @@ class PrepareConfig:
         return [s.strip() for s in self.split.split(",") if s.strip()]
 
 
+def inputs_fingerprint(cfg: PrepareConfig) -> str:
+    """A short hash of what ``data/`` is prepared from: the settings (not the storage) and, for
+    your own files, each file's path, size and modification time, and the schema file's text.
+    ``data/manifest.json`` carries it; the pipeline compares it before reusing or replacing."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "storage"}
+    if cfg.interactions is not None:
+        for what in ("interactions", "items", "users"):
+            if getattr(cfg, what):
+                settings[f"{what}_files"] = fingerprint(getattr(cfg, what), what)
+        if cfg.schema:
+            settings["schema_text"] = Path(cfg.schema).read_text()
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def load_raw(cfg: PrepareConfig) -> tuple[RawData, dict[str, int]]:
     """Reads and validates the configured data set."""
+    if cfg.interactions is not None:
+        schema = Schema.load(cfg.schema) if cfg.schema else None
+        raw, drops = load_dataset(cfg.interactions, cfg.items, cfg.users, schema)
+        cleaned, more = validate_raw(raw)
+        return cleaned, {**drops, **more}
     if cfg.dataset == "synthetic":
         spec = cfg.synthetic_spec
         # Chunks stream into one Arrow table: no single pandas frame of all interactions.
@@ -109,6 +156,7 @@ def load_raw(cfg: PrepareConfig) -> tuple[RawData, dict[str, int]]:
 def run(cfg: PrepareConfig) -> dict:
     start = time.perf_counter()
     storage = Storage(cfg.storage)
+    inputs = inputs_fingerprint(cfg)
     raw, drops = load_raw(cfg)
     log.info(
         "parsed %s rows in %.1fs; splitting %s",
@@ -119,12 +167,12 @@ def run(cfg: PrepareConfig) -> dict:
     manifest = write_prepared(
         storage,
         raw,
-        cfg.dataset,
+        cfg.name,
         cfg.splits,
         cfg.seed,
         cfg.valid_ratio,
         drops,
-        extra={"config": {k: v for k, v in vars(cfg).items() if k != "storage"}},
+        extra={"config": {k: v for k, v in vars(cfg).items() if k != "storage"}, "inputs": inputs},
     )
     print(summary(manifest))
     print(f"wrote {storage.uri}/data in {time.perf_counter() - start:.1f}s")

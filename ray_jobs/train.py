@@ -114,8 +114,8 @@ class TrainConfig:
 
     def model_config(self, data: PreparedData) -> TwoTowerConfig:
         overrides = {k: getattr(self, k) for k in MODEL_OVERRIDES if getattr(self, k) is not None}
-        overrides["bf16"] = self.use_gpu
-        cfg = TwoTowerConfig.from_preset(self.preset, **overrides).sized_for(data.features)
+        cfg = TwoTowerConfig.from_preset(self.preset, **overrides, bf16=self.use_gpu)
+        cfg = cfg.sized_for(data.features, data.has_ratings)
         for workers in range(self.min_workers or self.num_workers, self.num_workers + 1):
             if cfg.batch_size % workers:
                 raise ValueError(f"batch size {cfg.batch_size} not divisible by {workers} workers")

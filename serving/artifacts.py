@@ -13,6 +13,7 @@ protobuf assets.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from serving.recommenders import Catalog, TwoTowerService, UserKNNService
 from serving.schemas import ModelSettings
@@ -24,9 +25,11 @@ class ArtifactLoadError(RuntimeError):
     """An artifact cannot be served; the message names the storage, artifact and problem."""
 
 
-def load_catalog(storage: Storage) -> Catalog:
-    """Raw ids, titles and genres from ``data/``."""
-    return Catalog.from_frames(*read_catalog_tables(storage))
+def load_catalog(storage: Storage, items: pd.DataFrame | None = None) -> Catalog:
+    """Raw ids and display columns from ``data/``; ``items`` (an index's grown catalog) replaces
+    ``data/``'s items."""
+    users, data_items, display = read_catalog_tables(storage)
+    return Catalog.from_frames(users, data_items if items is None else items, display)
 
 
 def load_two_tower_service(default_storage: str, settings: ModelSettings) -> TwoTowerService:
@@ -47,18 +50,22 @@ def load_two_tower_service(default_storage: str, settings: ModelSettings) -> Two
         index, ids, user_emb = artifacts.load_index(
             storage, settings.index_artifact, rec.version, dim
         )
-        if not np.array_equal(ids, np.arange(rec.n_items)):
+        grown = artifacts.load_index_catalog(storage, settings.index_artifact)
+        catalog = load_catalog(storage, grown[0] if grown is not None else None)
+        if not np.array_equal(ids, np.arange(catalog.n_items)):
             raise ArtifactLoadError(f"{uri}: {settings.index_artifact}/ ids are not item_idx order")
         return TwoTowerService(
             rec,
             index,
-            load_catalog(storage),
+            catalog,
             user_emb if settings.precomputed_user_embeddings else None,
             info={
                 "storage": uri,
                 "artifact": settings.model_artifact,
                 "index_artifact": settings.index_artifact,
             },
+            item_embeddings=grown[1] if grown is not None else None,
+            new_items=settings.new_items,
         )
     except ArtifactLoadError:
         raise

@@ -31,7 +31,7 @@ from serving.recommenders import ModelService, answer
 from serving.schemas import K_MAX, MAX_BODY_BYTES, ModelSettings
 
 log = logging.getLogger("ray.serve")
-RELOAD_KEYS = ("storage", "model_artifact", "index_artifact", "model_version")
+RELOAD_KEYS = ("storage", "model_artifact", "index_artifact", "model_version", "new_items")
 
 
 class ModelDeployment:
@@ -102,7 +102,7 @@ class ModelDeployment:
             raise RuntimeError("no model loaded: reconfigure was never called")
         return self.service
 
-    async def recommend(self, user_id: int, k: int) -> tuple[int, bytes]:
+    async def recommend(self, user_id: Any, k: int) -> tuple[int, bytes]:
         """One known user's answer, computed in a batch with concurrent requests."""
         batched: Any = self.recommend_batch  # takes one request, returns its answer
         return await batched((user_id, k))
@@ -110,13 +110,13 @@ class ModelDeployment:
     async def recommend_cold_start(self, body: dict[str, Any], k: int) -> tuple[int, bytes]:
         return encode(answer(self._require().recommend_cold_start, body, k))
 
-    async def similar(self, item_id: int, k: int) -> tuple[int, bytes]:
+    async def similar(self, item_id: Any, k: int) -> tuple[int, bytes]:
         return encode(answer(self._require().similar_items, item_id, k))
 
-    async def feature_values(self) -> dict[str, list[str]]:
-        return self._require().feature_values()
+    async def user_features(self) -> dict[str, dict[str, Any]]:
+        return self._require().user_features()
 
-    async def history(self, user_id: int, k: int) -> tuple[int, bytes]:
+    async def history(self, user_id: Any, k: int) -> tuple[int, bytes]:
         return encode(answer(self._require().history, user_id, k))
 
     async def users(self, k: int) -> tuple[int, bytes]:
@@ -190,23 +190,23 @@ class HandleBackend:
                 return _failure(err)
         raise AssertionError("unreachable")
 
-    async def recommend(self, model: str, user_id: int, k: int) -> Reply:
+    async def recommend(self, model: str, user_id: Any, k: int) -> Reply:
         return await self._call(model, "recommend", user_id, k)
 
     async def recommend_cold_start(self, model: str, body: dict[str, Any], k: int) -> Reply:
         return await self._call(model, "recommend_cold_start", body, k)
 
-    async def similar(self, item_id: int, k: int) -> Reply:
+    async def similar(self, item_id: Any, k: int) -> Reply:
         return await self._call("two_tower", "similar", item_id, k)
 
-    async def history(self, user_id: int, k: int) -> Reply:
+    async def history(self, user_id: Any, k: int) -> Reply:
         return await self._call("two_tower", "history", user_id, k)
 
     async def users(self, k: int) -> Reply:
         return await self._call("two_tower", "users", k)
 
-    async def feature_values(self) -> dict[str, list[str]]:
-        result = await self._call("two_tower", "feature_values")
+    async def user_features(self) -> dict[str, dict[str, Any]]:
+        result = await self._call("two_tower", "user_features")
         return {} if isinstance(result, tuple) else result  # a failed call: no enum, no error
 
     async def health(self) -> Reply:

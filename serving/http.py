@@ -37,6 +37,7 @@ from serving.schemas import (
     RecommendResponse,
     SimilarResponse,
     UsersResponse,
+    described_user,
 )
 
 log = logging.getLogger("serving")
@@ -51,19 +52,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 class Backend(Protocol):
     """What the routes need; every method answers ``(status, JSON body)``."""
 
-    async def recommend(self, model: str, user_id: int, k: int) -> Reply: ...
+    async def recommend(self, model: str, user_id: Any, k: int) -> Reply: ...
 
     async def recommend_cold_start(self, model: str, body: dict[str, Any], k: int) -> Reply: ...
 
-    async def similar(self, item_id: int, k: int) -> Reply: ...
+    async def similar(self, item_id: Any, k: int) -> Reply: ...
 
     async def health(self) -> Reply: ...
 
-    async def history(self, user_id: int, k: int) -> Reply: ...
+    async def history(self, user_id: Any, k: int) -> Reply: ...
 
     async def users(self, k: int) -> Reply: ...
 
-    async def feature_values(self) -> dict[str, list[str]]:
+    async def user_features(self) -> dict[str, dict[str, Any]]:
         """Allowed values of the cold-start body's categorical features, from the served model."""
         ...
 
@@ -85,27 +86,27 @@ class LocalBackend:
     def __init__(self, services: dict[str, ModelService]) -> None:
         self.services = services
 
-    async def recommend(self, model: str, user_id: int, k: int) -> Answer:
+    async def recommend(self, model: str, user_id: Any, k: int) -> Answer:
         return answer(self.services[model].recommend, user_id, k)
 
     async def recommend_cold_start(self, model: str, body: dict[str, Any], k: int) -> Answer:
         return answer(self.services[model].recommend_cold_start, body, k)
 
-    async def similar(self, item_id: int, k: int) -> Answer:
+    async def similar(self, item_id: Any, k: int) -> Answer:
         return answer(self.services["two_tower"].similar_items, item_id, k)
 
     async def health(self) -> Answer:
         return 200, {"status": "ok", "models": {n: s.health() for n, s in self.services.items()}}
 
-    async def history(self, user_id: int, k: int) -> Answer:
+    async def history(self, user_id: Any, k: int) -> Answer:
         return answer(self.services["two_tower"].history, user_id, k)
 
     async def users(self, k: int) -> Answer:
         return answer(self.services["two_tower"].users, k)
 
-    async def feature_values(self) -> dict[str, list[str]]:
+    async def user_features(self) -> dict[str, dict[str, Any]]:
         service = self.services.get("two_tower")
-        return service.feature_values() if service is not None else {}
+        return service.user_features() if service is not None else {}
 
 
 def error(
@@ -228,7 +229,9 @@ def create_app(
         summary="Top-k items for a known user, seen items excluded",
     )
     async def recommend(
-        user_id: int = Path(description="raw MovieLens user id"),
+        user_id: str = Path(
+            description="raw user id (an integer or a string, as the data set has them)"
+        ),
         k: int = k_query,
         model: ModelName = model_query,
     ) -> Response:
@@ -252,7 +255,7 @@ def create_app(
         summary="Nearest items by two-tower item embedding, the item itself excluded",
     )
     async def similar(
-        item_id: int = Path(description="raw MovieLens item id"), k: int = k_query
+        item_id: str = Path(description="raw item id (an integer or a string)"), k: int = k_query
     ) -> Response:
         return reply(await backend.similar(item_id, k))
 
@@ -263,7 +266,10 @@ def create_app(
         summary="A known user's most recent training items",
     )
     async def history(
-        user_id: int = Path(description="raw MovieLens user id"), k: int = k_query
+        user_id: str = Path(
+            description="raw user id (an integer or a string, as the data set has them)"
+        ),
+        k: int = k_query,
     ) -> Response:
         return reply(await backend.history(user_id, k))
 
@@ -289,9 +295,10 @@ def create_app(
         """The schema, each categorical user feature's ``enum`` taken from the served model (a
         roll-out may change them), so a body the schema accepts is one the model can answer."""
         spec = copy.deepcopy(app.openapi())
-        features = spec["components"]["schemas"]["UserFeatures"]["properties"]
-        for name, values in (await backend.feature_values()).items():
-            features[name]["anyOf"] = [{"type": "string", "enum": values}, {"type": "null"}]
+        schemas = spec["components"]["schemas"]
+        features = await backend.user_features()
+        schemas["UserFeatures"].update(properties=features, additionalProperties=False)
+        schemas["ColdStartRequest"].update(described_user(list(features)))
         return JSONResponse(spec)
 
     @app.get("/docs", include_in_schema=False)

@@ -3,8 +3,8 @@
 The Serve deployments (``serving.deployments``) and the bare in-process app (``serving.http``)
 both call these classes, so everything a request can get wrong is tested here in milliseconds.
 
-* :class:`Catalog` maps raw MovieLens ``user_id``/``item_id`` to the row indices the models use
-  and holds each item's title and genres.
+* :class:`Catalog` maps raw ``user_id``/``item_id`` (integers or strings) to the row indices the
+  models use and holds each item's display columns (title, genres, ...).
 * :class:`TwoTowerService` answers known users (their precomputed embedding, or the user tower,
   then the index with their seen items excluded), cold-start users (the user tower on features
   and liked items) and similar items (the item's embedding as the query).
@@ -17,133 +17,16 @@ crosses a ``DeploymentHandle``, so no exception has to be pickled between replic
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from serving.schemas import ColdStartRequest
+from serving.catalog import Answer, Catalog, ServingError, answer, check_k
+from serving.schemas import ColdStartRequest, feature_json_schema
+from towers.data.errors import DataError
 
-Answer = tuple[int, dict[str, Any]]  # (HTTP status, JSON body)
-
-
-class ServingError(Exception):
-    """A request the server understood but cannot answer: an HTTP 4xx with a JSON body."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.code, "message": self.message}
-
-
-def answer(handler: Callable[..., dict[str, Any]], *args: Any) -> Answer:
-    """``(200, handler(*args))``, or ``(status, error body)`` when it raises ``ServingError``."""
-    try:
-        return 200, handler(*args)
-    except ServingError as err:
-        return err.status, err.body()
-
-
-def check_k(k: int) -> int:
-    if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
-        raise ServingError(422, "invalid_k", f"k must be a positive integer, got {k!r}")
-    return int(k)
-
-
-class Catalog:
-    """Raw ids ↔ indices and item metadata, aligned with ``data/users.parquet``/``items.parquet``.
-
-    Args:
-        user_ids: ``(n_users,)`` raw user id of ``user_idx`` ``i``.
-        item_ids: ``(n_items,)`` raw item id of ``item_idx`` ``i``.
-        titles: ``n_items`` titles.
-        genres: ``n_items`` genre lists.
-    """
-
-    def __init__(
-        self,
-        user_ids: np.ndarray,
-        item_ids: np.ndarray,
-        titles: Sequence[str],
-        genres: Sequence[Sequence[str]],
-    ) -> None:
-        if not len(item_ids) == len(titles) == len(genres):
-            raise ValueError(f"{len(item_ids)} items, {len(titles)} titles, {len(genres)} genres")
-        self._user_idx = {int(u): i for i, u in enumerate(user_ids)}
-        self._item_idx = {int(v): i for i, v in enumerate(item_ids)}
-        if len(self._user_idx) != len(user_ids) or len(self._item_idx) != len(item_ids):
-            raise ValueError("user and item ids must be distinct")
-        self.item_ids = np.asarray(item_ids, dtype=np.int64)
-        self.user_ids = np.asarray(user_ids, dtype=np.int64)
-        # Built once: each response copies these dicts and adds a score.
-        self.items = [
-            {"item_id": int(i), "title": str(t), "genres": [str(g) for g in gs]}
-            for i, t, gs in zip(item_ids, titles, genres, strict=True)
-        ]
-
-    @classmethod
-    def from_frames(cls, users: pd.DataFrame, items: pd.DataFrame) -> Catalog:
-        """From the ``data/`` tables; their ``*_idx`` columns must be ``0..n-1`` in order."""
-        for frame, name in ((users, "user_idx"), (items, "item_idx")):
-            if not np.array_equal(frame[name].to_numpy(), np.arange(len(frame))):
-                raise ValueError(f"data/: {name} is not 0..{len(frame) - 1} in row order")
-        return cls(
-            users["user_id"].to_numpy(np.int64),
-            items["item_id"].to_numpy(np.int64),
-            items["title"].fillna("").astype(str).tolist(),
-            [list(g) if g is not None else [] for g in items["genres"]],
-        )
-
-    @property
-    def n_users(self) -> int:
-        return len(self.user_ids)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
-
-    def user_index(self, user_id: int) -> int:
-        """Raises a 404 naming ``user_id`` when it is not in the training data."""
-        idx = self._user_idx.get(user_id)
-        if idx is None:
-            raise ServingError(
-                404,
-                "unknown_user",
-                f"user_id {user_id} is not in the training data ({self.n_users} users); "
-                "describe a new user with POST /recommend",
-            )
-        return idx
-
-    def item_index(self, item_id: int) -> int:
-        idx = self._item_idx.get(item_id)
-        if idx is None:
-            raise ServingError(
-                404, "unknown_item", f"item_id {item_id} is not in the catalog ({self.n_items})"
-            )
-        return idx
-
-    def item_indices(self, item_ids: Sequence[int]) -> np.ndarray:
-        """``(n,)`` distinct indices; a 422 listing the unknown ids if any."""
-        unknown = sorted({i for i in item_ids if i not in self._item_idx})
-        if unknown:
-            raise ServingError(
-                422,
-                "unknown_item",
-                f"liked_item_ids not in the catalog: {unknown[:10]}"
-                + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""),
-            )
-        return np.unique(np.array([self._item_idx[i] for i in item_ids], dtype=np.int64))
-
-    def ranked_items(self, item_idx: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
-        """``[{item_id, title, genres, score}]`` in the given order, padding (-1 / -inf) dropped."""
-        return [
-            {**self.items[i], "score": round(float(s), 6)}
-            for i, s in zip(item_idx.tolist(), scores.tolist(), strict=True)
-            if i >= 0 and np.isfinite(s)
-        ]
+__all__ = ["Answer", "Catalog", "ModelService", "ServingError", "TwoTowerService", "answer"]
 
 
 class ModelService:
@@ -169,10 +52,12 @@ class ModelService:
         """Answers ``(user_id, k)`` requests with one ``_top_k`` call for all valid ones."""
         out: list[Answer | None] = [None] * len(requests)
         valid, users = [], []
+        parsed: dict[int, Any] = {}
         for i, (user_id, k) in enumerate(requests):
             try:
                 check_k(k)
                 users.append(self.catalog.user_index(user_id))
+                parsed[i] = self.catalog.parse_id(user_id, "user")  # "42" in a path: 42
                 valid.append(i)
             except ServingError as err:
                 out[i] = (err.status, err.body())
@@ -180,12 +65,12 @@ class ModelService:
             depth = max(requests[i][1] for i in valid)
             items, scores = self._top_k(np.asarray(users, dtype=np.int64), depth)  # (B, depth)
             for row, i in enumerate(valid):
-                user_id, k = requests[i]
+                k = requests[i][1]
                 ranked = self.catalog.ranked_items(items[row, :k], scores[row, :k])
-                out[i] = (200, self._response(user_id, k, ranked))
+                out[i] = (200, self._response(parsed[i], k, ranked))
         return [a for a in out if a is not None]
 
-    def recommend(self, user_id: int, k: int) -> dict[str, Any]:
+    def recommend(self, user_id: Any, k: int) -> dict[str, Any]:
         """One known user's top-``k`` (the batch path with a batch of one)."""
         status, body = self.recommend_many([(user_id, k)])[0]
         if status != 200:
@@ -200,12 +85,12 @@ class ModelService:
             "use model=two_tower for a user described by features or liked items",
         )
 
-    def similar_items(self, item_id: int, k: int) -> dict[str, Any]:
+    def similar_items(self, item_id: Any, k: int) -> dict[str, Any]:
         raise ServingError(
             400, "similar_unsupported", f"model {self.name!r} has no item embeddings"
         )
 
-    def feature_values(self) -> dict[str, list[str]]:
+    def user_features(self) -> dict[str, dict[str, Any]]:
         """The values each categorical user feature of a cold-start body can take (none here)."""
         return {}
 
@@ -218,7 +103,7 @@ class ModelService:
             **self.info,
         }
 
-    def _response(self, user_id: int | None, k: int, items: list[dict[str, Any]]) -> dict[str, Any]:
+    def _response(self, user_id: Any, k: int, items: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "user_id": user_id,
             "cold_start": user_id is None,
@@ -239,6 +124,9 @@ class TwoTowerService(ModelService):
         catalog: ids and metadata; sizes must match the model.
         user_embeddings: optional ``(n_users, D)`` precomputed known-user embeddings.
         info: extra ``/healthz`` facts.
+        item_embeddings: ``(N, D)`` embeddings of an index built over a larger catalog than the
+            model's (items added after training, ``build_index --items``); None: the model's.
+        new_items: whether items added after training are recommended (False: left out).
     """
 
     name = "two_tower"
@@ -250,13 +138,21 @@ class TwoTowerService(ModelService):
         catalog: Catalog,
         user_embeddings: np.ndarray | None = None,
         info: dict[str, Any] | None = None,
+        item_embeddings: np.ndarray | None = None,
+        new_items: bool = True,
     ) -> None:
         super().__init__(recommender.version, catalog, dict(info or {}))
         sizes = (recommender.n_users, recommender.n_items, index.size)
-        if sizes != (catalog.n_users, catalog.n_items, catalog.n_items):
+        grown = item_embeddings is not None  # an index over the model's items and newer ones
+        if (
+            sizes[0] != catalog.n_users
+            or sizes[2] != catalog.n_items
+            or (sizes[1] != catalog.n_items if not grown else sizes[1] > catalog.n_items)
+        ):
             raise ValueError(
                 f"model has {sizes[0]} users x {sizes[1]} items, index {sizes[2]} items, but "
-                f"data/ has {catalog.n_users} x {catalog.n_items}: artifacts of different runs"
+                f"the catalog has {catalog.n_users} x {catalog.n_items}: artifacts of different "
+                "runs"
             )
         dim = recommender.config.embedding_dim
         if index.dim != dim:
@@ -266,9 +162,25 @@ class TwoTowerService(ModelService):
                 f"user_embeddings {user_embeddings.shape} != ({catalog.n_users}, {dim})"
             )
         self.recommender, self.index, self.user_embeddings = recommender, index, user_embeddings
-        self.item_embeddings = recommender.item_embeddings()  # (N, D), the /similar queries
+        # (N, D), the /similar queries; an index over a grown catalog brings its own.
+        self.item_embeddings = recommender.item_embeddings() if not grown else item_embeddings
+        self.n_new_items = catalog.n_items - recommender.n_items  # added after training
+        self.new_items = new_items
         self.info.setdefault("index_kind", index.kind)
         self.info["user_embeddings"] = "precomputed" if user_embeddings is not None else "tower"
+        self.info.update(new_items=self.n_new_items, new_items_served=new_items)
+
+    def _search(self, queries: np.ndarray, k: int, exclude: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``index.search``; items added after training left out unless ``new_items``."""
+        if self.new_items or self.n_new_items == 0:
+            scores, items = self.index.search(queries, k, exclude=exclude)
+            return items, scores
+        scores, items = self.index.search(queries, k + self.n_new_items, exclude=exclude)
+        old = items < self.recommender.n_items  # (B, k + new): drop the new ones, keep order
+        order = np.argsort(~old, axis=1, kind="stable")[:, :k]
+        items = np.where(np.take_along_axis(old, order, 1), np.take_along_axis(items, order, 1), -1)
+        scores = np.where(items >= 0, np.take_along_axis(scores, order, 1), -np.inf)
+        return items, scores
 
     def _top_k(self, user_idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.user_embeddings is not None:
@@ -276,13 +188,13 @@ class TwoTowerService(ModelService):
         else:
             queries = self.recommender.user_embeddings(user_idx)  # (B, D), user tower
         seen = self.recommender.seen_matrix()[user_idx]  # (B, n_items), columns = item ids
-        scores, items = self.index.search(queries, k, exclude=seen)
-        return items, scores
+        return self._search(queries, k, seen)
 
-    def feature_values(self) -> dict[str, list[str]]:
-        return {"occupation": list(self.recommender.features.occupations)}
+    def user_features(self) -> dict[str, dict[str, Any]]:
+        features = self.recommender.features.users.features
+        return {f.name: feature_json_schema(f.to_dict()) for f in features}
 
-    def history(self, user_id: int, k: int) -> dict[str, Any]:
+    def history(self, user_id: Any, k: int) -> dict[str, Any]:
         """A known user's ``k`` most recent training items (what the model knows of them)."""
         k, user = check_k(k), self.catalog.user_index(user_id)
         train = self.recommender.train_
@@ -296,53 +208,50 @@ class TwoTowerService(ModelService):
             }
             for r in rows
         ]
+        user_id = self.catalog.parse_id(user_id, "user")
         return {"user_id": user_id, "k": k, "n_interactions": len(mine), "items": items}
 
     def users(self, k: int) -> dict[str, Any]:
         """The first ``k`` known user ids (by id), to pick from."""
-        ids = np.sort(self.catalog.user_ids)[: check_k(k)]
-        return {"n_users": self.catalog.n_users, "user_ids": ids.tolist()}
+        ids = sorted(self.catalog.user_ids.tolist())[: check_k(k)]
+        types = self.catalog.id_types()
+        return {
+            "n_users": self.catalog.n_users,
+            "user_ids": ids,
+            "user_id_type": types["user"],
+            "item_id_type": types["item"],
+        }
 
     def recommend_cold_start(self, request: ColdStartRequest | dict, k: int) -> dict[str, Any]:
         """Top-``k`` for a user outside the training data; liked items are excluded."""
         k = check_k(k)
         req = ColdStartRequest.model_validate(request)
         liked = self.catalog.item_indices(req.liked_item_ids)
-        features = req.features
-        described = features is not None and any(
-            v is not None for v in (features.age, features.gender, features.occupation)
-        )
-        if not described and liked.size == 0:
+        values = dict(req.features.model_extra or {}) if req.features is not None else {}
+        if all(v is None for v in values.values()) and liked.size == 0:
+            names = ", ".join(f.name for f in self.recommender.features.users.features)
             raise ServingError(
                 422,
                 "empty_user",
-                "describe the user by features {age, gender, occupation} and/or liked_item_ids",
+                f"describe the user by features {{{names}}} and/or liked_item_ids",
             )
-        row = None
-        if features is not None:
-            occupations = self.recommender.features.occupations
-            if features.occupation is not None and features.occupation not in occupations:
-                raise ServingError(
-                    422,
-                    "unknown_occupation",
-                    f"occupation {features.occupation!r} is not one of {list(occupations)}",
-                )
-            row = self.recommender.features.encode_user(
-                features.age, features.gender, features.occupation
-            )
-        query = self.recommender.user_embedding_cold_start(row, liked)  # (D,)
-        scores, items = self.index.search(query[None, :], k, exclude=[liked])
+        # Items added after training are not in the history vocabulary: excluded, not pooled.
+        known = liked[liked < self.recommender.n_items]
+        try:
+            query = self.recommender.user_embedding_cold_start(values, known)  # (D,)
+        except DataError as err:  # a feature the schema lacks, a value of the wrong kind
+            raise ServingError(422, "bad_feature", f"features.{err}") from err
+        items, scores = self._search(query[None, :], k, [liked])
         return self._response(None, k, self.catalog.ranked_items(items[0], scores[0]))
 
-    def similar_items(self, item_id: int, k: int) -> dict[str, Any]:
+    def similar_items(self, item_id: Any, k: int) -> dict[str, Any]:
         """Nearest items to ``item_id`` by inner product of item embeddings, itself excluded."""
         k = check_k(k)
         idx = self.catalog.item_index(item_id)
         query = self.item_embeddings[idx : idx + 1]  # (1, D)
-        scores, items = self.index.search(query, k, exclude=[np.array([idx])])
+        items, scores = self._search(query, k, [np.array([idx])])
         return {
-            "item_id": item_id,
-            "title": self.catalog.items[idx]["title"],
+            **self.catalog.items[idx],  # the item's id and display columns (title, ...)
             "model": self.name,
             "model_version": self.version,
             "k": k,

@@ -67,6 +67,9 @@ class ModelSettings(_Strict):
     precomputed_user_embeddings: bool = Field(
         True, description="known users: index/user_embeddings.npy instead of the user tower"
     )
+    new_items: bool = Field(
+        True, description="recommend items added after training (an index built with --items)"
+    )
 
     @field_validator("model_artifact", "index_artifact")
     @classmethod
@@ -91,60 +94,85 @@ class _StrictBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class UserFeatures(_StrictBody):
-    """Demographics of a cold-start user; every field is optional (unknown)."""
+class UserFeatures(BaseModel):
+    """The schema's user features of a cold-start user, by name; every one is optional (None or
+    absent: unknown). The served ``/openapi.json`` lists them with their types and allowed
+    values (:func:`feature_json_schema`, from the served model); the handler checks the values."""
 
-    age: JsonInt | None = Field(None, ge=1, le=120, description="age in years")
-    gender: Literal["M", "F"] | None = Field(None, description="as in MovieLens: M or F")
-    occupation: str | None = Field(
-        None, max_length=64, description="a MovieLens occupation, e.g. 'engineer'"
-    )
+    model_config = ConfigDict(extra="allow")
 
 
-# What the handler needs, said in the body's JSON schema: at least one liked item, or features
-# with at least one value (an empty description is a 422 ``empty_user``).
-_DESCRIBED_USER = {
-    "anyOf": [
-        {"required": ["liked_item_ids"], "properties": {"liked_item_ids": {"minItems": 1}}},
-        {
-            "required": ["features"],
-            "properties": {
-                "features": {
-                    "type": "object",
-                    "anyOf": [
-                        {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
-                        for name in ("age", "gender", "occupation")
-                    ],
-                }
+def feature_json_schema(fitted: dict[str, Any]) -> dict[str, Any]:
+    """JSON schema of one raw user-feature value from its fitted encoder (``FittedFeature``'s
+    dict): categorical values as an ``enum`` of the vocabulary, numbers, lists, text."""
+    kind, vocabulary = fitted["kind"], fitted.get("vocabulary") or []
+    if kind == "categorical":
+        value: dict[str, Any] = {"type": "string", "enum": vocabulary}
+    elif kind == "multi_categorical":
+        value = {"type": "array", "items": {"type": "string", "enum": vocabulary}}
+    elif kind == "numeric":
+        value = {"type": "number"}
+    elif kind == "text":
+        value = {"type": "string"}
+    else:  # vector
+        dim = fitted["dim"]
+        value = {"type": "array", "items": {"type": "number"}, "minItems": dim, "maxItems": dim}
+    return {"anyOf": [value, {"type": "null"}], "description": f"{kind} user feature"}
+
+
+def described_user(names: list[str]) -> dict[str, Any]:
+    """What the handler needs, said in the body's JSON schema: at least one liked item, or a
+    feature with a value (an empty description is a 422 ``empty_user``)."""
+    return {
+        "anyOf": [
+            {"required": ["liked_item_ids"], "properties": {"liked_item_ids": {"minItems": 1}}},
+            {
+                "required": ["features"],
+                "properties": {
+                    "features": {
+                        "type": "object",
+                        "anyOf": [
+                            {"required": [n], "properties": {n: {"not": {"type": "null"}}}}
+                            for n in names
+                        ]
+                        or [{"not": {}}],  # no user features: only liked items describe a user
+                    }
+                },
             },
-        },
-    ]
-}
+        ]
+    }
 
 
 class ColdStartRequest(_StrictBody):
     """``POST /recommend`` body: a user outside the training data, described by liked items
     and/or features (at least one of them)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_DESCRIBED_USER)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=described_user([]))
 
     features: UserFeatures | None = None
-    liked_item_ids: list[JsonInt] = Field(
+    liked_item_ids: list[JsonInt | str] = Field(
         default_factory=list,
         max_length=MAX_LIKED_ITEMS,
         description="raw item ids the user liked (their history bag; excluded from results)",
     )
 
 
+Id = int | str  # as the data set has them (MovieLens: integers)
+_DISPLAY = ConfigDict(
+    extra="allow",
+    json_schema_extra={"description": "plus the data set's display columns (title, genres, ...)"},
+)
+
+
 class Item(BaseModel):
-    item_id: int
-    title: str
-    genres: list[str]
+    model_config = _DISPLAY
+
+    item_id: Id
     score: float
 
 
 class RecommendResponse(BaseModel):
-    user_id: int | None = Field(description="raw user id; null for a cold-start user")
+    user_id: Id | None = Field(description="raw user id; null for a cold-start user")
     cold_start: bool
     model: ModelName
     model_version: str
@@ -153,8 +181,9 @@ class RecommendResponse(BaseModel):
 
 
 class SimilarResponse(BaseModel):
-    item_id: int
-    title: str
+    model_config = _DISPLAY
+
+    item_id: Id
     model: ModelName
     model_version: str
     k: int
@@ -162,15 +191,15 @@ class SimilarResponse(BaseModel):
 
 
 class HistoryItem(BaseModel):
-    item_id: int
-    title: str
-    genres: list[str]
-    rating: float = Field(description="the user's rating, on the data set's scale")
+    model_config = _DISPLAY
+
+    item_id: Id
+    rating: float = Field(description="the rating on the data set's scale (implicit data: 1)")
     timestamp: int = Field(description="Unix seconds")
 
 
 class HistoryResponse(BaseModel):
-    user_id: int
+    user_id: Id
     k: int
     n_interactions: int = Field(description="all of the user's training interactions")
     items: list[HistoryItem] = Field(description="the user's most recent training items first")
@@ -178,7 +207,9 @@ class HistoryResponse(BaseModel):
 
 class UsersResponse(BaseModel):
     n_users: int
-    user_ids: list[int] = Field(description="the first known users by id, for picking one")
+    user_ids: list[Id] = Field(description="the first known users by id, for picking one")
+    user_id_type: Literal["integer", "string"]
+    item_id_type: Literal["integer", "string"]
 
 
 class ErrorResponse(BaseModel):

@@ -20,6 +20,7 @@ folders that a library writes are staged first (``towers.storage.atomic``).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tempfile
 from collections.abc import Collection
@@ -51,6 +52,8 @@ TWO_TOWER_EXPORTS = {
     "two_tower_paper": "model_paper",
 }
 USER_EMBEDDINGS = "user_embeddings.npy"  # in index/: (n_users, D) known users' queries
+# In an index over a catalog grown after training (build_index --items): its items and vectors.
+CATALOG_ITEMS, ITEM_EMBEDDINGS = "items.parquet", "item_embeddings.npy"
 KNN_GRID = "validation_grid.parquet"  # in knn/: one row per UserKNN grid point
 REPORT_JSON, REPORT_MD, REPORT_PLOT = "metrics.json", "metrics.md", "metrics_vs_k.png"
 
@@ -101,9 +104,11 @@ def publish_index(
     index: ItemIndex,
     artifact: str = INDEX,
     user_embeddings: np.ndarray | None = None,
+    catalog: tuple[pd.DataFrame, np.ndarray] | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
-    """Publishes ``index`` (``ItemIndex.save``) and, when given, known users' embeddings.
+    """Publishes ``index`` (``ItemIndex.save``) and, when given, known users' embeddings and
+    the ``(items, item_embeddings)`` of a catalog grown past the model's (new items).
 
     One ``manifest.json`` serves both readers: the storage manifest carries the index's own
     fields (what ``ItemIndex.load`` reads), ``fields``, and every file's size and digest.
@@ -113,9 +118,27 @@ def publish_index(
         index.save(folder)
         if user_embeddings is not None:
             np.save(folder / USER_EMBEDDINGS, user_embeddings, allow_pickle=False)
+        if catalog is not None:
+            catalog[0].to_parquet(folder / CATALOG_ITEMS, index=False)
+            np.save(folder / ITEM_EMBEDDINGS, catalog[1], allow_pickle=False)
+            fields = {**fields, "grown_catalog": True, "n_catalog_items": len(catalog[0])}
         own = json.loads((folder / MANIFEST).read_text())
         del own["files"]  # the storage manifest lists every uploaded file
         return publish_folder(storage, folder, artifact, exclude={MANIFEST}, **{**own, **fields})
+
+
+def load_index_catalog(storage: Storage, artifact: str) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """``(items, item_embeddings)`` of an index built over a grown catalog (``build_index
+    --items``: the model's items and items added after training), or None for an index over the
+    model's own catalog. ``items`` has ``item_idx, item_id`` and the display columns."""
+    manifest = storage.read_manifest(artifact, checksums=False)  # digests: checked on read
+    if not manifest.get("grown_catalog"):
+        return None
+    items = storage.read_parquet(f"{artifact}/{CATALOG_ITEMS}", manifest=manifest)
+    data = storage.read_bytes(f"{artifact}/{ITEM_EMBEDDINGS}")
+    if hashlib.sha256(data).hexdigest() != manifest.get("sha256", {}).get(ITEM_EMBEDDINGS):
+        raise ArtifactError(f"{storage.uri}: {artifact}/{ITEM_EMBEDDINGS} fails its digest")
+    return items, np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def load_index(
@@ -213,7 +236,7 @@ def publish_small_run(
     data = prepared.load_prepared(storage)
     config = TwoTowerConfig.from_preset(
         "default", epochs=epochs, embedding_dim=embedding_dim, seed=seed
-    ).sized_for(data.features)
+    ).sized_for(data.features, data.has_ratings)
     rec = TwoTowerRecommender(config, data.features, data.valid).fit(data.full_train)
     publish_two_tower(storage, rec, model_artifact)
     index = make_index("scann", rec.n_items, model_version=rec.version)

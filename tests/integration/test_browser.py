@@ -86,9 +86,12 @@ def titles(browser, list_id: str) -> list[str]:
 
 
 def wait_for(browser, condition, what: str, timeout: float = 20.0):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, timeout).until(lambda _: condition(), message=what)
+    # A list re-rendered while the condition reads it leaves stale elements: look again.
+    wait = WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,))
+    return wait.until(lambda _: condition(), message=what)
 
 
 def test_the_page_answers_a_user_an_item_and_a_new_user(browser, base_url, services):
@@ -124,8 +127,8 @@ def test_the_page_answers_a_user_an_item_and_a_new_user(browser, base_url, servi
     # A new user: two liked items and features; the answer excludes what they liked.
     liked = [int(catalog.item_ids[0]), int(catalog.item_ids[1])]
     browser.find_element(By.ID, "liked").send_keys(", ".join(map(str, liked)))
-    browser.find_element(By.ID, "age").send_keys("30")
-    occupations = browser.find_elements(By.CSS_SELECTOR, "#occupation option")
+    browser.find_element(By.ID, "f-age").send_keys("30")
+    occupations = browser.find_elements(By.CSS_SELECTOR, "#f-occupation option")
     assert len(occupations) > 1  # filled from /openapi.json's enum
     occupations[1].click()
     browser.find_element(By.ID, "cold-start").click()

@@ -140,7 +140,7 @@ def test_checkpoint_round_trip(tmp_path):
     from towers.training.loop import LoopState
 
     cfg = TwoTowerConfig(
-        n_users=5, n_items=7, user_cardinalities=(3, 3, 3), n_genres=2, n_year_buckets=3
+        n_users=5, n_items=7, user_inputs=(("g", "index", 3),), item_inputs=(("c", "bag", 4),)
     )
     model = TwoTower(cfg)
     opt = torch.optim.Adam(model.parameters())

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from towers.data.raw import DataError, RawData
+from towers.data.schema import EntityTable, Feature, InteractionTable, Schema
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,47 @@ RATING_SCALES = {
     "synthetic": (1.0, 5.0),
 }
 _YEAR_IN_TITLE = re.compile(r"\s*\((\d{4})\)\s*$")
+# MovieLens-1M's own age groups; ML-100K's exact ages fall into them too.
+AGE_EDGES = (18, 25, 35, 45, 50, 56)
+# Release-year buckets: old films pooled, then decades, 1990s split (ML-100K is 1990s-heavy).
+YEAR_EDGES = (1950, 1960, 1970, 1980, 1990, 1995, 2000, 2010, 2020)
+NO_GENRE = "(no genres listed)"
+
+
+def movielens_schema(
+    user_columns: list[str], rating_scale: tuple[float, float] = (1.0, 5.0)
+) -> Schema:
+    """The contract's description of MovieLens-shaped tables (this module's and the synthetic
+    generator's): explicit ratings; age and release year bucketed; genres as a list (with a
+    history profile); title and genres shown in answers."""
+    by_name = {
+        "age": Feature("age", "numeric", boundaries=AGE_EDGES),
+        "gender": Feature("gender", "categorical"),
+        "occupation": Feature("occupation", "categorical"),
+    }
+    return Schema(
+        interactions=InteractionTable(
+            "user_id", "item_id", rating="rating", rating_scale=rating_scale, timestamp="timestamp"
+        ),
+        items=EntityTable(
+            "item_id",
+            (
+                Feature("genres", "multi_categorical", delimiter="|"),
+                Feature("year", "numeric", boundaries=YEAR_EDGES, profile=False),
+            ),
+            display=("title", "genres"),
+        ),
+        users=EntityTable("user_id", tuple(f for n, f in by_name.items() if n in user_columns)),
+    )
+
+
+def with_schema(raw: RawData) -> RawData:
+    """``raw`` with :func:`movielens_schema` attached and ``(no genres listed)`` removed from the
+    genre lists (it says there are none)."""
+    items = raw.items.copy()
+    items["genres"] = [[g for g in gs if g != NO_GENRE] for gs in items["genres"]]
+    schema = movielens_schema(list(raw.users.columns), raw.rating_scale)
+    return RawData(raw.interactions, items, raw.users, raw.rating_scale, raw.source, schema)
 
 
 def _read_text_table(path: Path, sep: str, names: list[str] | None, encoding: str) -> pd.DataFrame:
@@ -264,12 +306,12 @@ def read_folder(folder: Path, dataset: str) -> RawData:
     folder = Path(folder)
     if dataset == "ml-100k":
         if (folder / "u.data").exists():
-            return read_ml100k_grouplens(folder)
+            return with_schema(read_ml100k_grouplens(folder))
         if (folder / "ml-100k.inter").exists():
-            return read_ml100k_recbole(folder)
+            return with_schema(read_ml100k_recbole(folder))
         raise DataError(f"{folder}: neither GroupLens (u.data) nor RecBole (ml-100k.inter) files")
     if dataset == "ml-1m":
-        return read_ml1m(folder)
+        return with_schema(read_ml1m(folder))
     if dataset in ("ml-latest-small", "ml-20m", "ml-25m", "ml-32m"):
-        return read_ml_csv(folder, dataset)
+        return with_schema(read_ml_csv(folder, dataset))
     raise DataError(f"unknown data set {dataset!r}; known: {sorted(RATING_SCALES)}")

@@ -2,10 +2,16 @@
 
 Layout under the storage root::
 
-    data/users.parquet              user_idx, user_id, [age, gender, occupation]
-    data/items.parquet              item_idx, item_id, title, year, genres
+    data/users.parquet              user_idx, user_id, one column per user feature
+    data/items.parquet              item_idx, item_id, one column per item feature / display column
+    data/schema.json                the data set's schema (towers.data.schema), canonical names
+    data/source_schema.json         the schema as your files name the columns (files only)
+    data/features.json              the fitted encoders: vocabularies, statistics
     data/splits/<split>/{train,valid,test}.parquet   user_idx, item_idx, rating, timestamp
     data/manifest.json              counts, split settings, seed, source, schema version (last)
+
+Ids keep their type (integer or string); ``user_idx``/``item_idx`` are positions in the sorted
+ids. Implicit data sets store each row's weight (1.0 by default) as its ``rating``.
 
 ``train`` excludes the validation rows; models that are tuned on ``valid`` refit on
 ``train ∪ valid`` (:attr:`PreparedData.full_train`) before being scored on ``test``.
@@ -13,6 +19,8 @@ Layout under the storage root::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,11 +29,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from towers.data.features import FeatureTables, build_feature_tables
+from towers.data.features import FeatureTables, FittedFeature, build_feature_tables, fit_table
 from towers.data.interactions import Interactions
-from towers.data.raw import RawData
+from towers.data.movielens import movielens_schema
+from towers.data.raw import DataError, RawData
+from towers.data.schema import Schema
 from towers.data.splits import split_interactions
-from towers.data.validation import genre_count
 from towers.storage.root import ArtifactError, Storage
 
 log = logging.getLogger(__name__)
@@ -34,6 +43,9 @@ PARTS = ("train", "valid", "test")
 DEFAULT_TEST_RATIO = {"random": 0.25, "temporal": 0.2}
 USERS = f"{ARTIFACT}/users.parquet"
 ITEMS = f"{ARTIFACT}/items.parquet"
+SCHEMA = f"{ARTIFACT}/schema.json"
+SOURCE_SCHEMA = f"{ARTIFACT}/source_schema.json"  # your files' own column names
+FEATURES = f"{ARTIFACT}/features.json"
 
 
 def split_file(split: str, part: str) -> str:
@@ -54,6 +66,12 @@ class PreparedData:
     rating_scale: tuple[float, float]
     split: str
     manifest: dict[str, Any] = field(default_factory=dict)
+    schema: Schema = field(default_factory=Schema)
+
+    @property
+    def has_ratings(self) -> bool:
+        """Explicit ratings (rating metrics apply); False for implicit feedback."""
+        return not self.schema.implicit
 
     @property
     def full_train(self) -> Interactions:
@@ -69,19 +87,42 @@ class PreparedData:
         return len(self.items)
 
 
-def _index(ids: np.ndarray, vocab: np.ndarray, what: str) -> np.ndarray:
-    """Raw ids → positions in the sorted ``vocab``; every id must be present."""
-    pos = np.searchsorted(vocab, ids)
-    pos = pos.clip(max=len(vocab) - 1)
-    if not np.array_equal(vocab[pos], ids):
-        raise ValueError(f"{what} ids missing from the vocabulary")
+def _index(ids: np.ndarray, vocab: pd.Index, what: str) -> np.ndarray:
+    """Raw ids (integer or string) → positions in ``vocab``; every id must be present."""
+    pos = vocab.get_indexer(ids)
+    if (pos < 0).any():
+        raise ValueError(f"{what} ids missing from the vocabulary, e.g. {ids[pos < 0][:3]}")
     return pos.astype(np.int64)
 
 
-def _column(table: pd.DataFrame | pa.Table, name: str, dtype: type) -> np.ndarray:
+def _column(table: pd.DataFrame | pa.Table, name: str, dtype: type | None = None) -> np.ndarray:
     if isinstance(table, pa.Table):
-        return table.column(name).to_numpy().astype(dtype, copy=False)
-    return table[name].to_numpy(dtype)
+        values = table.column(name).to_numpy()
+    else:
+        values = table[name].to_numpy()
+    return values if dtype is None else values.astype(dtype, copy=False)
+
+
+def _read_json(storage: Storage, rel: str, manifest: dict[str, Any]) -> Any:
+    """A JSON file of ``data/``, its SHA-256 checked against ``manifest`` on the bytes read."""
+    data, digests = storage.read_bytes(rel), manifest.get("sha256", {})
+    own = rel[len(ARTIFACT) + 1 :]
+    if own in digests and hashlib.sha256(data).hexdigest() != digests[own]:
+        raise ArtifactError(f"{storage.uri}: {rel} does not match its manifest digest")
+    return json.loads(data)
+
+
+def fit_features(
+    schema: Schema, users: pd.DataFrame, items: pd.DataFrame
+) -> dict[str, list[FittedFeature]]:
+    """Fits the schema's encoders on the (whole) users and items tables."""
+    return {"users": fit_table(schema.users, users), "items": fit_table(schema.items, items)}
+
+
+def movielens_features(users: pd.DataFrame, items: pd.DataFrame) -> FeatureTables:
+    """Feature tables of MovieLens-shaped ``users``/``items`` (tests, benchmarks)."""
+    fitted = fit_features(movielens_schema(list(users.columns)), users, items)
+    return build_feature_tables(users, items, fitted)
 
 
 def write_prepared(
@@ -99,19 +140,30 @@ def write_prepared(
     Returns:
         The published manifest.
     """
+    schema = raw.schema or movielens_schema(list(raw.users.columns), raw.rating_scale)
+    if "temporal" in splits and schema.interactions.timestamp is None:
+        raise DataError(
+            f"{raw.source}: the temporal split needs timestamps and the schema names none "
+            "(interactions.timestamp); prepare --split random, or add the timestamp column"
+        )
     items = raw.items.sort_values("item_id", kind="stable").reset_index(drop=True)
     users = raw.users.sort_values("user_id", kind="stable").reset_index(drop=True)
     items.insert(0, "item_idx", np.arange(len(items), dtype=np.int64))
     users.insert(0, "user_idx", np.arange(len(users), dtype=np.int64))
     inter = raw.interactions  # a pandas frame, or a pyarrow Table for data past one frame
-    user_idx = _index(_column(inter, "user_id", np.int64), users["user_id"].to_numpy(), "user")
-    item_idx = _index(_column(inter, "item_id", np.int64), items["item_id"].to_numpy(), "item")
+    user_idx = _index(_column(inter, "user_id"), pd.Index(users["user_id"]), "user")
+    item_idx = _index(_column(inter, "item_id"), pd.Index(items["item_id"]), "item")
     rating = _column(inter, "rating", np.float32)
     ts = _column(inter, "timestamp", np.int64)
+    fitted = fit_features(schema, users, items)
 
     storage.begin_artifact(ARTIFACT)
     storage.write_parquet(USERS, users)
     storage.write_parquet(ITEMS, items)
+    storage.write_json(SCHEMA, schema.to_dict())
+    if raw.source_schema is not None:
+        storage.write_json(SOURCE_SCHEMA, raw.source_schema.to_dict())
+    storage.write_json(FEATURES, {side: [f.to_dict() for f in fs] for side, fs in fitted.items()})
     split_counts = {}
     for kind in splits:
         parts = split_interactions(
@@ -141,7 +193,8 @@ def write_prepared(
         "n_users": len(users),
         "n_items": len(items),
         "n_interactions": len(inter),
-        "n_genres": genre_count(items),
+        "implicit": schema.implicit,
+        "features": {side: [f.name for f in fs] for side, fs in fitted.items()},
         "split_counts": split_counts,
         "drops": drops or {},
         **(extra or {}),
@@ -161,7 +214,15 @@ def load_prepared(storage: Storage, split: str | None = None) -> PreparedData:
         )
     users = storage.read_parquet(USERS, manifest=manifest)
     items = storage.read_parquet(ITEMS, manifest=manifest)
-    items["genres"] = items["genres"].map(list)
+    schema = Schema.from_dict(_read_json(storage, SCHEMA, manifest), f"{storage.uri}/{SCHEMA}")
+    fitted = {
+        side: [FittedFeature.from_dict(f) for f in fs]
+        for side, fs in _read_json(storage, FEATURES, manifest).items()
+    }
+    for table in (users, items):  # Parquet lists come back as arrays
+        for column in table.columns:
+            if len(table) and isinstance(table[column].iloc[0], np.ndarray):
+                table[column] = table[column].map(list)
     n_users, n_items = len(users), len(items)
     parts = {
         part: Interactions.from_frame(
@@ -175,29 +236,45 @@ def load_prepared(storage: Storage, split: str | None = None) -> PreparedData:
         train=parts["train"],
         valid=parts["valid"],
         test=parts["test"],
-        features=build_feature_tables(users, items),
+        features=build_feature_tables(users, items, fitted),
         rating_scale=tuple(manifest["rating_scale"]),  # type: ignore[arg-type]
         split=split,
         manifest=manifest,
+        schema=schema,
     )
 
 
-def read_catalog_tables(storage: Storage) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(users, items)`` id tables for serving: ``user_idx, user_id`` and ``item_idx, item_id,
-    title, genres``, after checking ``data/``'s manifest."""
-    manifest = storage.read_manifest(ARTIFACT, checksums=False)  # digests: in read_parquet
+def read_catalog_tables(storage: Storage) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """``(users, items, display)`` for serving: ``user_idx, user_id``; ``item_idx, item_id`` and
+    the schema's display columns (``display``), after checking ``data/``'s manifest."""
+    manifest = storage.read_manifest(ARTIFACT, checksums=False)  # digests: checked on read
+    schema = Schema.from_dict(_read_json(storage, SCHEMA, manifest), f"{storage.uri}/{SCHEMA}")
+    display = list(schema.items.display) if schema.items is not None else []
     users = storage.read_parquet(USERS, ["user_idx", "user_id"], manifest)
-    items = storage.read_parquet(ITEMS, ["item_idx", "item_id", "title", "genres"], manifest)
-    return users, items
+    items = storage.read_parquet(ITEMS, ["item_idx", "item_id", *display], manifest)
+    return users, items, display
+
+
+def read_source_schema(storage: Storage) -> Schema:
+    """The schema as the data set's own files name their columns (prepared from files)."""
+    if not storage.exists(SOURCE_SCHEMA):
+        raise ArtifactError(
+            f"{storage.uri}/{ARTIFACT} was not prepared from your own files (no "
+            f"{SOURCE_SCHEMA}): a new items table needs the schema it was read with"
+        )
+    return Schema.from_dict(storage.read_json(SOURCE_SCHEMA), f"{storage.uri}/{SOURCE_SCHEMA}")
 
 
 def summary(manifest: dict[str, Any]) -> str:
     """A few human-readable lines about a prepared data set."""
     lines = [
-        f"{manifest['dataset']}: {manifest['n_interactions']:,} ratings, "
-        f"{manifest['n_users']:,} users, {manifest['n_items']:,} items, "
-        f"{manifest['n_genres']} genres (source {manifest['source']})"
+        f"{manifest['dataset']}: {manifest['n_interactions']:,} "
+        f"{'interactions (implicit)' if manifest.get('implicit') else 'ratings'}, "
+        f"{manifest['n_users']:,} users, {manifest['n_items']:,} items "
+        f"(source {manifest['source']})"
     ]
+    for side, names in manifest.get("features", {}).items():
+        lines.append(f"  {side} features: {', '.join(names) or '(none)'}")
     for kind, counts in manifest["split_counts"].items():
         lines.append(
             f"  split {kind:<8} train {counts['train']:>9,}  valid {counts['valid']:>8,}  "

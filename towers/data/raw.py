@@ -1,10 +1,13 @@
-"""The canonical tables every data source produces, and the error bad input raises.
+"""The canonical tables every data source produces, with the schema that describes them.
 
-- ``interactions``: ``user_id`` int64, ``item_id`` int64, ``rating`` float32, ``timestamp`` int64
-  (a pandas frame, or a pyarrow Table for data past one frame).
-- ``items``: ``item_id`` int64, ``title`` str, ``year`` Int64 (nullable), ``genres`` list[str].
-- ``users``: ``user_id`` int64 and, where the data set has them, ``age`` Int64, ``gender`` str,
-  ``occupation`` str.
+- ``interactions``: ``user_id``, ``item_id`` (int64 or string), ``rating`` float32 (implicit
+  data: the weight, 1.0 by default), ``timestamp`` int64 Unix seconds (0 when the data has none);
+  a pandas frame, or a pyarrow Table for data past one frame.
+- ``items``: ``item_id`` and one column per schema feature and display column, by feature name.
+- ``users``: ``user_id`` and one column per schema feature.
+
+MovieLens-shaped tables (``items``: title, year, genres; ``users``: age, gender, occupation) may
+leave ``schema`` None: :func:`towers.data.movielens.movielens_schema` describes them.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow as pa
 
+from towers.data.errors import DataError
+from towers.data.schema import Schema
 
-class DataError(ValueError):
-    """Input data is malformed; the message names the file and the problem."""
+__all__ = ["DataError", "RawData"]
 
 
 @dataclass
@@ -28,3 +32,7 @@ class RawData:
     users: pd.DataFrame
     rating_scale: tuple[float, float]
     source: str
+    schema: Schema | None = None
+    # The schema as the input files name their columns (your own data): how to read a new items
+    # table of the same form later (build_index --items); None for adapters.
+    source_schema: Schema | None = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pandas as pd
 
 from towers.data.raw import DataError, RawData
 
@@ -33,8 +32,9 @@ def validate_raw(raw: RawData) -> tuple[RawData, dict[str, int]]:
     rating = inter["rating"].to_numpy(np.float64)
     if not np.isfinite(rating).all():
         raise DataError(f"{src}: {int((~np.isfinite(rating)).sum())} ratings are not finite")
+    implicit = raw.schema is not None and raw.schema.implicit  # weights, not ratings
     out = (rating < lo) | (rating > hi)
-    if out.any():
+    if out.any() and not implicit:
         rows = np.flatnonzero(out)[:5].tolist()
         raise DataError(
             f"{src}: {int(out.sum())} ratings outside [{lo}, {hi}] "
@@ -71,10 +71,7 @@ def validate_raw(raw: RawData) -> tuple[RawData, dict[str, int]]:
         keep_rows = np.sort(order[~dup.to_numpy()])
         inter = inter.iloc[keep_rows].reset_index(drop=True)
         log.warning("%s: dropped %d duplicate (user, item) pairs, keeping the latest", src, n_dup)
-    cleaned = RawData(inter, items, users, raw.rating_scale, raw.source)
+    cleaned = RawData(
+        inter, items, users, raw.rating_scale, raw.source, raw.schema, raw.source_schema
+    )
     return cleaned, drops
-
-
-def genre_count(items: pd.DataFrame) -> int:
-    """Number of distinct genres, not counting ``(no genres listed)``."""
-    return len({g for gs in items["genres"] for g in gs if g != "(no genres listed)"})

@@ -131,18 +131,22 @@ def compare_models(
 ) -> dict[str, Any]:
     """Every model on ``data``'s test split with the same candidates: the report's numbers.
 
-    Candidates exclude train ∪ valid (what the final models are fitted on). Returns the content
+    Candidates exclude train ∪ valid (what the final models are fitted on); rating metrics only
+    where the data set has ratings (not for implicit feedback). Returns the content
     of ``reports/metrics.json``: data set, split, test users, model versions and per-model
     metrics.
     """
     results: dict[str, dict[str, float]] = {}
     for name, model in models.items():
         start = time.perf_counter()
-        results[name] = evaluate_model(model, data.full_train, data.test, ks=ks)
+        results[name] = evaluate_model(
+            model, data.full_train, data.test, ks=ks, with_ratings=data.has_ratings
+        )
         log.info("%s evaluated in %.2fs", name, time.perf_counter() - start)
     return {
         "dataset": data.manifest["dataset"],
         "split": data.split,
+        "feedback": "explicit" if data.has_ratings else "implicit",  # rating metrics or not
         "n_test_users": int(next(iter(results.values()))["n_users"]),
         "model_versions": {n: m.version for n, m in models.items() if hasattr(m, "version")},
         "models": {name: {k: float(v) for k, v in r.items()} for name, r in results.items()},

@@ -69,11 +69,14 @@ def markdown_report(report: dict[str, Any], ks: Sequence[int] = (5, 10, 20)) -> 
         "items seen in training are excluded; all models ranked on the same candidates.",
         "",
     ]
-    context = (
-        PAPER_REPORTED
-        if report["split"] != "random"
-        else {**PAPER_REPORTED, **RECOMMENDERS_BENCHMARK}
-    )
+    implicit = report.get("feedback") == "implicit"
+    if implicit:
+        lines += ["Implicit feedback (no ratings): rating metrics do not apply.", ""]
+    context: dict[str, dict[str, float]] = {}
+    if report["dataset"] == "ml-100k":  # published numbers, for context, on this data set only
+        context = {**PAPER_REPORTED}
+        if report["split"] == "random":
+            context.update(RECOMMENDERS_BENCHMARK)
     for k in ks:
         cols = [f"{m}@{k}" for m in (*RANKING, "hit_rate", "coverage")]
         header = [LABELS[c.split("@")[0]] + f"@{k}" for c in cols]
@@ -95,22 +98,28 @@ def markdown_report(report: dict[str, Any], ks: Sequence[int] = (5, 10, 20)) -> 
                 cells = [_fmt(values.get(c)) for c in cols]
                 lines.append(f"| *{name}, {_label(name)}* | " + " | ".join(cells) + " |")
         lines.append("")
+    columns = ("map",) if implicit else ("map", "rmse", "mse", "mae", "r2")
+    header = ("MAP (Recommenders)", "RMSE", "MSE", "MAE", "R²")[: len(columns)]
     lines += [
-        "## Full MAP and rating metrics",
+        "## Full MAP" if implicit else "## Full MAP and rating metrics",
         "",
-        "| model | MAP (Recommenders) | RMSE | MSE | MAE | R² |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | " + " | ".join(header) + " |",
+        "|---|" + "---:|" * len(columns),
     ]
     for name, values in {
         **models,
         **{f"*{n}, {_label(n)}*": v for n, v in context.items() if "map" in v or "rmse" in v},
     }.items():
-        cells = [_fmt(values.get(c)) for c in ("map", "rmse", "mse", "mae", "r2")]
+        cells = [_fmt(values.get(c)) for c in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [""]
+    if context:
+        lines += [
+            "Rows in *italics* are published numbers for context. The paper's used its own split "
+            "and protocol; the Recommenders rows used the same random 75/25 per-item split with "
+            "seed 42.",
+        ]
     lines += [
-        "",
-        "Rows in *italics* are published numbers for context. The paper's used its own split and "
-        "protocol; the Recommenders rows used the same random 75/25 per-item split with seed 42. "
         "MAP@k divides by min(|relevant|, k); MAP (Recommenders) divides by |relevant| over the "
         "top-10 list.",
         "",

@@ -24,10 +24,13 @@ class TwoTowerConfig:
 
     # --- Data sizes: filled from the data by `sized_for`, stored so a checkpoint rebuilds alone.
     n_users: int = 0  # user vocabulary size; the tower adds one "unknown user" row for cold start
-    n_items: int = 0  # item vocabulary size
-    user_cardinalities: tuple[int, ...] = (0, 0, 0)  # distinct age, gender, occupation values
-    n_genres: int = 0  # width of the genre multi-hot
-    n_year_buckets: int = 0  # release-year buckets incl. unknown
+    n_items: int = 0  # item vocabulary size; the tower adds one "unknown item" row
+    # (name, input kind, size) per schema feature: "index" (embedding rows), "bag" (pooled
+    # embedding rows), "dense" (input width); from towers.data.features.EncodedTable.inputs.
+    user_inputs: tuple[tuple[str, str, int], ...] = ()
+    item_inputs: tuple[tuple[str, str, int], ...] = ()
+    item_profiles: tuple[tuple[str, int], ...] = ()  # item features pooled over the history
+    has_ratings: bool = True  # explicit ratings; False (implicit data) drops rating losses/inputs
     # --- Towers. The defaults are the tuned ML-100K setting (the "default" preset).
     embedding_dim: int = 64  # D: output width of both towers, the retrieval space
     id_dim: int = 64  # width of the user-id, item-id and history embeddings
@@ -36,13 +39,18 @@ class TwoTowerConfig:
     item_hidden_dims: tuple[int, ...] | None = None  # the item tower's, when not hidden_dims
     dropout: float = 0.3  # dropout after every hidden layer
     use_user_id: bool = False  # a per-user id embedding: it overfits ML-100K, history suffices
+    use_item_id: bool = True  # a per-item id embedding (items never trained share "unknown")
+    item_id_dropout: float = 0.0  # train-time chance an item id becomes "unknown": the tower then
+    # learns to embed from features alone, as it must for items added after training
     user_id_dropout: float = 0.1  # train-time chance an id becomes "unknown" (with use_user_id)
-    use_features: bool = True  # demographics on the user side, genres and year on the item side
+    use_features: bool = True  # the schema's user and item features (demographics, genres, ...)
     use_history: bool = True  # mean of the user's training items' embeddings (off in the paper)
+    share_history_embeddings: bool = False  # history bags read the item tower's id table
+    # (co-occurring items pulled together, more signal per item on sparse data) instead of their own
     history_dropout: float = 0.2  # train-time chance each history item is dropped from the pool
     max_history: int = 64  # > 0: training pools a random ~max_history of a user's items (speed)
     recent_history: int = 0  # > 0: also pool the user's N most recent items (own table)
-    use_genre_profile: bool = True  # mean genre multi-hot of the user's history
+    use_profiles: bool = True  # mean of the history's small-vocabulary item features (genres)
     use_rating_history: bool = True  # history pooled by centred rating (+ mean rating): tastes
     rating_history_dropout: float = 0.1  # train-time chance a row's ratings are hidden (cold start)
     normalize: bool = True  # L2-normalise both towers (cosine); logits are cos / temperature
@@ -83,11 +91,16 @@ class TwoTowerConfig:
             raise ValueError(
                 f"TwoTowerConfig.sampled_negatives must be >= 1, got {self.sampled_negatives}"
             )
+        if self.share_history_embeddings and not (self.use_item_id and self.use_history):
+            raise ValueError(
+                "TwoTowerConfig.share_history_embeddings needs use_item_id and history"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"TwoTowerConfig.lr_schedule must be one of {LR_SCHEDULES}")
         if self.temperature <= 0:
             raise ValueError(f"TwoTowerConfig.temperature must be > 0, got {self.temperature}")
-        for name in ("dropout", "user_id_dropout", "history_dropout", "rating_history_dropout"):
+        rates = ("dropout", "user_id_dropout", "item_id_dropout", "history_dropout")
+        for name in (*rates, "rating_history_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"TwoTowerConfig.{name} must be in [0, 1)")
         # JSON round trips turn tuples into lists; keep the dataclass hashable and comparable.
@@ -95,23 +108,40 @@ class TwoTowerConfig:
         if self.item_hidden_dims is not None:
             item_hidden = tuple(int(h) for h in self.item_hidden_dims)
             object.__setattr__(self, "item_hidden_dims", item_hidden)
-        object.__setattr__(
-            self, "user_cardinalities", tuple(int(c) for c in self.user_cardinalities)
-        )
+        for name in ("user_inputs", "item_inputs"):
+            specs = tuple((str(n), str(k), int(s)) for n, k, s in getattr(self, name))
+            object.__setattr__(self, name, specs)
+        profiles = tuple((str(n), int(w)) for n, w in self.item_profiles)
+        object.__setattr__(self, "item_profiles", profiles)
+        if not self.has_ratings and self.loss != "softmax":
+            raise ValueError(
+                f"TwoTowerConfig.loss={self.loss!r} needs explicit ratings; this data set is "
+                "implicit (no rating column): use loss='softmax'"
+            )
 
     @property
     def has_rating_head(self) -> bool:
         return self.loss == "hybrid"
 
-    def sized_for(self, features: FeatureTables) -> TwoTowerConfig:
-        """Returns a copy with the data sizes taken from ``features``."""
+    def sized_for(self, features: FeatureTables, has_ratings: bool | None = None) -> TwoTowerConfig:
+        """Returns a copy with the data sizes and feature inputs taken from ``features``.
+
+        On implicit data (``has_ratings=False``; None keeps ``self.has_ratings``) the rating parts
+        go: the hybrid loss becomes its softmax half and the rating-pooled history is off. The
+        pointwise loss needs ratings.
+        """
+        implicit: dict[str, Any] = {}
+        if has_ratings is False or (has_ratings is None and not self.has_ratings):
+            loss = "softmax" if self.loss == "hybrid" else self.loss
+            implicit = dict(has_ratings=False, loss=loss, use_rating_history=False)
         return replace(
             self,
             n_users=features.n_users,
             n_items=features.n_items,
-            user_cardinalities=tuple(features.user_cardinalities),
-            n_genres=features.item_genres.shape[1],
-            n_year_buckets=features.n_year_buckets,
+            user_inputs=features.users.inputs(),
+            item_inputs=features.items.inputs(),
+            item_profiles=features.item_profiles(),
+            **implicit,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,7 +178,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         user_id_dropout=0.0,
         use_history=False,
         history_dropout=0.0,
-        use_genre_profile=False,
+        use_profiles=False,
         use_rating_history=False,
         rating_history_dropout=0.0,
         normalize=False,

@@ -23,11 +23,13 @@ or a narrower item tower cost ranking quality (docs/QUALITY.md has the table).
 
 Batches are dicts of tensors built by ``towers.training.inputs.TrainingContext``:
 
-- user batch: ``user_idx (B,)``, ``user_features (B, 3)``, ``history_items (H,)``,
+- user batch: ``user_idx (B,)``, the user features ``feat:<name>``, ``history_items (H,)``,
   ``history_offsets (B,)``, ``history_weights (H,)`` (``1/n`` per kept item, so the bag is a
-  mean; 0 for removed items), ``genre_profile (B, G)``, ``history_rating_weights (H,)``
-  (centred rating / bag size) and ``history_mean_rating (B,)`` (ratings scaled to [0, 1]).
-- item batch: ``item_idx (N,)``, ``item_genres (N, G)``, ``item_year_bucket (N,)``.
+  mean; 0 for removed items), ``profile:<name> (B, V)`` (mean multi-hot of an item feature),
+  ``history_rating_weights (H,)`` (centred rating / bag size) and ``history_mean_rating (B,)``
+  (ratings scaled to [0, 1]).
+- item batch: ``item_idx (N,)``, ``item_id_row (N,)`` (``n_items`` for items never trained) and
+  the item features ``feat:<name>`` (``feat:<name>:offsets`` for bags).
 """
 
 from __future__ import annotations
@@ -68,35 +70,91 @@ def mlp(in_dim: int, hidden_dims: tuple[int, ...], out_dim: int, dropout: float)
     return nn.Sequential(*layers)
 
 
+class FeatureEncoders(nn.Module):
+    """One encoder per schema feature, each to ``(N, F)``: an embedding (``index`` inputs), a
+    mean-pooled embedding bag (``bag``: lists, hashed text) or a linear map (``dense``).
+
+    Batches carry feature ``name`` as ``feat:name`` (and ``feat:name:offsets`` for bags), built
+    by ``towers.training.inputs``; index 0 of every table is the reserved unknown value.
+    """
+
+    def __init__(self, inputs: tuple[tuple[str, str, int], ...], dim: int) -> None:
+        super().__init__()
+        self.inputs, self.dim = inputs, dim
+        encoders: dict[str, nn.Module] = {}
+        for name, kind, size in inputs:
+            if kind == "index":
+                encoders[name] = nn.Embedding(max(size, 1), dim)
+            elif kind == "bag":
+                encoders[name] = nn.EmbeddingBag(max(size, 1), dim, mode="mean")
+            elif kind == "dense":
+                encoders[name] = nn.Linear(size, dim)
+            else:
+                raise ValueError(f"feature {name!r}: unknown input kind {kind!r}")
+        # ModuleDict keys may not contain "."; feature names are the schema's column names.
+        self.encoders = nn.ModuleDict({_key(n): m for n, m in encoders.items()})
+
+    @property
+    def out_dim(self) -> int:
+        return len(self.inputs) * self.dim
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        parts = []
+        for name, kind, _ in self.inputs:
+            encoder = self.encoders[_key(name)]
+            x = batch[f"feat:{name}"]
+            if kind == "bag":
+                parts.append(encoder(x, batch[f"feat:{name}:offsets"]))  # (N, F)
+            else:
+                parts.append(encoder(x))  # (N, F)
+        return parts
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "_")
+
+
 class ItemTower(nn.Module):
-    """Item id + genre multi-hot + release-year bucket → MLP → ``(N, D)``."""
+    """Item id + the schema's item features (genres, year, ...) → MLP → ``(N, D)``."""
 
     def __init__(self, config: TwoTowerConfig) -> None:
         super().__init__()
         self.config = config
-        sparse = config.sparse_embeddings  # catalog-sized: sparse gradients when asked
-        self.item_id = nn.Embedding(config.n_items, config.id_dim, sparse=sparse)
-        in_dim = config.id_dim
-        if config.use_features:
-            # A bias-free linear map of the multi-hot is the sum of per-genre embeddings.
-            self.genres = nn.Linear(max(config.n_genres, 1), config.feature_dim, bias=False)
-            self.year = nn.Embedding(max(config.n_year_buckets, 1), config.feature_dim)
-            in_dim += 2 * config.feature_dim
+        in_dim = 0
+        if config.use_item_id:
+            sparse = config.sparse_embeddings  # catalog-sized: sparse gradients when asked
+            # Row n_items is "unknown item": items with no training pairs (and items added after
+            # training) use it, zero at start, so their embedding comes from their features.
+            self.item_id = nn.Embedding(config.n_items + 1, config.id_dim, sparse=sparse)
+            with torch.no_grad():
+                self.item_id.weight[config.n_items].zero_()
+            in_dim += config.id_dim
+        self.features = None
+        if config.use_features and config.item_inputs:
+            self.features = FeatureEncoders(config.item_inputs, config.feature_dim)
+            in_dim += self.features.out_dim
+        if in_dim == 0:
+            raise ValueError("ItemTower: enable the item id or give the items features")
         hidden = config.hidden_dims if config.item_hidden_dims is None else config.item_hidden_dims
         self.mlp = mlp(in_dim, hidden, config.embedding_dim, config.dropout)
 
     def forward(self, item_batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        parts = [self.item_id(item_batch["item_idx"])]  # (N, E)
-        if self.config.use_features:
-            genres = item_batch["item_genres"]  # (N, G) multi-hot
-            genres = genres / genres.sum(-1, keepdim=True).clamp(min=1.0)  # mean, not sum
-            parts.append(self.genres(genres))  # (N, F)
-            parts.append(self.year(item_batch["item_year_bucket"]))  # (N, F)
+        parts = []
+        cfg = self.config
+        if cfg.use_item_id:
+            rows = item_batch["item_id_row"]  # (N,)
+            if self.training and cfg.item_id_dropout > 0:
+                dropped = torch.rand(rows.shape, device=rows.device) < cfg.item_id_dropout
+                rows = torch.where(dropped, torch.full_like(rows, cfg.n_items), rows)
+            parts.append(self.item_id(rows))  # (N, E)
+        if self.features is not None:
+            parts += self.features(item_batch)  # per feature (N, F)
         return self.mlp(torch.cat(parts, dim=-1))  # (N, D)
 
 
 class UserTower(nn.Module):
-    """User id + demographics + pooled training history (+ genre profile) → MLP → ``(B, D)``."""
+    """User id + the schema's user features + pooled training history (+ profiles of the
+    history's item features) → MLP → ``(B, D)``."""
 
     def __init__(self, config: TwoTowerConfig) -> None:
         super().__init__()
@@ -107,24 +165,30 @@ class UserTower(nn.Module):
             # Row n_users is "unknown user": cold-start users and train-time id dropout use it.
             self.user_id = nn.Embedding(config.n_users + 1, config.id_dim, sparse=sparse)
             in_dim += config.id_dim
-        if config.use_features:
-            self.demographics = nn.ModuleList(
-                nn.Embedding(max(card, 1), config.feature_dim) for card in config.user_cardinalities
-            )
-            in_dim += len(config.user_cardinalities) * config.feature_dim
+        self.features = None
+        if config.use_features and config.user_inputs:
+            self.features = FeatureEncoders(config.user_inputs, config.feature_dim)
+            in_dim += self.features.out_dim
         if config.use_history:
             # Own table (not the item tower's): "what I watched" and "what I am" are different
             # roles, as in YouTube-DNN. Mode "sum" with weights that sum to 1 per bag is a mean.
-            self.history = nn.EmbeddingBag(config.n_items, config.id_dim, mode="sum", sparse=sparse)
+            # With share_history_embeddings the bag reads the item tower's id table instead.
+            if not config.share_history_embeddings:
+                self.history = nn.EmbeddingBag(
+                    config.n_items, config.id_dim, mode="sum", sparse=sparse
+                )
             in_dim += config.id_dim
         if config.recent_history > 0:
             self.recent_history = nn.EmbeddingBag(
                 config.n_items, config.id_dim, mode="sum", sparse=sparse
             )
             in_dim += config.id_dim
-        if config.use_genre_profile:
-            self.genre_profile = nn.Linear(max(config.n_genres, 1), config.feature_dim, bias=False)
-            in_dim += config.feature_dim
+        self.profiles = nn.ModuleDict()
+        if config.use_profiles and config.use_features:
+            # A bias-free map of the mean multi-hot: the mean of per-value embeddings.
+            for name, width in config.item_profiles:
+                self.profiles[_key(name)] = nn.Linear(max(width, 1), config.feature_dim, bias=False)
+                in_dim += config.feature_dim
         if config.use_rating_history:
             # Like SVD++'s implicit factors but signed: items rated above the user's own mean
             # pull one way, below it the other. Plus the mean rating itself (1 column).
@@ -136,7 +200,11 @@ class UserTower(nn.Module):
             raise ValueError("UserTower: enable at least one of user id, features, history")
         self.mlp = mlp(in_dim, config.hidden_dims, config.embedding_dim, config.dropout)
 
-    def forward(self, user_batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, user_batch: dict[str, torch.Tensor], item_table: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``item_table``: the item tower's id embeddings, which the history bag reads when
+        ``share_history_embeddings`` is on."""
         cfg = self.config
         parts = []
         if cfg.use_user_id:
@@ -145,15 +213,23 @@ class UserTower(nn.Module):
                 dropped = torch.rand(user_idx.shape, device=user_idx.device) < cfg.user_id_dropout
                 user_idx = torch.where(dropped, torch.full_like(user_idx, cfg.n_users), user_idx)
             parts.append(self.user_id(user_idx))  # (B, E)
-        if cfg.use_features:
-            feats = user_batch["user_features"]  # (B, 3)
-            parts += [emb(feats[:, j]) for j, emb in enumerate(self.demographics)]  # 3 x (B, F)
+        if self.features is not None:
+            parts += self.features(user_batch)  # per feature (B, F)
         if cfg.use_history:
-            pooled = self.history(
-                user_batch["history_items"],  # (H,)
-                user_batch["history_offsets"],  # (B,)
-                per_sample_weights=user_batch["history_weights"],  # (H,)
-            )  # (B, E)
+            bag = (user_batch["history_items"], user_batch["history_offsets"])  # (H,), (B,)
+            weights = user_batch["history_weights"]  # (H,)
+            if cfg.share_history_embeddings:
+                assert item_table is not None
+                pooled = F.embedding_bag(
+                    bag[0],
+                    item_table,
+                    bag[1],
+                    mode="sum",
+                    per_sample_weights=weights,
+                    sparse=cfg.sparse_embeddings,
+                )  # (B, E)
+            else:
+                pooled = self.history(*bag, per_sample_weights=weights)  # (B, E)
             parts.append(pooled)
         if cfg.recent_history > 0:
             recent = self.recent_history(
@@ -162,8 +238,8 @@ class UserTower(nn.Module):
                 per_sample_weights=user_batch["recent_weights"],  # (R,)
             )  # (B, E)
             parts.append(recent)
-        if cfg.use_genre_profile:
-            parts.append(self.genre_profile(user_batch["genre_profile"]))  # (B, F)
+        for name, _ in cfg.item_profiles if len(self.profiles) else ():
+            parts.append(self.profiles[_key(name)](user_batch[f"profile:{name}"]))  # (B, F)
         if cfg.use_rating_history:
             rated = self.rated_history(
                 user_batch["history_items"],  # (H,)
@@ -188,7 +264,7 @@ class RatingHead(nn.Module):
         self.global_bias = nn.Parameter(torch.tensor(0.6))  # ML ratings average ~3.5/5
         sparse = config.sparse_embeddings
         self.user_bias = nn.Embedding(config.n_users + 1, 1, sparse=sparse)  # + "unknown user"
-        self.item_bias = nn.Embedding(config.n_items, 1, sparse=sparse)
+        self.item_bias = nn.Embedding(config.n_items + 1, 1, sparse=sparse)  # + "unknown item"
         nn.init.zeros_(self.user_bias.weight)
         nn.init.zeros_(self.item_bias.weight)
         self.mlp = mlp(3 * d, (config.rating_hidden,), 1, config.dropout)
@@ -201,7 +277,8 @@ class RatingHead(nn.Module):
         item_idx: torch.Tensor,
     ) -> torch.Tensor:
         x = torch.cat([user_emb, item_emb, user_emb * item_emb], dim=-1)  # (B, 3D)
-        bias = self.global_bias + self.user_bias(user_idx)[:, 0] + self.item_bias(item_idx)[:, 0]
+        item_row = item_idx.clamp(max=self.item_bias.num_embeddings - 1)  # new items: unknown
+        bias = self.global_bias + self.user_bias(user_idx)[:, 0] + self.item_bias(item_row)[:, 0]
         return bias + self.mlp(x)[:, 0]  # (B,)
 
 
@@ -229,7 +306,8 @@ class TwoTower(nn.Module):
 
     def user_embeddings(self, user_batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(B, D)`` retrieval embeddings of a user batch (normalised and divided by T if on)."""
-        user_emb = self.user_tower(user_batch)  # (B, D)
+        shared = self.item_tower.item_id.weight if self.config.share_history_embeddings else None
+        user_emb = self.user_tower(user_batch, shared)  # (B, D)
         if self.config.normalize:
             user_emb = F.normalize(user_emb, dim=-1) * self.inv_temperature
         return user_emb

@@ -6,7 +6,8 @@ everything needed to rebuild it without the training job::
 
     config.json           written last: format, model config, rating scale, version, file list
     weights.safetensors   user tower, item tower, temperature, rating head (no pickle)
-    features.npz/.json    FeatureTables arrays; genre names and occupations
+    features.npz/.json    the encoded user/item feature arrays; the fitted encoders (vocabularies,
+                          statistics), so a new user or item is encoded without the data set
     history.npz           training interactions as CSR (the user-history bags and seen items)
 
 ``version`` is a short content hash of the weights.
@@ -16,25 +17,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from towers.data.features import FeatureTables
+from towers.data.features import EncodedTable, FeatureTables
 from towers.data.interactions import Interactions
 from towers.metrics.top_k import top_k_excluding
 from towers.model.config import TwoTowerConfig
 from towers.model.network import TwoTower
 from towers.recommenders.base import Recommender
 from towers.storage.atomic import staged_directory
-from towers.training.inputs import TrainingContext
+from towers.training.inputs import TableTensors, TrainingContext
 from towers.training.loop import fit
 from towers.training.steps import embed_items, embed_users, unwrap
 
 FORMAT = "two_tower"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: features from the data set's schema (1: fixed MovieLens features)
 REQUIRED_FILES = (
     "config.json",
     "weights.safetensors",
@@ -155,6 +159,38 @@ class TwoTowerRecommender(Recommender):
         """``(n_items, D)`` float32 item embeddings, row ``i`` for ``item_idx`` ``i``."""
         return self._item_embeddings().cpu().numpy().astype(np.float32)
 
+    def embed_item_rows(
+        self, items: pd.DataFrame, known_idx: np.ndarray, chunk: int = 8192
+    ) -> np.ndarray:
+        """``(N, D)`` float32 embeddings of rows of an items table (the canonical columns: one per
+        item feature), encoded with the model's fitted encoders: the way items added after
+        training are embedded without retraining.
+
+        Args:
+            items: ``N`` rows with the item features' columns.
+            known_idx: ``(N,)`` each row's ``item_idx`` in the model's catalog, or -1 for an item
+                the model has never seen (its id embedding is the "unknown item" row).
+        """
+        model, ctx = self._require_model()
+        assert self.features is not None
+        encoded = TableTensors.build(
+            EncodedTable.build(self.features.items.features, items), ctx.device
+        )
+        known = torch.as_tensor(np.asarray(known_idx, np.int64), device=ctx.device)  # (N,)
+        if bool((known >= self.n_items).any()):
+            raise KeyError(f"known_idx must be -1 or below {self.n_items}")
+        unknown = torch.full_like(known, self.n_items)
+        id_row = torch.where(known >= 0, ctx.item_id_row[known.clamp(min=0)], unknown)
+        parts = []
+        with torch.no_grad():
+            for start in range(0, len(known), chunk):
+                rows = torch.arange(start, min(start + chunk, len(known)), device=ctx.device)
+                batch = {"item_idx": known[rows].clamp(min=0), "item_id_row": id_row[rows]}
+                batch.update(encoded.gather(rows))
+                parts.append(model.item_embeddings(batch).float().cpu())
+        dim = self.config.embedding_dim
+        return (torch.cat(parts) if parts else torch.zeros(0, dim)).numpy().astype(np.float32)
+
     def user_embeddings(self, user_idx: np.ndarray) -> np.ndarray:
         """``(U,)`` known users → ``(U, D)`` float32 (queries for an inner-product index)."""
         model, ctx = self._require_model()
@@ -176,35 +212,32 @@ class TwoTowerRecommender(Recommender):
         return item_idx
 
     def user_embedding_cold_start(
-        self, features_row: np.ndarray | None, liked_item_idx: list[int] | np.ndarray
+        self, features: Mapping[str, Any] | None, liked_item_idx: list[int] | np.ndarray
     ) -> np.ndarray:
         """Embeds a user who is not in the training data.
 
         Args:
-            features_row: ``(3,)`` int64 ``age_bucket, gender, occupation`` as produced by
-                ``FeatureTables.encode_user`` (None: all unknown).
+            features: raw values of the schema's user features by name (``{"age": 31,
+                "occupation": "engineer"}``); absent ones, unseen values and None are unknown.
+                A name the schema lacks raises ``DataError``.
             liked_item_idx: items the user liked (may be empty); they form the history bag.
 
         Returns:
             ``(D,)`` float32 user embedding, comparable with :meth:`item_embeddings`.
         """
         model, ctx = self._require_model()
-        row = np.zeros(3, np.int64) if features_row is None else np.asarray(features_row, np.int64)
-        if row.shape != (3,):
-            raise ValueError(f"features_row must have shape (3,), got {row.shape}")
-        cards = np.asarray(self.config.user_cardinalities)
-        if np.any(row < 0) or np.any(row >= cards):
-            raise ValueError(f"features_row {row.tolist()} outside cardinalities {cards.tolist()}")
-        batch = ctx.cold_user_batch(row, self._check_items(liked_item_idx).tolist())
+        assert self.features is not None
+        encoded = None if features is None else self.features.encode_user(features)
+        batch = ctx.cold_user_batch(encoded, self._check_items(liked_item_idx).tolist())
         with torch.no_grad():
             return model.user_embeddings(batch)[0].float().cpu().numpy()
 
     def recommend_cold_start(
-        self, features_row: np.ndarray | None, liked_item_idx: list[int] | np.ndarray, k: int
+        self, features: Mapping[str, Any] | None, liked_item_idx: list[int] | np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(item_idx, scores)``, each ``(min(k, n_items),)``, liked items excluded."""
         liked = self._check_items(liked_item_idx)
-        user_emb = self.user_embedding_cold_start(features_row, liked)
+        user_emb = self.user_embedding_cold_start(features, liked)
         scores = (self.item_embeddings() @ user_emb)[None, :]  # (1, N)
         exclude = np.zeros_like(scores, dtype=bool)
         exclude[0, liked] = True
@@ -249,11 +282,8 @@ class TwoTowerRecommender(Recommender):
             tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             save_file(tensors, str(tmp / "weights.safetensors"), metadata={"version": self.version})
             np.savez(tmp / "features.npz", **self.features.to_arrays())
-            names = {
-                "genre_names": self.features.genre_names,
-                "occupations": self.features.occupations,
-            }
-            (tmp / "features.json").write_text(json.dumps(names, indent=1))
+            fitted = json.dumps(self.features.fitted_dict(), indent=1)
+            (tmp / "features.json").write_text(fitted)
             csr = train.to_csr(binary=True)
             order = np.lexsort((train.item_idx, train.user_idx))  # CSR order: user, then item
             np.savez(
@@ -298,11 +328,9 @@ class TwoTowerRecommender(Recommender):
             raise ValueError(
                 f"{folder}/weights.safetensors does not match version {meta['version']}"
             )
-        names = json.loads((folder / "features.json").read_text())
+        fitted = json.loads((folder / "features.json").read_text())
         with np.load(folder / "features.npz") as arrays:
-            features = FeatureTables.from_arrays(
-                dict(arrays), names["genre_names"], names["occupations"]
-            )
+            features = FeatureTables.load(fitted, dict(arrays))
         with np.load(folder / "history.npz") as hist:
             n_users, n_items = (int(x) for x in hist["shape"])
             train = Interactions(

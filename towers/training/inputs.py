@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from towers.data.features import FeatureTables
+from towers.data.features import EncodedTable, FeatureTables
 from towers.data.interactions import Interactions
 from towers.model.config import TwoTowerConfig
 
@@ -43,6 +43,63 @@ def recency_ranks(train: Interactions) -> np.ndarray:
     return ranks
 
 
+def csr_gather(
+    indptr: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Entries of CSR ``rows (B,)``: ``(positions (H,), row of each (H,), offsets (B,))``."""
+    starts = indptr[rows]  # (B,)
+    lengths = indptr[rows + 1] - starts  # (B,)
+    offsets = torch.cumsum(lengths, 0) - lengths  # (B,)
+    entry_rows = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), lengths)
+    positions = torch.arange(len(entry_rows), device=rows.device) - offsets[entry_rows]
+    return positions + starts[entry_rows], entry_rows, offsets
+
+
+@dataclass
+class TableTensors:
+    """One side's encoded features as tensors; :meth:`gather` gives a batch's ``feat:*`` inputs.
+
+    ``index``/``dense`` features are ``(n, ...)`` tensors; ``bag`` features CSR ``values`` and
+    ``offsets (n + 1,)`` (the encoded layout of ``towers.data.features``).
+    """
+
+    inputs: tuple[tuple[str, str, int], ...]
+    tensors: dict[str, torch.Tensor]
+
+    @classmethod
+    def build(cls, table: EncodedTable, device: str | torch.device = "cpu") -> TableTensors:
+        tensors = {k: torch.tensor(v).to(device) for k, v in table.arrays.items()}  # copies
+        return cls(table.inputs(), tensors)
+
+    def to(self, device: str | torch.device) -> TableTensors:
+        return TableTensors(self.inputs, {k: v.to(device) for k, v in self.tensors.items()})
+
+    def gather(self, rows: torch.Tensor) -> Batch:
+        out: Batch = {}
+        for name, kind, _ in self.inputs:
+            values = self.tensors[name]
+            if kind == "bag":
+                positions, _, offsets = csr_gather(self.tensors[f"{name}:offsets"], rows)
+                out[f"feat:{name}"], out[f"feat:{name}:offsets"] = values[positions], offsets
+            else:
+                out[f"feat:{name}"] = values[rows]
+        return out
+
+    def profile_matrix(self, name: str) -> torch.Tensor:
+        """``(n, size - 1)`` multi-hot of an index or bag feature (the unknown 0 left out)."""
+        kind, size = next((k, s) for n, k, s in self.inputs if n == name)
+        values = self.tensors[name]
+        n = len(self.tensors[f"{name}:offsets"]) - 1 if kind == "bag" else len(values)
+        if kind == "bag":
+            counts = self.tensors[f"{name}:offsets"].diff()
+            rows = torch.repeat_interleave(torch.arange(n, device=values.device), counts)
+        else:
+            rows = torch.arange(n, device=values.device)
+        dense = torch.zeros(n, size, device=values.device)
+        dense[rows, values] = 1.0
+        return dense[:, 1:]
+
+
 @dataclass
 class TrainingContext:
     """Tensors shared by every step of one worker, built once from features and training data.
@@ -50,9 +107,11 @@ class TrainingContext:
     Attributes:
         config: the model/loss config.
         rating_scale: ``(lo, hi)`` raw rating range, mapped to [0, 1] for the losses.
-        user_features: ``(n_users, 3)`` int64 age bucket, gender, occupation.
-        item_genres: ``(n_items, G)`` float32 genre multi-hot.
-        item_year_bucket: ``(n_items,)`` int64.
+        user_inputs: the users' encoded features.
+        item_inputs: the items' encoded features.
+        item_profiles: ``name -> (n_items, V)`` multi-hot of each profiled item feature.
+        item_id_row: ``(n_items,)`` int64 the item-id embedding row: the item's own, or
+            ``n_items`` ("unknown item") for items with no training pairs.
         history_indptr: ``(n_users + 1,)`` int64 CSR row pointers of the training history.
         history_items: ``(nnz,)`` int64 CSR column indices (the items of each user).
         history_ratings: ``(nnz,)`` float32 their ratings scaled to [0, 1].
@@ -63,9 +122,10 @@ class TrainingContext:
 
     config: TwoTowerConfig
     rating_scale: tuple[float, float]
-    user_features: torch.Tensor
-    item_genres: torch.Tensor
-    item_year_bucket: torch.Tensor
+    user_inputs: TableTensors
+    item_inputs: TableTensors
+    item_profiles: dict[str, torch.Tensor]
+    item_id_row: torch.Tensor
     history_indptr: torch.Tensor
     history_items: torch.Tensor
     history_ratings: torch.Tensor
@@ -97,12 +157,16 @@ class TrainingContext:
         counts = np.bincount(train.item_idx, minlength=train.n_items).astype(np.float64)
         log_q = np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))
         t = torch.tensor  # copies: the inputs may be read-only views
+        item_inputs = TableTensors.build(features.items)
+        profiles = {n: item_inputs.profile_matrix(n) for n, _ in config.item_profiles}
+        id_row = np.where(counts > 0, np.arange(train.n_items), train.n_items)
         return cls(
             config=config,
             rating_scale=(float(lo), float(hi)),
-            user_features=t(features.user_features, dtype=torch.int64),
-            item_genres=t(features.item_genres, dtype=torch.float32),
-            item_year_bucket=t(features.item_year_bucket, dtype=torch.int64),
+            user_inputs=TableTensors.build(features.users),
+            item_inputs=item_inputs,
+            item_profiles=profiles if config.use_profiles else {},
+            item_id_row=t(id_row, dtype=torch.int64),
             history_indptr=t(csr.indptr, dtype=torch.int64),
             history_items=t(csr.indices, dtype=torch.int64),
             history_ratings=t((csr.data - lo) / (hi - lo), dtype=torch.float32),
@@ -116,8 +180,10 @@ class TrainingContext:
 
     def to(self, device: str | torch.device) -> TrainingContext:
         moved = {
-            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()
+            k: v.to(device) if isinstance(v, (torch.Tensor, TableTensors)) else v
+            for k, v in vars(self).items()
         }
+        moved["item_profiles"] = {k: v.to(device) for k, v in self.item_profiles.items()}
         return TrainingContext(**moved)
 
     def scale_rating(self, rating: torch.Tensor) -> torch.Tensor:
@@ -144,20 +210,17 @@ class TrainingContext:
                 mean that bounds the cost of long histories (training only).
 
         Returns:
-            Dict with ``user_idx (B,)``, ``user_features (B, 3)``, ``history_items (H,)`` (the
+            Dict with ``user_idx (B,)``, the user features ``feat:*``, ``history_items (H,)`` (the
             kept entries only), ``history_rows (H,)`` (the row of each entry),
             ``history_offsets (B,)``, ``history_weights (H,)`` (``1/kept``, so each bag is a mean),
-            ``genre_profile (B, G)``, ``history_rating_weights (H,)`` (``weight x (rating - bag
+            ``profile:<name> (B, V)``, ``history_rating_weights (H,)`` (``weight x (rating - bag
             mean)``), ``history_mean_rating (B,)`` (bag mean, ratings scaled to [0, 1]), and
             ``positive_rows``/``positive_items`` — every training item of every row, for losses
             that must not treat them as negatives.
         """
         user_idx = user_idx.to(self.device)
-        starts = self.history_indptr[user_idx]  # (B,)
-        lengths = self.history_indptr[user_idx + 1] - starts  # (B,)
-        offsets = torch.cumsum(lengths, 0) - lengths  # (B,)
-        rows = torch.repeat_interleave(torch.arange(len(user_idx), device=self.device), lengths)
-        position_all = torch.arange(len(rows), device=self.device) - offsets[rows] + starts[rows]
+        position_all, rows, _ = csr_gather(self.history_indptr, user_idx)
+        lengths = self.history_indptr[user_idx + 1] - self.history_indptr[user_idx]  # (B,)
         all_items = self.history_items[position_all]  # (H,)
         not_target = torch.ones_like(all_items, dtype=torch.bool)
         if exclude_items is not None:
@@ -170,10 +233,9 @@ class TrainingContext:
             keep = keep & (torch.rand(all_items.shape, device=self.device) < chance[rows])
         items, kept_rows, position = all_items[keep], rows[keep], position_all[keep]
         counts = torch.bincount(kept_rows, minlength=len(user_idx))  # (B,)
-        feats = self.user_features[user_idx]  # (B, 3)
         batch = self._user_batch(
             user_idx,
-            feats,
+            self.user_inputs.gather(user_idx),
             items,
             self.history_ratings[position],
             kept_rows,
@@ -194,7 +256,9 @@ class TrainingContext:
             "recent_weights": 1.0 / counts.clamp(min=1)[rows].float(),
         }
 
-    def cold_user_batch(self, features_row: np.ndarray, liked_items: list[int]) -> Batch:
+    def cold_user_batch(
+        self, features: dict[str, np.ndarray] | None, liked_items: list[int]
+    ) -> Batch:
         """A batch of one user who is not in the training data (the "unknown user" id row).
 
         Their ratings are unknown: every liked item gets the mid-scale rating 0.5, so the
@@ -202,10 +266,15 @@ class TrainingContext:
         rows whose ratings the model hides (``rating_history_dropout``).
         """
         items = torch.as_tensor(list(liked_items), dtype=torch.int64, device=self.device)
-        feats = torch.as_tensor(np.asarray(features_row), dtype=torch.int64, device=self.device)
+        if features is None:  # every feature unknown: the encoders' reserved values
+            features = self._unknown_user_features()
+        row = TableTensors(
+            self.user_inputs.inputs,
+            {k: torch.as_tensor(np.asarray(v), device=self.device) for k, v in features.items()},
+        )
         batch = self._user_batch(
             torch.tensor([self.config.n_users], device=self.device),
-            feats.reshape(1, -1),
+            row.gather(torch.zeros(1, dtype=torch.int64, device=self.device)),
             items,
             torch.full((len(items),), 0.5, device=self.device),
             torch.zeros_like(items),
@@ -216,10 +285,23 @@ class TrainingContext:
             batch.update(self._recent_bag(recent, torch.zeros_like(recent), 1))
         return batch
 
+    def _unknown_user_features(self) -> dict[str, np.ndarray]:
+        """One row with every feature unknown: index 0, empty bags, zeros plus missing flags."""
+        out: dict[str, np.ndarray] = {}
+        for name, kind, size in self.user_inputs.inputs:
+            if kind == "index":
+                out[name] = np.zeros(1, np.int64)
+            elif kind == "bag":
+                out[name], out[f"{name}:offsets"] = np.zeros(0, np.int64), np.zeros(2, np.int64)
+            else:
+                out[name] = np.zeros((1, size), np.float32)
+                out[name][0, -1] = 1.0  # the missing flag (numeric: [z, missing]; vectors: last)
+        return out
+
     def _user_batch(
         self,
         user_idx: torch.Tensor,
-        user_features: torch.Tensor,
+        user_features: Batch,
         items: torch.Tensor,
         ratings: torch.Tensor,
         rows: torch.Tensor,
@@ -232,24 +314,27 @@ class TrainingContext:
         # The mean over the pooled entries only: the target's own rating must not leak into it.
         mean_rating = zeros.index_add(0, rows, weights * ratings)  # (B,) in [0, 1]
         rating_weights = weights * (ratings - mean_rating[rows])  # (H,)
-        genre_profile = F.embedding_bag(
-            items, self.item_genres, offsets, mode="sum", per_sample_weights=weights
-        )  # (B, G)
+        profiles = {
+            f"profile:{name}": F.embedding_bag(
+                items, matrix, offsets, mode="sum", per_sample_weights=weights
+            )  # (B, V)
+            for name, matrix in self.item_profiles.items()
+        }
         return {
             "user_idx": user_idx,
-            "user_features": user_features,
+            **user_features,
+            **profiles,
             "history_items": items,
             "history_rows": rows,
             "history_offsets": offsets,
             "history_weights": weights,
-            "genre_profile": genre_profile,
             "history_rating_weights": rating_weights,
             "history_mean_rating": mean_rating,
         }
 
     @property
     def n_items(self) -> int:
-        return len(self.item_year_bucket)
+        return len(self.item_id_row)
 
     def candidate_log_q(
         self, candidate_idx: torch.Tensor, n_batch: int, n_drawn: int
@@ -270,10 +355,10 @@ class TrainingContext:
     def item_batch(self, item_idx: torch.Tensor | None = None) -> Batch:
         """The item tower's input for ``(N,)`` items, or for the whole catalog when None."""
         if item_idx is None:
-            item_idx = torch.arange(len(self.item_year_bucket), device=self.device)
+            item_idx = torch.arange(self.n_items, device=self.device)
         item_idx = item_idx.to(self.device)
         return {
             "item_idx": item_idx,
-            "item_genres": self.item_genres[item_idx],
-            "item_year_bucket": self.item_year_bucket[item_idx],
+            "item_id_row": self.item_id_row[item_idx],
+            **self.item_inputs.gather(item_idx),
         }

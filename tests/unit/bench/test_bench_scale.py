@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 
 import pytest
@@ -47,7 +48,10 @@ def test_parent_measures_a_child_and_reads_its_result(tmp_path, monkeypatch):
     (tmp_path / "tiny").mkdir()
     measured = bench_scale.run_step("tiny", "prepare", tmp_path / "tiny", args)
     assert measured.returncode == 0 and measured.extra == {"ok": 300 * 2**20}
-    assert 300 * 2**20 < measured.peak_process_bytes < 2**30  # wait4's exact peak of the child
+    # wait4's peak of the child: its 300 MB, plus at most what a forked child shares with this
+    # (test) process before it execs — the bench's own driver is small, pytest is not.
+    parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert 300 * 2**20 < measured.peak_process_bytes < 300 * 2**20 + parent + 2**28
     assert os.path.exists(tmp_path / "tiny_prepare.log")
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.features import random_features
 from towers.data.features import FeatureTables
 from towers.data.interactions import Interactions
 from towers.model.config import PRESETS, TwoTowerConfig
@@ -22,20 +23,7 @@ N_USERS, N_ITEMS, N_GENRES = 12, 20, 5
 
 
 def make_features(seed: int = 0) -> FeatureTables:
-    rng = np.random.default_rng(seed)
-    user_features = np.stack(
-        [rng.integers(0, 8, N_USERS), rng.integers(0, 3, N_USERS), rng.integers(0, 5, N_USERS)], 1
-    ).astype(np.int64)
-    genres = (rng.random((N_ITEMS, N_GENRES)) < 0.4).astype(np.float32)
-    return FeatureTables(
-        user_features=user_features,
-        user_cardinalities=(8, 3, 5),
-        item_genres=genres,
-        item_year_bucket=rng.integers(0, 11, N_ITEMS).astype(np.int64),
-        n_year_buckets=11,
-        genre_names=[f"g{j}" for j in range(N_GENRES)],
-        occupations=["a", "b", "c", "d"],
-    )
+    return random_features(N_USERS, N_ITEMS, seed)
 
 
 def make_train(seed: int = 0) -> Interactions:
@@ -63,7 +51,7 @@ def test_config_json_round_trip() -> None:
     config = TwoTowerConfig.from_preset("default").sized_for(make_features())
     again = TwoTowerConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config
-    assert isinstance(again.hidden_dims, tuple) and isinstance(again.user_cardinalities, tuple)
+    assert isinstance(again.hidden_dims, tuple) and isinstance(again.user_inputs, tuple)
 
 
 def test_config_rejects_bad_values() -> None:
@@ -188,7 +176,7 @@ def test_recent_history_pools_the_newest_items_without_the_target() -> None:
     assert sorted(first.tolist()) == sorted(newest.tolist())
     assert second.tolist() == [newest[0]]  # the target left out
     assert torch.allclose(batch["recent_weights"], torch.tensor([0.5, 0.5, 1.0]))
-    cold = ctx.cold_user_batch(np.array([1, 2, 3]), [4, 5, 6])
+    cold = ctx.cold_user_batch(None, [4, 5, 6])
     assert cold["recent_items"].tolist() == [5, 6]  # the last liked items are the recent ones
     model.eval()
     assert model.user_embeddings(batch).shape == (2, model.config.embedding_dim)
@@ -199,7 +187,8 @@ def test_user_without_history_and_cold_start() -> None:
     model.eval()
     empty = ctx.user_batch(torch.tensor([N_USERS - 1]))
     assert empty["history_items"].numel() == 0
-    cold = ctx.cold_user_batch(np.array([1, 2, 3]), [4, 5])
+    features = make_features().encode_user({"age": 40, "gender": "M", "occupation": "y"})
+    cold = ctx.cold_user_batch(features, [4, 5])
     assert cold["user_idx"].tolist() == [N_USERS]  # the "unknown user" row
     # Ratings unknown: the rating-centred pool is empty and the mean sits mid-scale (input 0),
     # as for training rows hidden by rating_history_dropout.
@@ -218,3 +207,20 @@ def test_eval_mode_is_deterministic_and_train_mode_drops_ids() -> None:
     torch.manual_seed(0)
     first = model.user_embeddings(batch)
     assert not torch.allclose(first, model.user_embeddings(batch))
+
+
+def test_shared_history_embeddings_read_the_item_id_table() -> None:
+    """With ``share_history_embeddings`` the user's history bag is a mean of the item tower's
+    id rows: no table of its own, and a history item's id row gets the user side's gradient."""
+    model, ctx = build(share_history_embeddings=True, dropout=0.0, history_dropout=0.0)
+    assert not hasattr(model.user_tower, "history")
+    batch = ctx.user_batch(torch.tensor([0, 1]))
+    model.user_embeddings(batch).sum().backward()
+    grad = model.item_tower.item_id.weight.grad
+    used = torch.unique(batch["history_items"])
+    assert grad is not None and bool((grad[used].abs().sum(1) > 0).all())
+    unused = torch.ones(len(grad), dtype=torch.bool)
+    unused[used] = False
+    assert float(grad[unused].abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="share_history_embeddings needs"):
+        TwoTowerConfig(share_history_embeddings=True, use_item_id=False)

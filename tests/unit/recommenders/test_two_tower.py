@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.features import random_features, random_tables
 from tests.unit.recommenders.contract import RecommenderContract
+from towers.data.errors import DataError
 from towers.data.features import FeatureTables
 from towers.data.interactions import Interactions
 from towers.model.config import TwoTowerConfig
@@ -23,19 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_features(n_users: int, n_items: int, seed: int = 0) -> FeatureTables:
-    rng = np.random.default_rng(seed)
-    return FeatureTables(
-        user_features=np.stack(
-            [rng.integers(0, 8, n_users), rng.integers(0, 3, n_users), rng.integers(0, 5, n_users)],
-            1,
-        ),
-        user_cardinalities=(8, 3, 5),
-        item_genres=(rng.random((n_items, 4)) < 0.3).astype(np.float32),
-        item_year_bucket=rng.integers(0, 11, n_items),
-        n_year_buckets=11,
-        genre_names=["a", "b", "c", "d"],
-        occupations=["w", "x", "y", "z"],
-    )
+    return random_features(n_users, n_items, seed)
 
 
 def group_data(n_groups: int = 4, users_per_group: int = 10, block: int = 8, seed: int = 0):
@@ -101,6 +91,28 @@ def test_scores_are_user_times_item_embeddings(fitted: TwoTowerRecommender) -> N
     assert fitted.name == "two_tower" and len(fitted.version) == 12
 
 
+def test_item_rows_embed_like_the_catalog_and_new_items_from_features(
+    fitted: TwoTowerRecommender,
+) -> None:
+    """``embed_item_rows`` on the items table's own rows gives the catalog's embeddings; a new
+    item (id unknown to the model) is embedded from its features with the "unknown item" id,
+    as every item the model never trained on is."""
+    _, items = random_tables(fitted.n_users, fitted.n_items, seed=0)  # group_data's features
+    known = np.arange(fitted.n_items)
+    np.testing.assert_allclose(
+        fitted.embed_item_rows(items, known), fitted.item_embeddings(), rtol=1e-5, atol=1e-6
+    )
+    twins = items.iloc[[3, 3, 20]]  # new items: two with item 3's features, one with item 20's
+    new = fitted.embed_item_rows(twins, np.array([-1, -1, -1]))
+    assert new.shape == (3, 16) and np.isfinite(new).all()
+    np.testing.assert_allclose(new[0], new[1], rtol=1e-6)  # the same features, the same vector
+    assert not np.allclose(new[0], new[2], atol=1e-3)  # other features, another vector
+    assert not np.allclose(new[0], fitted.item_embeddings()[3], atol=1e-3)  # no id of its own
+    twin = items.iloc[[3]]
+    with pytest.raises(KeyError):
+        fitted.embed_item_rows(twin, np.array([fitted.n_items]))
+
+
 def test_recommends_the_users_own_block(fitted: TwoTowerRecommender) -> None:
     users = np.arange(fitted.n_users)
     items, _ = fitted.recommend(users, 2)  # the 2 unseen items of each user's block
@@ -120,16 +132,21 @@ def fitted_softmax() -> TwoTowerRecommender:
 def test_cold_start_follows_liked_items(fitted_softmax: TwoTowerRecommender) -> None:
     fitted = fitted_softmax
     liked = [16, 17, 18]  # block 2
-    emb = fitted.user_embedding_cold_start(np.array([1, 1, 1]), liked)
+    described = {"age": 30, "gender": "F", "occupation": "x"}
+    emb = fitted.user_embedding_cold_start(described, liked)
     assert emb.shape == (16,) and emb.dtype == np.float32
-    items, scores = fitted.recommend_cold_start(np.array([1, 1, 1]), liked, 5)
+    items, scores = fitted.recommend_cold_start(described, liked, 5)
     assert not set(items.tolist()) & set(liked)
     assert np.sum(items // 8 == 2) >= 4 and np.all(np.diff(scores) <= 0)  # 5 unseen in block 2
     assert fitted.user_embedding_cold_start(None, []).shape == (16,)
     with pytest.raises(KeyError):
         fitted.user_embedding_cold_start(None, [fitted.n_items])
-    with pytest.raises(ValueError):
-        fitted.user_embedding_cold_start(np.array([99, 0, 0]), [])
+    with pytest.raises(DataError, match="shoe_size"):  # a feature the schema does not have
+        fitted.user_embedding_cold_start({"shoe_size": 44}, [])
+    with pytest.raises(DataError, match="occupation: 'astronaut' is not a known value"):
+        fitted.user_embedding_cold_start({"occupation": "astronaut"}, [])
+    with pytest.raises(DataError, match="age: must be a number"):
+        fitted.user_embedding_cold_start({"age": "old"}, [])
 
 
 def test_predict_ratings_on_the_raw_scale(fitted: TwoTowerRecommender) -> None:

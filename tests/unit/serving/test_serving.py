@@ -24,7 +24,7 @@ from serving.artifacts import (
 )
 from serving.deployments import TwoTowerDeployment, UserKNNDeployment
 from serving.http import LocalBackend, create_app
-from serving.recommenders import Catalog, ServingError
+from serving.recommenders import Catalog, ServingError, TwoTowerService
 from serving.schemas import ModelSettings, ServingArgs
 from towers.artifacts import publish_small_run
 from towers.storage.root import Storage
@@ -68,8 +68,9 @@ def known_user(service, rank: int = 0) -> int:
 
 
 def test_catalog_maps_raw_ids_and_drops_padding():
-    catalog = Catalog(np.array([10, 20]), np.array([7, 9, 11]), ["a", "b", "c"], [["X"], [], ["Y"]])
-    assert catalog.user_index(20) == 1
+    display = {"title": ["a", "b", "c"], "genres": [np.array(["X"]), [], ["Y"]]}
+    catalog = Catalog(np.array([10, 20]), np.array([7, 9, 11]), display)
+    assert catalog.user_index(20) == 1 and catalog.user_index("20") == 1  # a path's "20"
     assert catalog.item_indices([11, 7, 11]).tolist() == [0, 2]
     with pytest.raises(ServingError) as err:
         catalog.user_index(30)
@@ -77,10 +78,27 @@ def test_catalog_maps_raw_ids_and_drops_padding():
     with pytest.raises(ServingError) as err:
         catalog.item_indices([7, 8, 99])
     assert err.value.status == 422 and "[8, 99]" in err.value.message
+    with pytest.raises(ServingError, match="item_id must be an integer id, got '7'"):
+        catalog.item_indices(["7"])  # a JSON string is not an integer id
     ranked = catalog.ranked_items(np.array([2, -1, 0]), np.array([0.5, -np.inf, 0.25]))
     assert ranked == [
         {"item_id": 11, "title": "c", "genres": ["Y"], "score": 0.5},
         {"item_id": 7, "title": "a", "genres": ["X"], "score": 0.25},
+    ]
+    assert catalog.id_types() == {"user": "integer", "item": "integer"}
+
+
+def test_catalog_with_string_ids():
+    catalog = Catalog(np.array(["u1", "u2"]), np.array(["p-1", "p-2"]), {"url": ["/1", None]})
+    assert catalog.user_index("u2") == 1 and catalog.item_indices(["p-2"]).tolist() == [1]
+    assert catalog.id_types() == {"user": "string", "item": "string"}
+    with pytest.raises(ServingError, match="item_id must be a string id, got 3"):
+        catalog.item_indices([3])
+    with pytest.raises(ServingError) as err:
+        catalog.user_index("u9")
+    assert err.value.status == 404
+    assert catalog.ranked_items(np.array([1]), np.array([1.0])) == [
+        {"item_id": "p-2", "url": None, "score": 1.0}
     ]
 
 
@@ -147,7 +165,7 @@ def test_cold_start_by_features_and_liked_items(two_tower):
     for bad, code in [
         ({}, "empty_user"),
         ({"features": {}}, "empty_user"),
-        ({"features": {"occupation": "wizard"}}, "unknown_occupation"),
+        ({"features": {"occupation": "wizard"}}, "bad_feature"),
         ({"liked_item_ids": [liked[0], -5]}, "unknown_item"),
     ]:
         with pytest.raises(ServingError) as err:
@@ -343,12 +361,13 @@ BAD_REQUESTS = [  # (method, path, body or None, status, error code)
     ("POST", "/recommend", b"", 422, "invalid_request"),
     ("POST", "/recommend", b'{"liked_item_ids": ["7"]}', 422, "invalid_request"),
     ("POST", "/recommend", b'{"liked_item_ids": [true]}', 422, "invalid_request"),
-    ("POST", "/recommend", b'{"features": {"age": "old"}}', 422, "invalid_request"),
-    ("POST", "/recommend", b'{"features": {"gender": "X"}}', 422, "invalid_request"),
+    ("POST", "/recommend", b'{"features": {"age": "old"}}', 422, "bad_feature"),
+    ("POST", "/recommend", b'{"features": {"gender": "X"}}', 422, "bad_feature"),
+    ("POST", "/recommend", b'{"features": {"shoe_size": 44}}', 422, "bad_feature"),
     ("POST", "/recommend", b'{"user": 1}', 422, "invalid_request"),
     ("POST", "/recommend", b"{}", 422, "empty_user"),
     ("POST", "/recommend", b'{"liked_item_ids": [999999]}', 422, "unknown_item"),
-    ("POST", "/recommend", b'{"features": {"occupation": "wizard"}}', 422, "unknown_occupation"),
+    ("POST", "/recommend", b'{"features": {"occupation": "wizard"}}', 422, "bad_feature"),
     ("POST", "/recommend?model=user_knn", b'{"liked_item_ids": [{item}]}', 400, None),
     ("POST", "/recommend", b'{"liked_item_ids": [' + b"1," * 40_000 + b"1]}", 413, None),
     ("DELETE", "/recommend/{user}", None, 405, "method_not_allowed"),
@@ -399,7 +418,9 @@ def test_users_lists_known_ids_and_the_page_is_served(client, two_tower):
 def test_openapi_lists_the_served_models_occupations(client, two_tower):
     spec = client.get("/openapi.json").json()
     occupation = spec["components"]["schemas"]["UserFeatures"]["properties"]["occupation"]
-    assert occupation["anyOf"][0]["enum"] == list(two_tower.recommender.features.occupations)
+    fitted = two_tower.recommender.features.users.feature("occupation")
+    assert occupation["anyOf"][0]["enum"] == fitted.vocabulary
+    assert spec["components"]["schemas"]["UserFeatures"]["additionalProperties"] is False
     assert client.get("/docs").status_code == 200
 
 
@@ -457,3 +478,37 @@ def test_cli_help():
         [sys.executable, "-m", "serving", "--help"], capture_output=True, text=True, cwd=ROOT
     )
     assert out.returncode == 0 and "--storage" in out.stdout and "--no-ray" in out.stdout
+
+
+def test_an_index_over_a_grown_catalog_serves_new_items_unless_told_not_to(two_tower):
+    """A TwoTower service over the model's items plus one added after training (an index built
+    with ``--items``): the new item is answered like any other, and ``new_items=False`` leaves
+    it out while every answer keeps its k items."""
+    from towers.index import make_index
+
+    rec, catalog = two_tower.recommender, two_tower.catalog
+    emb = rec.item_embeddings()
+    user = 0
+    query = rec.user_embeddings(np.array([user]))[0]
+    new_vector = query / np.linalg.norm(query)  # the best item there is for this user
+    grown_emb = np.vstack([emb, new_vector[None, :]]).astype(np.float32)
+    index = make_index("exact", len(grown_emb), model_version=rec.version)
+    index.build(grown_emb, np.arange(len(grown_emb)))
+    display = {
+        "title": [i["title"] for i in catalog.items] + ["Brand new"],
+        "genres": [i["genres"] for i in catalog.items] + [["Drama"]],
+    }
+    grown = Catalog(catalog.user_ids, np.append(catalog.item_ids, 999_999), display)
+    user_id = int(catalog.user_ids[user])
+    for served in (True, False):
+        service = TwoTowerService(rec, index, grown, item_embeddings=grown_emb, new_items=served)
+        top = service.recommend(user_id, 5)["items"]
+        assert len(top) == 5 and (top[0]["item_id"] == 999_999) is served
+        assert (999_999 in [i["item_id"] for i in top]) is served
+        assert service.health()["new_items"] == 1
+        similar = service.similar_items(999_999, 3)
+        assert similar["title"] == "Brand new" and len(similar["items"]) == 3
+        cold = service.recommend_cold_start({"liked_item_ids": [999_999]}, 4)["items"]
+        assert 999_999 not in [i["item_id"] for i in cold] and len(cold) == 4
+    with pytest.raises(ValueError, match="artifacts of different runs"):
+        TwoTowerService(rec, index, grown)  # a grown index without its embeddings

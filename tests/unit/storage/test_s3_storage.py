@@ -127,12 +127,13 @@ def test_checked_load_reads_each_file_once(s3_run):
     reads.reads.clear()
     data = load_prepared(s3_run, "random")
     parts = [f"data/splits/random/{p}.parquet" for p in ("train", "valid", "test")]
-    files = ["data/manifest.json", "data/users.parquet", "data/items.parquet", *parts]
+    own = ["users.parquet", "items.parquet", "schema.json", "features.json"]
+    files = ["data/manifest.json", *(f"data/{f}" for f in own), *parts]
     assert dict(reads.reads) == {s3_run.path(f): 1 for f in files}  # temporal/ never read
     assert len(data.train) > 0
 
     reads.reads.clear()
-    users, items = read_catalog_tables(s3_run)
+    users, items, _ = read_catalog_tables(s3_run)
     assert len(users) and len(items)
     assert max(reads.reads.values()) == 1
 

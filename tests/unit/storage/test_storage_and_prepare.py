@@ -83,11 +83,11 @@ def test_prepare_ml100k_is_byte_identical_across_runs(tmp_path, ml100k_dir):
         prepare.parse_config(prepare.PrepareConfig, [*args, "--storage", str(tmp_path / "b")])
     )
     assert digest(tmp_path / "a" / "data") == digest(tmp_path / "b" / "data")
-    assert (m1["n_interactions"], m1["n_users"], m1["n_items"], m1["n_genres"]) == (
+    assert (m1["n_interactions"], m1["n_users"], m1["n_items"], m1["features"]["items"]) == (
         100_000,
         943,
         1_682,
-        19,
+        ["genres", "year"],
     )
     counts = m1["split_counts"]["random"]
     assert counts["train"] + counts["valid"] == 75_066 and counts["test"] == 24_934
@@ -105,7 +105,8 @@ def test_load_prepared(tiny_storage, tiny_data):
     assert d.split == "random"
     assert d.n_users == 120 and d.n_items == 200
     assert len(d.full_train) == len(d.train) + len(d.valid)
-    assert d.features.item_genres.shape == (200, d.manifest["n_genres"])
+    assert d.features.n_items == 200 and d.features.item_profiles()[0][0] == "genres"
+    assert d.schema.users is not None and d.has_ratings
     assert d.train.rating.dtype == np.float32
     temporal = load_prepared(tiny_storage, "temporal")
     assert len(temporal.test) != len(d.test)

@@ -80,7 +80,7 @@ def test_a_checkpoint_of_a_sparse_model_resumes_its_optimizer(tmp_path) -> None:
     from towers.training.steps import make_optimizer
 
     config = TwoTowerConfig(
-        n_users=5, n_items=7, user_cardinalities=(3, 3, 3), n_genres=2, n_year_buckets=3,
+        n_users=5, n_items=7, user_inputs=(('g', 'index', 3),), item_inputs=(('c', 'bag', 4),),
         sparse_embeddings=True,
     )  # fmt: skip
     net = TwoTower(config)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.features import random_features
 from towers.data.features import FeatureTables
 from towers.data.interactions import Interactions
 from towers.model.config import TwoTowerConfig
@@ -53,15 +54,7 @@ def block_data(
     for name in ("train", "test"):
         u, i, r = (np.array(col) for col in zip(*rows[name], strict=True))
         parts.append(Interactions(u, i, r.astype(np.float32), np.zeros(len(u)), n_users, n_items))
-    features = FeatureTables(
-        user_features=np.stack([rng.integers(0, 8, n_users)] * 3, 1) % np.array([8, 3, 5]),
-        user_cardinalities=(8, 3, 5),
-        item_genres=(rng.random((n_items, 4)) < 0.3).astype(np.float32),
-        item_year_bucket=rng.integers(0, 11, n_items),
-        n_year_buckets=11,
-        genre_names=["a", "b", "c", "d"],
-        occupations=["x", "y", "z", "w"],
-    )
+    features = random_features(n_users, n_items, seed)
     return parts[0], parts[1], features
 
 

@@ -1,0 +1,166 @@
+"""Your own data end to end: three shapes of data set through the pipeline (prepare → train →
+evaluate → build_index) on the session's Ray, then served by the real Serve app over HTTP.
+
+- ``movielens_like``: explicit ratings, user demographics, genres as ``|``-joined CSV text;
+- ``shop``: implicit, string ids, a category, a brand, a numeric price and text tags (Parquet);
+- ``interactions_only``: the shop's interactions alone, no feature tables, the schema inferred.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from ray_jobs import pipeline
+from tests.integration.test_serving_ray import CONFIG, deploy, free_port, wait_for
+from towers.data.shop import ShopSpec, write_shop
+from towers.data.synthetic import SyntheticSpec, generate
+from towers.storage.root import Storage
+
+pytestmark = [pytest.mark.ray, pytest.mark.serve, pytest.mark.slow]
+
+ML_SCHEMA = """
+interactions: {user_id: user_id, item_id: item_id, rating: rating, rating_scale: [1, 5],
+               timestamp: timestamp}
+items:
+  id: item_id
+  features: {genres: {kind: multi_categorical, delimiter: "|"}, year: numeric}
+  display: [title, genres]
+users: {id: user_id, features: {age: numeric, gender: categorical, occupation: categorical}}
+"""
+
+
+def movielens_like(folder: Path) -> dict[str, str]:
+    raw = generate(SyntheticSpec(n_users=150, n_items=120, n_interactions=4_000, seed=5))
+    raw.interactions.to_csv(folder / "ratings.csv", index=False)
+    raw.items.assign(genres=raw.items["genres"].map("|".join)).to_csv(
+        folder / "movies.csv", index=False
+    )
+    raw.users.to_csv(folder / "users.csv", index=False)
+    (folder / "schema.yaml").write_text(ML_SCHEMA)
+    names = ("ratings.csv", "movies.csv", "users.csv", "schema.yaml")
+    return dict(zip(("interactions", "items", "users", "schema"), names, strict=True))
+
+
+def shop(folder: Path) -> dict[str, str]:
+    write_shop(folder, ShopSpec(n_users=150, n_items=120, n_interactions=4_000, seed=5))
+    names = ("interactions.parquet", "items.parquet", "users.parquet", "schema.yaml")
+    return dict(zip(("interactions", "items", "users", "schema"), names, strict=True))
+
+
+def interactions_only(folder: Path) -> dict[str, str]:
+    write_shop(folder, ShopSpec(n_users=150, n_items=120, n_interactions=4_000, seed=6))
+    return {"interactions": "interactions.parquet"}
+
+
+SHAPES = {f.__name__: f for f in (movielens_like, shop, interactions_only)}
+
+
+@pytest.fixture(scope="module")
+def serve_port(ray_session):
+    """One Serve instance for the module; each shape deploys its app onto it."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module", params=list(SHAPES))
+def served(request, serve_port, tmp_path_factory):
+    """``(shape, storage, http client)``: the pipeline's run for the shape, served."""
+    folder = tmp_path_factory.mktemp(request.param)
+    files = {k: str(folder / v) for k, v in SHAPES[request.param](folder).items()}
+    storage = Storage(folder / "run")
+    pipeline.run(
+        pipeline.PipelineConfig(storage=storage.uri, **files, num_workers=1, epochs=2, paper=False)
+    )
+    config = yaml.safe_load(CONFIG.read_text())
+    config["applications"][0]["args"]["storage"] = storage.uri
+    deploy(config)  # replaces the previous shape's app
+    with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=30) as client:
+
+        def this_run() -> bool:
+            models = client.get("/healthz").json()["models"]
+            return all(m.get("storage") == storage.uri for m in models.values())
+
+        wait_for(this_run, 120)
+        yield request.param, storage, client
+
+
+def ids(storage: Storage) -> tuple[list, list]:
+    users = storage.read_parquet("data/users.parquet", columns=["user_id"])["user_id"].tolist()
+    items = storage.read_parquet("data/items.parquet", columns=["item_id"])["item_id"].tolist()
+    return users, items
+
+
+def test_report_says_which_metrics_apply(served):
+    shape, storage, _ = served
+    report = storage.read_json("reports/metrics.json")
+    assert set(report["models"]) == {"two_tower", "user_knn", "popularity"}
+    explicit = shape == "movielens_like"
+    assert report["feedback"] == ("explicit" if explicit else "implicit")
+    assert ("rmse" in report["models"]["two_tower"]) is explicit
+    assert report["models"]["two_tower"]["ndcg@10"] > report["models"]["popularity"]["ndcg@10"] / 2
+    markdown = storage.read_bytes("reports/metrics.md").decode()
+    assert ("rating metrics do not apply" in markdown) is not explicit
+    assert "paper" not in markdown.lower()  # published MovieLens numbers only for ML-100K
+
+
+def test_known_user_and_similar_items_with_the_data_sets_ids(served):
+    shape, storage, http = served
+    users, items = ids(storage)
+    assert all(isinstance(u, str if shape != "movielens_like" else int) for u in users[:5])
+    answer = http.get(f"/recommend/{users[0]}", params={"k": 5})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["user_id"] == users[0] and len(body["items"]) == 5
+    first = body["items"][0]
+    assert first["item_id"] in set(items)
+    display = {"movielens_like": {"title", "genres"}, "shop": {"title"}}.get(shape, set())
+    assert set(first) == {"item_id", "score", *display}
+    knn = http.get(f"/recommend/{users[0]}", params={"k": 5, "model": "user_knn"})
+    assert knn.status_code == 200, knn.text
+    similar = http.get(f"/similar/{first['item_id']}", params={"k": 3}).json()
+    assert len(similar["items"]) == 3 and first["item_id"] not in {
+        i["item_id"] for i in similar["items"]
+    }
+    listing = http.get("/users", params={"k": 3}).json()
+    expected = "integer" if shape == "movielens_like" else "string"
+    assert listing["user_id_type"] == listing["item_id_type"] == expected
+
+
+COLD_START = {  # (the schema's user features, a good description, a bad one, the bad field)
+    "movielens_like": (
+        {"age", "gender", "occupation"},
+        {"age": 31, "gender": "F"},
+        {"age": "old"},
+        "age",
+    ),
+    "shop": ({"region"}, {"region": "north"}, {"region": "mars"}, "region"),
+    "interactions_only": (set(), {}, {"region": "north"}, "region"),
+}
+
+
+def test_cold_start_takes_the_schemas_features_by_name(served):
+    shape, storage, http = served
+    _, items = ids(storage)
+    features, good, bad, field = COLD_START[shape]
+    spec = http.get("/openapi.json").json()
+    properties = spec["components"]["schemas"]["UserFeatures"]["properties"]
+    assert set(properties) == features
+    body = {"features": good, "liked_item_ids": items[:2]}
+    answer = http.post("/recommend", params={"k": 4}, json=body)
+    assert answer.status_code == 200, answer.text
+    returned = [i["item_id"] for i in answer.json()["items"]]
+    assert len(returned) == 4 and not set(returned) & set(items[:2])
+    rejected = http.post("/recommend", json={"features": bad})
+    assert rejected.status_code == 422 and rejected.json()["error"] == "bad_feature"
+    assert field in rejected.json()["message"]
+    wrong_id = 7 if shape != "movielens_like" else "7"  # the other type than the data set's
+    rejected = http.post("/recommend", json={"liked_item_ids": [wrong_id]})
+    assert rejected.status_code == 422 and "item_id must be" in rejected.json()["message"]
