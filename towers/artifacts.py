@@ -135,9 +135,7 @@ def load_index_catalog(storage: Storage, artifact: str) -> tuple[pd.DataFrame, n
     if not manifest.get("grown_catalog"):
         return None
     items = storage.read_parquet(f"{artifact}/{CATALOG_ITEMS}", manifest=manifest)
-    data = storage.read_bytes(f"{artifact}/{ITEM_EMBEDDINGS}")
-    if hashlib.sha256(data).hexdigest() != manifest.get("sha256", {}).get(ITEM_EMBEDDINGS):
-        raise ArtifactError(f"{storage.uri}: {artifact}/{ITEM_EMBEDDINGS} fails its digest")
+    data = storage.read_checked(f"{artifact}/{ITEM_EMBEDDINGS}", manifest)
     return items, np.load(io.BytesIO(data), allow_pickle=False)
 
 

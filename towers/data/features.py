@@ -137,7 +137,8 @@ class FittedFeature:
             ok = isinstance(value, list) if f.kind == "multi_categorical" else True
             ok = ok and all(isinstance(c, scalar) and not isinstance(c, bool) for c in cells)
             expected = "a list of values" if f.kind == "multi_categorical" else "a value"
-            unknown = [c for c in cells if ok and str(c) not in set(self.vocabulary)]
+            known = set(self.vocabulary)
+            unknown = [c for c in cells if ok and str(c) not in known]
             if ok and unknown:
                 shown = self.vocabulary[:20] + (["..."] if len(self.vocabulary) > 20 else [])
                 raise DataError(f"{self.name}: {unknown[0]!r} is not a known value ({shown})")

@@ -19,7 +19,6 @@ ids. Implicit data sets store each row's weight (1.0 by default) as its ``rating
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -104,12 +103,8 @@ def _column(table: pd.DataFrame | pa.Table, name: str, dtype: type | None = None
 
 
 def _read_json(storage: Storage, rel: str, manifest: dict[str, Any]) -> Any:
-    """A JSON file of ``data/``, its SHA-256 checked against ``manifest`` on the bytes read."""
-    data, digests = storage.read_bytes(rel), manifest.get("sha256", {})
-    own = rel[len(ARTIFACT) + 1 :]
-    if own in digests and hashlib.sha256(data).hexdigest() != digests[own]:
-        raise ArtifactError(f"{storage.uri}: {rel} does not match its manifest digest")
-    return json.loads(data)
+    """A JSON file of ``data/``, checked against ``manifest`` on the bytes read."""
+    return json.loads(storage.read_checked(rel, manifest))
 
 
 def fit_features(

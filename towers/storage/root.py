@@ -114,12 +114,18 @@ class Storage:
             if not self.exists(rel):
                 raise ArtifactError(f"{self.uri}: missing file {rel}")
             return pq.read_table(self.path(rel), filesystem=self.fs, columns=columns).to_pandas()
+        data = self.read_checked(rel, manifest)
+        return pq.read_table(pa.BufferReader(data), columns=columns).to_pandas()
+
+    def read_checked(self, rel: str, manifest: dict[str, Any]) -> bytes:
+        """A file of an artifact read once, its SHA-256 checked against the artifact's
+        ``manifest`` on those bytes (one download on object storage)."""
         artifact = manifest["artifact"]
         own = posixpath.relpath(posixpath.normpath(rel), artifact)
         data, digests = self.read_bytes(rel), manifest.get("sha256", {})
         if own in digests and hashlib.sha256(data).hexdigest() != digests[own]:
             raise self._damaged(artifact, own)
-        return pq.read_table(pa.BufferReader(data), columns=columns).to_pandas()
+        return data
 
     # --- artifacts ---------------------------------------------------------------------------
 
