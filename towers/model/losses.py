@@ -40,6 +40,7 @@ def sampled_softmax(
     candidate_idx: torch.Tensor,
     candidate_log_q: torch.Tensor | None = None,
     remove_accidental_hits: bool = True,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over a sampled candidate set whose first ``B`` entries are the rows' positives.
 
@@ -58,6 +59,7 @@ def sampled_softmax(
             ``j`` corrects it (Yi et al., 2019; TFRS's ``candidate_sampling_probability``).
         remove_accidental_hits: mask column ``j`` of row ``r`` when candidate ``j`` is row
             ``r``'s positive item but not its own column: it is not a negative.
+        weights: ``(B,)`` per-row weights (implicit feedback's ``weight`` column), or None.
 
     Returns:
         Scalar cross-entropy with column ``r`` the target of row ``r``.
@@ -76,7 +78,7 @@ def sampled_softmax(
         same_item = candidate_idx[None, :] == candidate_idx[:n_rows, None]  # (B, C)
         same_item[rows, rows] = False
         logits = logits.masked_fill(same_item, MASKED)
-    return F.cross_entropy(logits, rows)
+    return weighted_cross_entropy(logits, rows, weights)
 
 
 def full_softmax(
@@ -85,6 +87,7 @@ def full_softmax(
     item_idx: torch.Tensor,
     exclude_rows: torch.Tensor | None = None,
     exclude_cols: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over the whole catalog: each row's positive against every other item.
 
@@ -96,6 +99,7 @@ def full_softmax(
             instance the user's other training items), with ``exclude_cols`` ``(M,)`` the items.
             A pair equal to the row's own positive is ignored.
         exclude_cols: see ``exclude_rows``.
+        weights: ``(B,)`` per-row weights, or None (see :func:`weighted_cross_entropy`).
 
     Returns:
         Scalar cross-entropy of the positive among all ``N`` items.
@@ -107,7 +111,19 @@ def full_softmax(
             (exclude_rows[not_target], exclude_cols[not_target]),
             torch.tensor(MASKED, dtype=logits.dtype, device=logits.device),
         )
-    return F.cross_entropy(logits, item_idx)
+    return weighted_cross_entropy(logits, item_idx, weights)
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy of ``(B, C)`` logits; with ``(B,)`` weights the weighted mean
+    ``sum w_r l_r / sum w_r`` (a row of weight 2 counts as two positives), else the mean."""
+    if weights is None:
+        return F.cross_entropy(logits, target)
+    per_row = F.cross_entropy(logits, target, reduction="none")  # (B,)
+    weights = weights.float()
+    return (weights * per_row).sum() / weights.sum().clamp(min=1e-12)
 
 
 def rating_mse(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

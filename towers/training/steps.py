@@ -114,6 +114,9 @@ def batch_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Te
         history_dropout=cfg.history_dropout,
         max_history=cfg.max_history,
     )
+    # Implicit feedback carries each row's weight (1 unless the data set has a weight column)
+    # where explicit data has its rating: the softmax counts a row of weight w as w positives.
+    weights = None if cfg.has_ratings else batch["rating"]
     full = cfg.loss != "pointwise" and cfg.negatives == "full"
     candidates, n_drawn = item_idx, 0  # (B,): the batch's items, each row's positive first
     if cfg.loss != "pointwise" and cfg.negatives == "mixed":
@@ -130,12 +133,12 @@ def batch_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Te
         rows = cols = None
         if cfg.mask_train_positives:
             rows, cols = user_batch["positive_rows"], user_batch["positive_items"]
-        loss = full_softmax(user_emb, item_emb, item_idx, rows, cols)
+        loss = full_softmax(user_emb, item_emb, item_idx, rows, cols, weights)
     else:
         log_q = None
         if cfg.logq_correction:
             log_q = ctx.candidate_log_q(candidates, len(item_idx), n_drawn)
-        loss = sampled_softmax(user_emb, item_emb, candidates, log_q)
+        loss = sampled_softmax(user_emb, item_emb, candidates, log_q, weights=weights)
     if cfg.loss == "hybrid":
         predicted = core.predict_rating(user_emb, pos_emb, user_idx, item_idx)  # (B,)
         loss = loss + cfg.rating_weight * rating_mse(predicted, target)

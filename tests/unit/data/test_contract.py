@@ -312,3 +312,25 @@ def test_inference_reads_each_column_by_its_type(tmp_path):
         "emb": ("vector", None, 2),
         "in_stock": ("categorical", None, None),
     }
+
+
+def test_an_implicit_weight_column_is_each_rows_value(tmp_path):
+    """``interactions.weight``: kept as each row's value (the losses weigh the row by it); a
+    negative weight is refused with its row."""
+    frame = pd.DataFrame(
+        {"user_id": [1, 1, 2, 2, 3] * 4, "item_id": list(range(20)), "clicks": [1.0, 3.0] * 10}
+    )
+    frame.to_parquet(tmp_path / "events.parquet")
+    (tmp_path / "schema.yaml").write_text(
+        "interactions: {user_id: user_id, item_id: item_id, weight: clicks}\n"
+    )
+    args = ["--interactions", str(tmp_path / "events.parquet"), "--split", "random"]
+    manifest = run_prepare(tmp_path, *args, "--schema", str(tmp_path / "schema.yaml"))
+    assert manifest["implicit"]
+    data = load_prepared(Storage(str(tmp_path / "run")))
+    full = data.full_train.concat(data.test)
+    assert sorted(full.rating.tolist()) == sorted(frame["clicks"].tolist())
+    frame.loc[4, "clicks"] = -1.0
+    frame.to_parquet(tmp_path / "events.parquet")
+    with pytest.raises(DataError, match=r"column 'clicks' .* row 4: a weight must be a number"):
+        run_prepare(tmp_path, *args, "--schema", str(tmp_path / "schema.yaml"))

@@ -129,3 +129,29 @@ def test_sampled_softmax_over_the_whole_catalog_is_the_full_softmax() -> None:
 def test_sampled_softmax_names_the_shapes_it_cannot_use() -> None:
     with pytest.raises(ValueError, match=r"need >= 4 candidates .* \(2, 8\)"):
         sampled_softmax(torch.randn(4, 8), torch.randn(2, 8), torch.arange(2))
+
+
+def test_row_weights_count_a_row_as_that_many_positives():
+    """Implicit data's weight column: a row of weight 2 weighs as two copies of it, in both
+    the full and the sampled softmax; no weights is the plain mean."""
+    from towers.model.losses import full_softmax, sampled_softmax, weighted_cross_entropy
+
+    torch.manual_seed(0)
+    user, items = torch.randn(3, 8), torch.randn(10, 8)
+    target = torch.tensor([1, 4, 7])
+    weights = torch.tensor([2.0, 1.0, 1.0])
+    twice = torch.tensor([0, 0, 1, 2])  # row 0 repeated
+    full = full_softmax(user, items, target, weights=weights)
+    assert torch.allclose(full, full_softmax(user[twice], items, target[twice]), atol=1e-6)
+    candidates = target  # in-batch: row r's positive is candidate r
+    sampled = sampled_softmax(user, items[candidates], candidates, weights=weights)
+    logits = user @ items[candidates].T
+    by_hand = (
+        weights * torch.nn.functional.cross_entropy(logits, torch.arange(3), reduction="none")
+    ).sum() / 4
+    assert torch.allclose(sampled, by_hand, atol=1e-6)
+    assert torch.allclose(
+        weighted_cross_entropy(logits, torch.arange(3), torch.ones(3)),
+        weighted_cross_entropy(logits, torch.arange(3)),
+        atol=1e-6,
+    )
