@@ -70,6 +70,15 @@ def mlp(in_dim: int, hidden_dims: tuple[int, ...], out_dim: int, dropout: float)
     return nn.Sequential(*layers)
 
 
+def drop_ids(ids: torch.Tensor, rate: float, unknown: int) -> torch.Tensor:
+    """Train-time id dropout: each id becomes the ``unknown`` row with chance ``rate``, so the
+    tower also learns to work without it (cold-start users, items added after training)."""
+    if rate <= 0:
+        return ids
+    dropped = torch.rand(ids.shape, device=ids.device) < rate
+    return torch.where(dropped, torch.full_like(ids, unknown), ids)
+
+
 class FeatureEncoders(nn.Module):
     """One encoder per schema feature, each to ``(N, F)``: an embedding (``index`` inputs), a
     mean-pooled embedding bag (``bag``: lists, hashed text) or a linear map (``dense``).
@@ -143,9 +152,8 @@ class ItemTower(nn.Module):
         cfg = self.config
         if cfg.use_item_id:
             rows = item_batch["item_id_row"]  # (N,)
-            if self.training and cfg.item_id_dropout > 0:
-                dropped = torch.rand(rows.shape, device=rows.device) < cfg.item_id_dropout
-                rows = torch.where(dropped, torch.full_like(rows, cfg.n_items), rows)
+            if self.training:
+                rows = drop_ids(rows, cfg.item_id_dropout, cfg.n_items)
             parts.append(self.item_id(rows))  # (N, E)
         if self.features is not None:
             parts += self.features(item_batch)  # per feature (N, F)
@@ -209,9 +217,8 @@ class UserTower(nn.Module):
         parts = []
         if cfg.use_user_id:
             user_idx = user_batch["user_idx"]  # (B,)
-            if self.training and cfg.user_id_dropout > 0:
-                dropped = torch.rand(user_idx.shape, device=user_idx.device) < cfg.user_id_dropout
-                user_idx = torch.where(dropped, torch.full_like(user_idx, cfg.n_users), user_idx)
+            if self.training:
+                user_idx = drop_ids(user_idx, cfg.user_id_dropout, cfg.n_users)
             parts.append(self.user_id(user_idx))  # (B, E)
         if self.features is not None:
             parts += self.features(user_batch)  # per feature (B, F)
