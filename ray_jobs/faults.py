@@ -85,6 +85,18 @@ def kill_at(
         yield batch
 
 
+def crash_after(plan: FaultPlan, epoch: int, loop: dict[str, Any]) -> None:
+    """Raises after ``plan.crash_after_epoch``, once (the marker), and only after Ray Train's
+    controller has had time to register the epoch's checkpoint: crashing sooner made the
+    restarted group start afresh and crash again (a flaky test, seen once under load)."""
+    marker = FaultMarker(loop["storage"], loop["run_folder"])
+    if plan.crash_after_epoch != epoch or marker.fired():
+        return
+    time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
+    marker.write(f"crashed after epoch {epoch}\n")
+    raise RuntimeError(f"fault injection: crashing after epoch {epoch}")
+
+
 def _fire(plan: FaultPlan, here: str, rank: int, world: int, marker: FaultMarker) -> None:
     # Ray Train's controller registers reported checkpoints when it polls the workers
     # (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default). A real mid-epoch death comes long

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ray_jobs.curves import Curves
-from ray_jobs.faults import FaultMarker, FaultPlan, kill_at
+from ray_jobs.faults import FaultMarker, FaultPlan, crash_after, kill_at
 from towers import artifacts
 from towers.data.prepared import PreparedData, load_prepared, split_file
 from towers.launch.cli import help_field, parse_config
@@ -196,8 +196,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
 
     def report(end: EpochEnd) -> None:
         _report(end, rank, curves, ray.train.get_context().get_world_size())
-        if faults.crash_after_epoch == end.row["epoch"] and resume is None:
-            raise RuntimeError(f"fault injection: crashing after epoch {end.row['epoch']}")
+        crash_after(faults, end.row["epoch"], loop)
 
     try:
         train_loop(
