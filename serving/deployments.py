@@ -32,6 +32,32 @@ from serving.schemas import K_MAX, MAX_BODY_BYTES, ModelSettings
 
 log = logging.getLogger("ray.serve")
 RELOAD_KEYS = ("storage", "model_artifact", "index_artifact", "model_version", "new_items")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def keep_replica_grpc_on_loopback() -> None:
+    """On a loopback-only node (``towers.launch.ray_init.loopback_node``), the inter-deployment
+    gRPC server this replica starts after its constructor binds the node's address, not ``[::]``.
+
+    Ray Serve 2.60 hard-codes ``[::]:0`` for that server (``replica.py``), so every replica
+    would listen on all interfaces while the rest of a local instance is on 127.0.0.1; on a node
+    with a reachable address nothing changes. Called first in every deployment's constructor;
+    ``tests/unit/serving/test_security.py`` checks the sockets of a live server."""
+    import ray
+    from ray.serve._private import replica
+
+    node_ip = ray.util.get_node_ip_address()
+    add_port = replica.add_port_to_grpc_server
+    if node_ip not in LOOPBACK or getattr(add_port, "loopback", False):
+        return
+
+    def add_port_on_node_ip(server: Any, address: str) -> int:
+        if address.startswith("[::]:"):
+            address = f"{node_ip}:{address.removeprefix('[::]:')}"
+        return add_port(server, address)
+
+    add_port_on_node_ip.loopback = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = add_port_on_node_ip
 
 
 class ModelDeployment:
@@ -40,6 +66,7 @@ class ModelDeployment:
     def __init__(self, storage: str) -> None:
         import torch
 
+        keep_replica_grpc_on_loopback()
         torch.set_num_threads(1)  # small per-request work; parallelism comes from replicas
         self.default_storage = storage
         self.service: ModelService | None = None
@@ -257,6 +284,7 @@ class Ingress:
         max_body_bytes: int = MAX_BODY_BYTES,
         request_timeout_s: float = 10.0,
     ) -> None:
+        keep_replica_grpc_on_loopback()
         # Only HTTP settings: a model roll-out changes the models' user_config, not these, so
         # the ingress replica is never replaced by one.
         self.k_max, self.max_body_bytes = k_max, max_body_bytes

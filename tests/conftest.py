@@ -86,11 +86,17 @@ def ml100k_dir() -> Path:
 def ray_session():
     """One local Ray instance for every Ray-marked test (over-subscribing 2 cores is safe)."""
     import ray
+    from ray._private import ray_constants
 
+    from towers.launch.ray_init import loopback_node
+
+    default = ray_constants.ENABLE_RAY_CLUSTER
     if not ray.is_initialized():
+        loopback_node()  # its ports on 127.0.0.1, as the jobs' and the server's local instances
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+    ray_constants.ENABLE_RAY_CLUSTER = default  # drivers joining other clusters resolve as usual
 
 
 @pytest.fixture(scope="session")

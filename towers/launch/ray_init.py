@@ -7,6 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+# Ray 2.60: with this off, a node takes 127.0.0.1 as its address instead of the machine's
+# external one (and refuses to join other nodes). Set to 1 to reach a local instance from outside.
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
 # Environment defaults for a Ray instance started here (its processes read them at start-up).
 LOCAL_RAY_ENV = {
     # Serve's HAProxy mode keeps a stopping Ingress replica reachable this long so that load
@@ -21,6 +25,10 @@ LOCAL_RAY_ENV = {
     "PYTHONWARNINGS": (
         "ignore:`ExecutionOptions.exclude_resources` is deprecated:DeprecationWarning"
     ),
+    # A local instance is a single machine: its node address is the loopback one, so every server
+    # it starts (GCS, raylet, object manager, workers, agents) listens on 127.0.0.1 only. This is
+    # Ray's own switch for single-machine Windows/macOS installs (`loopback_node` below).
+    LOOPBACK_SWITCH: "0",
 }
 
 
@@ -67,6 +75,17 @@ def quiet_ray_train_worker(show: bool) -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def loopback_node() -> None:
+    """Make the Ray instance this process starts next a loopback-only node, unless
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` says otherwise (the machine's external address, Ray's
+    default on Linux). Ray reads that variable once, when ``ray`` is imported, so the value is put
+    on ``ray_constants``; ``start_ray`` also puts it in the environment its processes inherit."""
+    from ray._private import ray_constants
+
+    value = os.environ.get(LOOPBACK_SWITCH, LOCAL_RAY_ENV[LOOPBACK_SWITCH])
+    ray_constants.ENABLE_RAY_CLUSTER = value.lower() in ("1", "true")
+
+
 def start_ray(**init_kwargs: Any) -> None:
     """``ray.init(**init_kwargs)`` with ``LOCAL_RAY_ENV`` as defaults when it starts Ray here."""
     import ray
@@ -76,6 +95,7 @@ def start_ray(**init_kwargs: Any) -> None:
             os.environ.setdefault(name, value)
         if not verbose():
             os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(QUIET_RAY_DATA_LOGGING))
+        loopback_node()
     ray.init(**init_kwargs)
 
 

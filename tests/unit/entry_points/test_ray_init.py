@@ -20,7 +20,10 @@ SET_BY_US = (*ray_init.LOCAL_RAY_ENV, DATA_LOGGING)
 @pytest.fixture
 def init_calls(monkeypatch):
     """``ray.init`` calls as ``(kwargs, the environment Ray's processes would inherit)``."""
+    from ray._private import ray_constants
+
     calls = []
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)  # Linux default, restored after
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(
         ray, "init", lambda **kw: calls.append((kw, {k: os.environ.get(k) for k in SET_BY_US}))
@@ -38,6 +41,22 @@ def test_a_local_instance_gets_the_local_defaults_before_ray_starts(init_calls, 
     assert kwargs == {"num_cpus": 4}  # Ray's processes inherit the environment
     assert env[DRAIN] == "3" and env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
     assert env[DATA_LOGGING] == str(ray_init.QUIET_RAY_DATA_LOGGING)
+    # A loopback-only node: the driver resolves its address now, Ray's processes inherit the switch.
+    assert env[ray_init.LOOPBACK_SWITCH] == "0"
+    assert ray_constants_enable_cluster() is False
+
+
+def ray_constants_enable_cluster() -> bool:
+    from ray._private import ray_constants
+
+    return ray_constants.ENABLE_RAY_CLUSTER
+
+
+def test_a_user_can_keep_the_external_address(init_calls, monkeypatch):
+    monkeypatch.setenv(ray_init.LOOPBACK_SWITCH, "1")
+    ray_init.start_ray()
+    assert init_calls[0][1][ray_init.LOOPBACK_SWITCH] == "1"
+    assert ray_constants_enable_cluster() is True
 
 
 def test_verbose_keeps_ray_datas_console(init_calls):
@@ -64,6 +83,7 @@ def test_joining_a_cluster_changes_nothing(init_calls, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     ray_init.init_ray(min_cpus=8)
     assert init_calls == [({}, dict.fromkeys(SET_BY_US))]  # the cluster's own settings apply
+    assert ray_constants_enable_cluster() is True  # and the driver resolves its address as usual
 
 
 def test_quiet_ray_data_config_is_rays_own_with_a_quieter_console():

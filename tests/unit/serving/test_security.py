@@ -3,7 +3,8 @@
 * Services bind 127.0.0.1 unless told otherwise: the CLI default, ``serving/config.yaml``, no
   ``0.0.0.0`` in the code, and a ``--no-ray`` server that answers on 127.0.0.1 and refuses the
   machine's other addresses (``tests/integration/test_serving_ray.py::test_binds_loopback_only``
-  checks the Serve proxy the same way).
+  checks the Serve proxy the same way); ``python -m serving`` with its own local Ray has every
+  socket of every Ray process on loopback.
 * Ray token authentication stays on: no file of the repository turns it off, and the session's
   Ray cluster refuses a GCS client with a wrong token or none, while the right one is answered.
 * Stored files are read without pickle: a scan of the source tree for every unpickling call,
@@ -238,34 +239,72 @@ def test_services_bind_loopback_by_default(served_run):
         code = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)]
         assert not [n.lineno for n in code if n.value == "0.0.0.0"], path
 
+    listening, port = serve_and_list_sockets(["--no-ray", "--storage", served_run.uri], 60)
+    assert {(ip, p) for _, ip, p in listening} == {("127.0.0.1", port)}, listening
+
+
+@pytest.mark.serve
+@pytest.mark.slow
+def test_a_local_ray_instance_listens_on_loopback_only(served_run):
+    """``python -m serving`` starting its own Ray (as ``make demo`` does): every listening socket
+    of the server and of every process under it (GCS, raylet, workers, agents, the Serve proxy)
+    is on 127.0.0.1, and a connection to the machine's other address is refused."""
+    listening, port = serve_and_list_sockets(["--storage", served_run.uri], 240, answered=True)
+    assert ("127.0.0.1", port) in {(ip, p) for _, ip, p in listening}
+    assert len(listening) > 5, listening  # Ray's own servers were seen, not just the HTTP port
+    outside = {(name, ip, p) for name, ip, p in listening if ip not in LOOPBACK}
+    assert not outside, sorted(outside)
+
+
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+
+def serve_and_list_sockets(
+    args: list[str], timeout: float, answered: bool = False
+) -> tuple[set[tuple[str, str, int]], int]:
+    """Starts ``python -m serving ARGS --port P``, waits for ``/healthz``, and returns the
+    listening ``(process name, address, port)`` of it and its descendants, after checking that
+    P refuses connections on the machine's other addresses (and, if ``answered``, that a
+    recommendation from each model crossed the deployments' handles). The server is stopped
+    (SIGTERM, as Ctrl-C) either way."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--no-ray", "--storage", served_run.uri,
-         "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "serving", *args, "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
-                assert proc.poll() is None, "the --no-ray server exited"
-                assert time.monotonic() < deadline, "the --no-ray server did not answer in 60 s"
-            time.sleep(0.1)
-        listening = {
-            c.laddr
-            for c in psutil.Process(proc.pid).net_connections("inet")
-            if c.status == "LISTEN"
-        }
-        assert listening == {("127.0.0.1", port)}, listening
+                if proc.poll() is not None:
+                    pytest.fail(f"the server exited {proc.returncode}:\n{proc.stderr.read()}")
+                assert time.monotonic() < deadline, f"the server did not answer in {timeout} s"
+            time.sleep(0.2)
+        for model in ("two_tower", "user_knn") if answered else ():
+            reply = httpx.get(f"http://127.0.0.1:{port}/recommend/1?k=3&model={model}", timeout=30)
+            assert reply.status_code == 200 and len(reply.json()["items"]) == 3, reply.text
+        listening = set()
+        for process in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]:
+            try:
+                connections = process.net_connections("inet")
+            except psutil.NoSuchProcess:  # a worker that exited meanwhile
+                continue
+            name = process.name()
+            listening |= {(name, *c.laddr) for c in connections if c.status == "LISTEN"}
         for address in non_loopback_addresses():
             with pytest.raises(OSError), socket.create_connection((address, port), timeout=2):
                 pass
+        return listening, port
     finally:
         proc.terminate()
-        proc.wait(20)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def _free_port() -> int:
