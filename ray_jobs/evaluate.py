@@ -69,7 +69,9 @@ def fit_user_knn(storage: Storage, data: PreparedData, metric: str) -> tuple[Use
     return model, best
 
 
-def run(cfg: EvaluateConfig) -> dict[str, Any]:
+def run(cfg: EvaluateConfig, print_report: bool = True) -> dict[str, Any]:
+    """Fits the baselines, evaluates every model, publishes ``reports/``; prints the table unless
+    ``print_report`` is off (the pipeline prints it once, at its end)."""
     storage = Storage(cfg.storage)
     data = load_prepared(storage, cfg.split)
     models: dict[str, Recommender] = {}
@@ -87,7 +89,8 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     report["user_knn_params"] = knn_params
     markdown = markdown_report(report, KS)
     artifacts.publish_report(storage, report, markdown, plot_metrics_vs_k(report, KS), cfg.reports)
-    print(markdown)
+    if print_report:
+        print(markdown)
     print(f"wrote {storage.uri}/{cfg.reports}/ (metrics.json, metrics.md, metrics_vs_k.png)")
     return report
 

@@ -208,7 +208,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "evaluate",
         artifacts.REPORTS,
         eval_inputs,
-        lambda: evaluate.run(evaluate.EvaluateConfig(storage=uri, split=cfg.split)),
+        lambda: evaluate.run(evaluate.EvaluateConfig(storage=uri, split=cfg.split), False),
     )
     index_inputs = fingerprint(model=model_versions[artifacts.MODEL])
     steps.step(

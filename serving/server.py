@@ -6,6 +6,7 @@ pipeline's ``--serve`` and ``make demo`` call them too.
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import time
@@ -94,8 +95,15 @@ def serve_with_ray(
         from towers.launch.ray_init import start_ray
 
         start_ray(include_dashboard=False)
+    from towers.launch.ray_init import verbose
+
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` shuts down as cleanly as Ctrl-C
-    serve.start(http_options={"host": host, "port": port})
+    # Serve's controller and proxy log each deployment step at INFO (a dozen lines per start);
+    # at WARNING unless --verbose. The replicas' own lines (the version each one loaded) stay.
+    system_logs = {"log_level": "INFO" if verbose() else "WARNING"}
+    if not verbose():
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # this driver's "Started Serve"
+    serve.start(http_options={"host": host, "port": port}, logging_config=system_logs)
     # Access logs cost ~3 log lines per request across processes; off unless asked for.
     logging_config = {"enable_access_log": access_log}
     try:

@@ -176,7 +176,7 @@ class TwoTowerRecommender(Recommender):
         encoded = TableTensors.build(
             EncodedTable.build(self.features.items.features, items), ctx.device
         )
-        known = torch.as_tensor(np.asarray(known_idx, np.int64), device=ctx.device)  # (N,)
+        known = torch.tensor(np.asarray(known_idx, np.int64), device=ctx.device)  # (N,) a copy
         if bool((known >= self.n_items).any()):
             raise KeyError(f"known_idx must be -1 or below {self.n_items}")
         unknown = torch.full_like(known, self.n_items)
