@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
-from tqdm import tqdm
 
 from towers.data.contract import load_dataset
 from towers.data.files import fingerprint
@@ -37,6 +36,7 @@ from towers.data.synthetic import (
 )
 from towers.data.validation import validate_raw
 from towers.launch.cli import help_field, parse_config
+from towers.progress import progress
 from towers.storage.root import Storage
 
 log = logging.getLogger("prepare")
@@ -135,12 +135,10 @@ def load_raw(cfg: PrepareConfig) -> tuple[RawData, dict[str, int]]:
         spec = cfg.synthetic_spec
         # Chunks stream into one Arrow table: no single pandas frame of all interactions.
         n_chunks = -(-spec.n_users // CHUNK_USERS)
-        generated = tqdm(
+        generated = progress(
             iter_interaction_chunks(spec, CHUNK_USERS),
-            desc="synthetic users",
+            f"synthetic users (chunks of {CHUNK_USERS:,})",
             total=n_chunks,
-            delay=5,
-            disable=None,
         )
         chunks = [pa.Table.from_pandas(c, preserve_index=False) for c in generated]
         items, users = synthetic_items_users(spec)

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from towers.data.interactions import Interactions
 from towers.evaluation.protocol import evaluate_model
+from towers.progress import progress
 from towers.recommenders.neighbor_search import top_neighbors
 from towers.recommenders.user_knn import MODES, UserKNN, unit_rows
 
@@ -77,8 +77,7 @@ def tune_user_knn(
         # score the same: evaluate each distinct matrix once.
         scored: dict[tuple[int, bytes], dict[str, float]] = {}
         points = list(itertools.product(grid["n_neighbors"], grid["min_sim"], grid["min_nbrs"]))
-        bar = tqdm(points, desc=f"UserKNN grid ({mode})", delay=5, leave=False, disable=None)
-        for n_neighbors, min_sim, min_nbrs in bar:
+        for n_neighbors, min_sim, min_nbrs in progress(points, f"UserKNN grid ({mode})"):
             started = time.perf_counter()
             model = UserKNN(n_neighbors, min_sim, min_nbrs, mode)
             model.fit_from_neighbors(train, neighbors, sims)

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from towers.data.interactions import Interactions
 from towers.data.prepared import PreparedData
 from towers.metrics.ranking import hit_matrix, ranking_metrics
 from towers.metrics.rating import rating_metrics
+from towers.progress import progress
 from towers.recommenders.base import Recommender
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def blocked_rating_predictions(
     edges = np.unique(np.concatenate([edges, [len(users)]]))
     out = np.empty(len(users), np.float32)
     spans = list(itertools.pairwise(edges))
-    for lo, hi in tqdm(spans, desc=f"ratings {model.name}", delay=5, leave=False, disable=None):
+    for lo, hi in progress(spans, f"ratings {model.name}"):
         pairs = order[lo:hi]
         out[pairs] = model.predict_ratings(test.user_idx[pairs], test.item_idx[pairs])
     return out
@@ -107,8 +107,7 @@ def evaluate_model(
     lists = np.full((len(users), k), -1, dtype=np.int64)
     batch_size = users_per_block(model.n_items, block_cells)
     starts = range(0, len(users), batch_size)
-    # A bar only for a step past 5 s, and only on a terminal (tqdm's delay and disable=None).
-    for start in tqdm(starts, desc=f"evaluate {model.name}", delay=5, leave=False, disable=None):
+    for start in progress(starts, f"evaluate {model.name} (blocks of {batch_size:,} users)"):
         batch = users[start : start + batch_size]
         extra = unseen_by_model[batch]
         extra_k = int(np.diff(extra.indptr).max(initial=0))

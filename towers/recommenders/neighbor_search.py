@@ -35,7 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import scipy.sparse as sp
 import torch
-from tqdm import tqdm
+
+from towers.progress import progress
 
 SEARCHES = ("auto", "exact", "projected")
 # float32 products of vectors that barely overlap leave rounding noise around 0; LensKit drops
@@ -115,7 +116,7 @@ def _exact_neighbors(rows: sp.csr_matrix, n: int, out: tuple[np.ndarray, np.ndar
     dense = rows.toarray() if n_users * n_items <= _DENSE_CELLS else None
     block = max(1, _BLOCK_CELLS // n_users)
     blocks = range(0, n_users, block)
-    for start in tqdm(blocks, desc="UserKNN neighbours", delay=5, leave=False, disable=None):
+    for start in progress(blocks, f"UserKNN neighbours (blocks of {block:,} users)"):
         users = np.arange(start, min(start + block, n_users))
         cols, top = _top_n_sorted(exact_similarities(rows, users, dense), n)
         _store(out, users, cols, top)
@@ -195,7 +196,7 @@ def _projected_neighbors(
 
     # SciPy's sparse kernels release the GIL: the rescoring runs on every core in threads.
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        for start in tqdm(blocks, desc="UserKNN neighbours", delay=5, leave=False, disable=None):
+        for start in progress(blocks, f"UserKNN neighbours (blocks of {block:,} users)"):
             users = np.arange(start, min(start + block, n_users))
             sims = embeddings[start : start + len(users)] @ embeddings.T  # (B, U) bf16
             sims[torch.arange(len(users)), torch.from_numpy(users)] = -torch.inf
