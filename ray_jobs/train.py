@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,17 +45,6 @@ from towers.training.checkpoint import load_checkpoint, model_from_checkpoint, s
 from towers.training.loop import REFIT, EpochEnd, LocalBatches, TrainingData, train_loop
 
 log = logging.getLogger("train")
-MODEL_OVERRIDES = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "embedding_dim",
-    "loss",
-    "patience",
-    "temperature",
-    "weight_decay",
-    "seed",
-)
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"]
 # Settings that say where training runs, not what it learns (left out of the pipeline's inputs).
 PLACEMENT_SETTINGS = ("num_workers", "min_workers", "cpus_per_worker", "placement_strategy")
@@ -88,6 +77,12 @@ class TrainConfig:
     temperature: float | None = help_field(None, "softmax temperature (normalised embeddings)")
     weight_decay: float | None = help_field(None, "AdamW weight decay")
     seed: int | None = help_field(None, "seed of init and batch order")
+    negatives: Literal["auto", "full", "in_batch", "mixed"] | None = help_field(
+        None, "softmax negatives (default auto: the full catalog up to 2,500 items, mixed above)"
+    )
+    sparse_embeddings: bool | None = help_field(
+        None, "sparse gradients + LazyAdam for id tables (default: on with auto's mixed)"
+    )
     refit: bool = help_field(
         True, "after early stopping, retrain on train+valid for the best epochs"
     )
@@ -120,6 +115,12 @@ class TrainConfig:
             if cfg.batch_size % workers:
                 raise ValueError(f"batch size {cfg.batch_size} not divisible by {workers} workers")
         return cfg
+
+
+# TrainConfig settings that override the preset's TwoTowerConfig value when given.
+MODEL_OVERRIDES = tuple(
+    f.name for f in fields(TrainConfig) if f.name in {g.name for g in fields(TwoTowerConfig)}
+)
 
 
 class ShardBatches:

@@ -53,6 +53,23 @@ def test_two_workers_match_one_worker(tiny_storage, two_workers):
     assert 0 <= one["history"][0]["samples"] - two["history"][0]["samples"] < 2
 
 
+def test_sparse_tables_and_mixed_negatives_over_ddp(tiny_storage):
+    """The large-catalog path (what ``negatives="auto"`` picks above 2,500 items) on two DDP
+    workers: sparse id-table gradients all-reduced over gloo, LazyAdam, mixed negatives."""
+    out = run_train(
+        tiny_storage, num_workers=2, negatives="mixed", sparse_embeddings=True,
+        export_as="model_sparse", epochs=4,
+    )  # fmt: skip
+    losses = [h["loss"] for h in out["history"]]
+    assert losses[-1] < losses[0]  # it learns
+    rec = TwoTowerRecommender.load(tiny_storage.path("model_sparse"))
+    assert (rec.config.negatives, rec.config.sparse_embeddings) == ("mixed", True)
+    assert rec.model.item_tower.item_id.sparse  # the tables really had sparse gradients
+    items, scores = rec.recommend(np.arange(5), k=10)
+    assert items.shape == (5, 10) and np.isfinite(scores).all()
+    assert out["history"][-1]["ndcg@10"] > out["history"][0]["ndcg@10"]
+
+
 def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     """``{tag: [(step, value)]}`` of the TensorBoard event files in ``folder``, read by
     TensorBoard's own reader."""

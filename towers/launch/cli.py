@@ -42,6 +42,9 @@ def _add_argument(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: A
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         kind = args[0]
+        if kind is bool or typing.get_origin(kind) is typing.Literal:  # optional: None = unset
+            _add_argument(parser, f, kind)
+            return
     else:
         kind = hint
     parser.add_argument(name, type=kind, default=None, help=f"{help_text} (default: {default})")

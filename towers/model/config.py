@@ -14,7 +14,11 @@ from typing import Any
 from towers.data.features import FeatureTables
 
 LOSSES = ("pointwise", "softmax", "hybrid")
-NEGATIVES = ("full", "in_batch", "mixed")
+NEGATIVES = ("auto", "full", "in_batch", "mixed")
+# negatives="auto": the full-catalog softmax up to this many items, mixed negatives above. The
+# crossover measured by bench/bench_loss.py on 2 cores (docs/BENCHMARKS.md): full is faster below
+# ~2,500 items, and its step cost grows with the catalog; mixed costs the same at any size.
+FULL_SOFTMAX_MAX_ITEMS = 2_500
 LR_SCHEDULES = ("cosine", "constant")
 
 
@@ -58,9 +62,9 @@ class TwoTowerConfig:
     learn_temperature: bool = False  # learn the temperature (as log 1/T, clamped at 1/T <= 100)
     # --- Loss (towers/model/losses.py).
     loss: str = "hybrid"  # "pointwise" (paper BCE), "softmax" (retrieval), "hybrid" (softmax+MSE)
-    negatives: str = "full"  # "full": every catalog item; "in_batch": the batch's other items;
-    # "mixed": the batch's items plus `sampled_negatives` drawn uniformly (Yang et al. 2020).
-    # Full is faster below ~2,500 items, mixed above (docs/BENCHMARKS.md, bench/bench_loss.py)
+    negatives: str = "auto"  # "full": every catalog item; "in_batch": the batch's other items;
+    # "mixed": the batch's items plus `sampled_negatives` drawn uniformly (Yang et al. 2020);
+    # "auto": full up to FULL_SOFTMAX_MAX_ITEMS items (ML-100K: full), mixed above
     sampled_negatives: int = 1024  # mixed: catalog items drawn per step, shared by the batch
     logq_correction: bool = True  # in-batch, mixed: subtract log of each candidate's inclusion
     mask_train_positives: bool = True  # full only: the user's other training items aren't negatives
@@ -70,8 +74,9 @@ class TwoTowerConfig:
     lr: float = 3e-3  # peak Adam learning rate (the paper uses 1e-3, constant)
     weight_decay: float = 0.0  # decoupled weight decay; > 0 switches Adam to AdamW
     # Catalog- and user-sized tables with sparse gradients and LazyAdam: a step's cost then no
-    # longer grows with the catalog (with negatives="mixed"; docs/BENCHMARKS.md).
-    sparse_embeddings: bool = False
+    # longer grows with the catalog (with negatives="mixed"; docs/SCALE.md). None: on above
+    # FULL_SOFTMAX_MAX_ITEMS items unless weight_decay > 0 (AdamW has no lazy form here).
+    sparse_embeddings: bool | None = None
     lr_schedule: str = "cosine"  # "cosine": per-step decay to 0 over `epochs`; "constant"
     batch_size: int = 1024  # training pairs per optimizer step, over all DDP workers together
     epochs: int = 20  # maximum epochs, also the length of the cosine schedule
@@ -85,6 +90,7 @@ class TwoTowerConfig:
             raise ValueError(f"TwoTowerConfig.loss must be one of {LOSSES}, got {self.loss!r}")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"TwoTowerConfig.negatives must be one of {NEGATIVES}")
+        self._resolve_auto()
         if self.sparse_embeddings and self.weight_decay > 0:
             raise ValueError("TwoTowerConfig: sparse_embeddings takes Adam, not AdamW's decay")
         if self.sampled_negatives < 1:
@@ -118,6 +124,17 @@ class TwoTowerConfig:
                 f"TwoTowerConfig.loss={self.loss!r} needs explicit ratings; this data set is "
                 "implicit (no rating column): use loss='softmax'"
             )
+
+    def _resolve_auto(self) -> None:
+        """Once the catalog size is known (``n_items > 0``), ``negatives="auto"`` and
+        ``sparse_embeddings=None`` become what they stand for, so a stored config says what ran."""
+        if self.n_items <= 0:
+            return
+        large = self.n_items > FULL_SOFTMAX_MAX_ITEMS
+        if self.negatives == "auto":
+            object.__setattr__(self, "negatives", "mixed" if large else "full")
+        if self.sparse_embeddings is None:
+            object.__setattr__(self, "sparse_embeddings", large and self.weight_decay == 0)
 
     @property
     def has_rating_head(self) -> bool:

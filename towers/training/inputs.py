@@ -115,8 +115,10 @@ class TrainingContext:
         history_indptr: ``(n_users + 1,)`` int64 CSR row pointers of the training history.
         history_items: ``(nnz,)`` int64 CSR column indices (the items of each user).
         history_ratings: ``(nnz,)`` float32 their ratings scaled to [0, 1].
-        history_recency: ``(nnz,)`` int64 rank of each entry among its user's items by time,
-            0 = the most recent (ties broken by item).
+        recent_indptr: ``(n_users + 1,)`` int64 CSR row pointers of each user's
+            ``config.recent_history`` most recent entries (ties broken by item; empty rows when
+            the config pools no recent items).
+        recent_positions: their positions in ``history_items``.
         item_log_q: ``(n_items,)`` float32 log of each item's share of training pairs.
     """
 
@@ -129,7 +131,8 @@ class TrainingContext:
     history_indptr: torch.Tensor
     history_items: torch.Tensor
     history_ratings: torch.Tensor
-    history_recency: torch.Tensor
+    recent_indptr: torch.Tensor
+    recent_positions: torch.Tensor
     item_log_q: torch.Tensor
 
     @classmethod
@@ -153,6 +156,12 @@ class TrainingContext:
         recency_csr = sp.csr_matrix(
             (recency + 1, (train.user_idx, train.item_idx)), shape=(train.n_users, train.n_items)
         )
+        # Each user's `recent_history` newest entries, found once here (O(nnz)), so that a
+        # step gathers O(batch x recent_history) of them, not every row's whole history.
+        recent = np.flatnonzero(recency_csr.data - 1 < config.recent_history)  # (R,) positions
+        entry_user = np.repeat(np.arange(train.n_users), np.diff(csr.indptr))  # (nnz,)
+        per_user = np.bincount(entry_user[recent], minlength=train.n_users)
+        recent_indptr = np.concatenate([[0], np.cumsum(per_user)])
         lo, hi = rating_scale
         counts = np.bincount(train.item_idx, minlength=train.n_items).astype(np.float64)
         log_q = np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))
@@ -170,7 +179,8 @@ class TrainingContext:
             history_indptr=t(csr.indptr, dtype=torch.int64),
             history_items=t(csr.indices, dtype=torch.int64),
             history_ratings=t((csr.data - lo) / (hi - lo), dtype=torch.float32),
-            history_recency=t(recency_csr.data - 1, dtype=torch.int64),
+            recent_indptr=t(recent_indptr, dtype=torch.int64),
+            recent_positions=t(recent, dtype=torch.int64),
             item_log_q=t(log_q, dtype=torch.float32),
         ).to(device)
 
@@ -197,6 +207,7 @@ class TrainingContext:
         exclude_items: torch.Tensor | None = None,
         history_dropout: float = 0.0,
         max_history: int = 0,
+        positives: bool = True,
     ) -> Batch:
         """The user tower's input for ``(B,)`` users, their history pooled as a weighted bag.
 
@@ -205,9 +216,13 @@ class TrainingContext:
             exclude_items: ``(B,)`` the target item of each row, removed from that row's history
                 (training pair ``(u, i)`` must not see ``i`` in ``u``'s pool), or None.
             history_dropout: chance of dropping each remaining history item (training only).
-            max_history: when > 0, a row with ``n`` history items keeps each with chance
-                ``max_history / n`` (so about ``max_history`` of them): an unbiased sample of the
-                mean that bounds the cost of long histories (training only).
+            max_history: when > 0, a row whose user has ``n > max_history`` history items pools
+                ``max_history`` of them drawn uniformly (with replacement): an unbiased sample
+                of the mean whose cost is ``O(B x max_history)``, however long the histories
+                (training only; shorter histories are pooled whole).
+            positives: also return every training item of every row (``positive_rows``,
+                ``positive_items``), which costs ``O(B x history length)``; only the full
+                softmax that masks training positives needs them.
 
         Returns:
             Dict with ``user_idx (B,)``, the user features ``feat:*``, ``history_items (H,)`` (the
@@ -215,37 +230,55 @@ class TrainingContext:
             ``history_offsets (B,)``, ``history_weights (H,)`` (``1/kept``, so each bag is a mean),
             ``profile:<name> (B, V)``, ``history_rating_weights (H,)`` (``weight x (rating - bag
             mean)``), ``history_mean_rating (B,)`` (bag mean, ratings scaled to [0, 1]), and
-            ``positive_rows``/``positive_items`` — every training item of every row, for losses
-            that must not treat them as negatives.
+            ``positive_rows``/``positive_items`` when ``positives``.
         """
         user_idx = user_idx.to(self.device)
-        position_all, rows, _ = csr_gather(self.history_indptr, user_idx)
-        lengths = self.history_indptr[user_idx + 1] - self.history_indptr[user_idx]  # (B,)
-        all_items = self.history_items[position_all]  # (H,)
-        not_target = torch.ones_like(all_items, dtype=torch.bool)
-        if exclude_items is not None:
-            not_target = all_items != exclude_items.to(self.device)[rows]
-        keep = not_target
-        chance = torch.ones(len(user_idx), device=self.device) * (1.0 - history_dropout)  # (B,)
+        exclude = None if exclude_items is None else exclude_items.to(self.device)
         if max_history > 0:
-            chance = chance * (max_history / lengths.clamp(min=1)).clamp(max=1.0)
-        if history_dropout > 0 or max_history > 0:
-            keep = keep & (torch.rand(all_items.shape, device=self.device) < chance[rows])
-        items, kept_rows, position = all_items[keep], rows[keep], position_all[keep]
-        counts = torch.bincount(kept_rows, minlength=len(user_idx))  # (B,)
+            position, rows = self._sampled_history(user_idx, max_history)
+        else:
+            position, rows, _ = csr_gather(self.history_indptr, user_idx)
+        items = self.history_items[position]  # (H,)
+        keep = torch.ones_like(items, dtype=torch.bool)
+        if exclude is not None:
+            keep = items != exclude[rows]
+        if history_dropout > 0:
+            keep = keep & (torch.rand(items.shape, device=self.device) >= history_dropout)
+        items, rows, position = items[keep], rows[keep], position[keep]
+        counts = torch.bincount(rows, minlength=len(user_idx))  # (B,)
         batch = self._user_batch(
             user_idx,
             self.user_inputs.gather(user_idx),
             items,
             self.history_ratings[position],
-            kept_rows,
+            rows,
             torch.cumsum(counts, 0) - counts,
         )
-        batch["positive_rows"], batch["positive_items"] = rows, all_items
+        if positives:
+            every, every_rows, _ = csr_gather(self.history_indptr, user_idx)
+            batch["positive_rows"], batch["positive_items"] = every_rows, self.history_items[every]
         if self.config.recent_history > 0:
-            recent = not_target & (self.history_recency[position_all] < self.config.recent_history)
-            batch.update(self._recent_bag(all_items[recent], rows[recent], len(user_idx)))
+            recent, recent_rows, _ = csr_gather(self.recent_indptr, user_idx)
+            recent_items = self.history_items[self.recent_positions[recent]]
+            if exclude is not None:
+                not_target = recent_items != exclude[recent_rows]
+                recent_items, recent_rows = recent_items[not_target], recent_rows[not_target]
+            batch.update(self._recent_bag(recent_items, recent_rows, len(user_idx)))
         return batch
+
+    def _sampled_history(
+        self, user_idx: torch.Tensor, max_history: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """History positions ``(H,)`` and their rows ``(H,)``, rows sorted: a row's whole
+        history when it has at most ``max_history`` items, else ``max_history`` uniform draws."""
+        starts = self.history_indptr[user_idx]  # (B,)
+        lengths = self.history_indptr[user_idx + 1] - starts  # (B,)
+        take = lengths.clamp(max=max_history)  # (B,)
+        rows = torch.repeat_interleave(torch.arange(len(user_idx), device=self.device), take)
+        slot = torch.arange(len(rows), device=self.device) - (torch.cumsum(take, 0) - take)[rows]
+        n = lengths[rows]  # (H,)
+        drawn = (torch.rand(len(rows), device=self.device) * n).long().clamp(max=n - 1)
+        return starts[rows] + torch.where(n > max_history, drawn, slot), rows
 
     def _recent_bag(self, items: torch.Tensor, rows: torch.Tensor, n_rows: int) -> Batch:
         """Mean bags of recent items: ``recent_items``, ``recent_offsets``, ``recent_weights``."""

@@ -108,16 +108,17 @@ def batch_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Te
     cfg = core.config
     user_idx, item_idx = batch["user_idx"], batch["item_idx"]  # (B,), (B,)
     target = ctx.scale_rating(batch["rating"])  # (B,) in [0, 1]
+    full = cfg.loss != "pointwise" and cfg.negatives == "full"
     user_batch = ctx.user_batch(
         user_idx,
         exclude_items=item_idx,
         history_dropout=cfg.history_dropout,
         max_history=cfg.max_history,
+        positives=full and cfg.mask_train_positives,
     )
     # Implicit feedback carries each row's weight (1 unless the data set has a weight column)
     # where explicit data has its rating: the softmax counts a row of weight w as w positives.
     weights = None if cfg.has_ratings else batch["rating"]
-    full = cfg.loss != "pointwise" and cfg.negatives == "full"
     candidates, n_drawn = item_idx, 0  # (B,): the batch's items, each row's positive first
     if cfg.loss != "pointwise" and cfg.negatives == "mixed":
         # Mixed negatives: plus items drawn uniformly from the catalog, shared by every row.
@@ -216,7 +217,7 @@ def embed_users(
     """``(U, D)`` retrieval embeddings of known users with their full training history."""
     core = unwrap(model).eval()
     parts = [
-        core.user_embeddings(ctx.user_batch(user_idx[s : s + chunk])).float()
+        core.user_embeddings(ctx.user_batch(user_idx[s : s + chunk], positives=False)).float()
         for s in range(0, len(user_idx), chunk)
     ]
     return torch.cat(parts) if parts else torch.zeros(0, core.config.embedding_dim)
