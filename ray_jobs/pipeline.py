@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from ray_jobs import build_index, evaluate, prepare, train
+from ray_jobs.train_config import PlacementStrategy
 from towers import artifacts
 from towers.launch.cli import help_field, parse_config
 from towers.storage.root import ArtifactError, Storage
@@ -47,7 +48,7 @@ class PipelineConfig:
     )
     num_workers: int = help_field(2, "Ray Train workers")
     cpus_per_worker: float = help_field(1.0, "CPUs (torch threads) per Ray Train worker")
-    placement_strategy: train.PlacementStrategy = help_field(
+    placement_strategy: PlacementStrategy = help_field(
         "PACK", "Ray Train workers' placement: SPREAD puts them on different nodes where it can"
     )
     use_gpu: bool = help_field(False, "train on GPUs (one per worker)")

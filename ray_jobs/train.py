@@ -18,18 +18,19 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from ray_jobs.curves import Curves
 from ray_jobs.faults import FaultMarker, FaultPlan, crash_after, kill_at
+from ray_jobs.train_config import MODEL_OVERRIDES, PLACEMENT_SETTINGS, TrainConfig
 from towers import artifacts
 from towers.data.prepared import PreparedData, load_prepared, split_file
-from towers.launch.cli import help_field, parse_config
+from towers.launch.cli import parse_config
 from towers.launch.ray_init import (
     init_ray,
     quiet_ray_data,
@@ -45,82 +46,7 @@ from towers.training.checkpoint import load_checkpoint, model_from_checkpoint, s
 from towers.training.loop import REFIT, EpochEnd, LocalBatches, TrainingData, train_loop
 
 log = logging.getLogger("train")
-PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"]
-# Settings that say where training runs, not what it learns (left out of the pipeline's inputs).
-PLACEMENT_SETTINGS = ("num_workers", "min_workers", "cpus_per_worker", "placement_strategy")
-
-
-@dataclass
-class TrainConfig:
-    """Train the two-tower model with Ray Train (DDP over workers); export it to STORAGE/model."""
-
-    storage: str = help_field("runs/demo", "storage root holding data/ (local folder or URI)")
-    split: str | None = help_field(None, "prepared split to train on (default: the first)")
-    preset: Literal["default", "paper"] = help_field(
-        "default", "model preset (towers.model.config.PRESETS)"
-    )
-    num_workers: int = help_field(2, "Ray Train workers (DDP ranks)")
-    min_workers: int | None = help_field(
-        None, "elastic: after a lost node, go on with as few as this many workers (default: fixed)"
-    )
-    placement_strategy: PlacementStrategy = help_field(
-        "PACK", "workers' placement group: SPREAD puts them on different nodes where it can"
-    )
-    use_gpu: bool = help_field(False, "one GPU per worker, NCCL and bf16 autocast")
-    cpus_per_worker: float = help_field(1.0, "CPUs reserved per worker")
-    epochs: int | None = help_field(None, "maximum epochs (default: the preset's)")
-    batch_size: int | None = help_field(None, "GLOBAL batch size, split across workers")
-    lr: float | None = help_field(None, "Adam learning rate")
-    embedding_dim: int | None = help_field(None, "embedding dimension D of both towers")
-    loss: Literal["pointwise", "softmax", "hybrid"] | None = help_field(None, "training loss")
-    patience: int | None = help_field(None, "early stopping patience in epochs")
-    temperature: float | None = help_field(None, "softmax temperature (normalised embeddings)")
-    weight_decay: float | None = help_field(None, "AdamW weight decay")
-    seed: int | None = help_field(None, "seed of init and batch order")
-    negatives: Literal["auto", "full", "in_batch", "mixed"] | None = help_field(
-        None, "softmax negatives (default auto: the full catalog up to 2,500 items, mixed above)"
-    )
-    sparse_embeddings: bool | None = help_field(
-        None, "sparse gradients + LazyAdam for id tables (default: on with auto's mixed)"
-    )
-    refit: bool = help_field(
-        True, "after early stopping, retrain on train+valid for the best epochs"
-    )
-    data_loader: Literal["ray_data", "local"] = help_field(
-        "ray_data", "ray_data: streamed Parquet shards; local: each worker reads its own shard"
-    )
-    cache_below_mb: float = help_field(
-        256.0, "ray_data: splits smaller than this (Parquet MB) are read once, not every epoch"
-    )
-    max_failures: int = help_field(2, "worker-group restarts from the last checkpoint on failure")
-    progress_every_s: float = help_field(30.0, "a progress line inside an epoch this often")
-    export_as: str = help_field(artifacts.MODEL, "artifact folder the exported model goes to")
-
-    def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ValueError(f"--num-workers must be >= 1, got {self.num_workers}")
-        if self.min_workers is not None and not 1 <= self.min_workers <= self.num_workers:
-            raise ValueError(
-                f"--min-workers must be in [1, --num-workers={self.num_workers}], "
-                f"got {self.min_workers}"
-            )
-        if "/" in self.export_as or self.export_as in ("", ".", "..", artifacts.DATA):
-            raise ValueError(f"--export-as must be a plain folder name, got {self.export_as!r}")
-
-    def model_config(self, data: PreparedData) -> TwoTowerConfig:
-        overrides = {k: getattr(self, k) for k in MODEL_OVERRIDES if getattr(self, k) is not None}
-        cfg = TwoTowerConfig.from_preset(self.preset, **overrides, bf16=self.use_gpu)
-        cfg = cfg.sized_for(data.features, data.has_ratings)
-        for workers in range(self.min_workers or self.num_workers, self.num_workers + 1):
-            if cfg.batch_size % workers:
-                raise ValueError(f"batch size {cfg.batch_size} not divisible by {workers} workers")
-        return cfg
-
-
-# TrainConfig settings that override the preset's TwoTowerConfig value when given.
-MODEL_OVERRIDES = tuple(
-    f.name for f in fields(TrainConfig) if f.name in {g.name for g in fields(TwoTowerConfig)}
-)
+__all__ = ["MODEL_OVERRIDES", "PLACEMENT_SETTINGS", "TrainConfig", "run"]
 
 
 class ShardBatches:

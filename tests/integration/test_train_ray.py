@@ -53,12 +53,12 @@ def test_two_workers_match_one_worker(tiny_storage, two_workers):
     assert 0 <= one["history"][0]["samples"] - two["history"][0]["samples"] < 2
 
 
-def test_sparse_tables_and_mixed_negatives_over_ddp(tiny_storage):
-    """The large-catalog path (what ``negatives="auto"`` picks above 2,500 items) on two DDP
-    workers: sparse id-table gradients all-reduced over gloo, LazyAdam, mixed negatives."""
+def test_sparse_tables_and_mixed_negatives_on_ray_train(tiny_storage):
+    """The large-catalog path (what ``negatives="auto"`` picks above 2,500 items, on one worker):
+    sparse id-table gradients, LazyAdam, mixed negatives, through Ray Train and the export."""
     out = run_train(
-        tiny_storage, num_workers=2, negatives="mixed", sparse_embeddings=True,
-        export_as="model_sparse", epochs=4,
+        tiny_storage, num_workers=1, cpus_per_worker=2, negatives="mixed",
+        sparse_embeddings=True, export_as="model_sparse", epochs=4,
     )  # fmt: skip
     losses = [h["loss"] for h in out["history"]]
     assert losses[-1] < losses[0]  # it learns

@@ -142,3 +142,26 @@ def test_fault_plan_comes_from_the_environment_only(monkeypatch):
     monkeypatch.setenv(ENV, "kill_worker_at=1")
     with pytest.raises(ValueError, match="TWO_TOWER_FAULTS: cannot read 'kill_worker_at=1'"):
         FaultPlan.from_env()
+
+
+def test_train_flags_for_the_large_catalog_path():
+    """``--negatives`` / ``--sparse-embeddings`` parse as a choice and an optional switch; sparse
+    tables are a one-worker setting (gloo's sparse all-reduce crashed DDP at scale)."""
+    from types import SimpleNamespace
+
+    from ray_jobs.train import TrainConfig
+    from ray_jobs.train_config import SPARSE_ONE_WORKER
+    from tests.features import random_features
+
+    cfg = parse_config(TrainConfig, ["--num-workers", "1", "--no-sparse-embeddings"])
+    assert (cfg.negatives, cfg.sparse_embeddings) == (None, False)
+    cfg = parse_config(TrainConfig, ["--negatives", "mixed", "--num-workers", "1"])
+    assert (cfg.negatives, cfg.sparse_embeddings) == ("mixed", None)  # None: the model decides
+    with pytest.raises(ValueError, match="needs --num-workers 1"):
+        TrainConfig(num_workers=2, sparse_embeddings=True)
+    assert "NCCL has none" in SPARSE_ONE_WORKER
+    large = SimpleNamespace(features=random_features(50, 3_000), has_ratings=True)
+    one = TrainConfig(num_workers=1).model_config(large)
+    two = TrainConfig(num_workers=2).model_config(large)
+    assert (one.negatives, one.sparse_embeddings) == ("mixed", True)  # auto, above 2,500 items
+    assert (two.negatives, two.sparse_embeddings) == ("mixed", False)  # DDP: dense tables
