@@ -11,9 +11,9 @@ from towers.launch.cli import help_field
 from towers.model.config import TwoTowerConfig
 
 # Sparse gradients train on one worker only. DDP has to all-reduce them through gloo's sparse
-# path, which crashed the workers of a 2-worker run at the ML-25M shape ("malloc(): unaligned
-# tcache chunk detected", torch 2.13, after ~200 steps), and NCCL has none; on one machine one
-# worker with all its CPUs is also the fastest (docs/SCALE.md). DDP runs use dense tables.
+# path, which crashed the workers of a 2-worker run at the ML-25M shape twice within ~400 steps
+# ("malloc(): unaligned tcache chunk detected", torch 2.13), and NCCL has none; on one machine
+# one worker with all its CPUs is also the fastest (docs/SCALE.md). DDP runs use dense tables.
 SPARSE_ONE_WORKER = (
     "--sparse-embeddings needs --num-workers 1: DDP's sparse all-reduce (gloo) crashed at scale "
     "and NCCL has none; on one machine, --num-workers 1 --cpus-per-worker N is also the fastest"

@@ -33,9 +33,10 @@ from towers.model.config import TwoTowerConfig
 from towers.model.network import TwoTower
 from towers.recommenders.base import Recommender
 from towers.storage.atomic import staged_directory
-from towers.training.inputs import TableTensors, TrainingContext
+from towers.training.inputs import TrainingContext
 from towers.training.loop import fit
 from towers.training.steps import embed_items, embed_users, unwrap
+from towers.training.tables import TableTensors
 
 FORMAT = "two_tower"
 FORMAT_VERSION = 2  # 2: features from the data set's schema (1: fixed MovieLens features)

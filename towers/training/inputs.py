@@ -16,11 +16,10 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from towers.data.features import EncodedTable, FeatureTables
+from towers.data.features import FeatureTables
 from towers.data.interactions import Interactions
 from towers.model.config import TwoTowerConfig
-
-Batch = dict[str, torch.Tensor]
+from towers.training.tables import Batch, TableTensors, csr_gather
 
 
 def infer_rating_scale(train: Interactions) -> tuple[float, float]:
@@ -43,61 +42,23 @@ def recency_ranks(train: Interactions) -> np.ndarray:
     return ranks
 
 
-def csr_gather(
-    indptr: torch.Tensor, rows: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Entries of CSR ``rows (B,)``: ``(positions (H,), row of each (H,), offsets (B,))``."""
-    starts = indptr[rows]  # (B,)
-    lengths = indptr[rows + 1] - starts  # (B,)
-    offsets = torch.cumsum(lengths, 0) - lengths  # (B,)
-    entry_rows = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), lengths)
-    positions = torch.arange(len(entry_rows), device=rows.device) - offsets[entry_rows]
-    return positions + starts[entry_rows], entry_rows, offsets
-
-
-@dataclass
-class TableTensors:
-    """One side's encoded features as tensors; :meth:`gather` gives a batch's ``feat:*`` inputs.
-
-    ``index``/``dense`` features are ``(n, ...)`` tensors; ``bag`` features CSR ``values`` and
-    ``offsets (n + 1,)`` (the encoded layout of ``towers.data.features``).
-    """
-
-    inputs: tuple[tuple[str, str, int], ...]
-    tensors: dict[str, torch.Tensor]
-
-    @classmethod
-    def build(cls, table: EncodedTable, device: str | torch.device = "cpu") -> TableTensors:
-        tensors = {k: torch.tensor(v).to(device) for k, v in table.arrays.items()}  # copies
-        return cls(table.inputs(), tensors)
-
-    def to(self, device: str | torch.device) -> TableTensors:
-        return TableTensors(self.inputs, {k: v.to(device) for k, v in self.tensors.items()})
-
-    def gather(self, rows: torch.Tensor) -> Batch:
-        out: Batch = {}
-        for name, kind, _ in self.inputs:
-            values = self.tensors[name]
-            if kind == "bag":
-                positions, _, offsets = csr_gather(self.tensors[f"{name}:offsets"], rows)
-                out[f"feat:{name}"], out[f"feat:{name}:offsets"] = values[positions], offsets
-            else:
-                out[f"feat:{name}"] = values[rows]
-        return out
-
-    def profile_matrix(self, name: str) -> torch.Tensor:
-        """``(n, size - 1)`` multi-hot of an index or bag feature (the unknown 0 left out)."""
-        kind, size = next((k, s) for n, k, s in self.inputs if n == name)
-        values = self.tensors[name]
-        n = len(self.tensors[f"{name}:offsets"]) - 1 if kind == "bag" else len(values)
-        if kind == "bag":
-            counts = self.tensors[f"{name}:offsets"].diff()
-            rows = torch.repeat_interleave(torch.arange(n, device=values.device), counts)
-        else:
-            rows = torch.arange(n, device=values.device)
-        dense = torch.zeros(n, size, device=values.device)
-        dense[rows, values] = 1.0
-        return dense[:, 1:]
+def _recent_entries(
+    train: Interactions, csr: sp.csr_matrix, n_recent: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """CSR ``(indptr (U + 1,), positions in csr.indices)`` of each user's ``n_recent`` newest
+    entries, found once (O(nnz log nnz)) so that a step gathers ``O(batch x n_recent)`` of them;
+    empty rows when ``n_recent`` is 0 (nothing is sorted then)."""
+    if n_recent <= 0:
+        return np.zeros(train.n_users + 1, np.int64), np.zeros(0, np.int64)
+    # Same (user, item) pattern built the same way as csr: .data lines up with csr.indices.
+    recency = sp.csr_matrix(
+        (recency_ranks(train) + 1, (train.user_idx, train.item_idx)),
+        shape=(train.n_users, train.n_items),
+    )
+    recent = np.flatnonzero(recency.data - 1 < n_recent)  # (R,) positions
+    entry_user = np.repeat(np.arange(train.n_users), np.diff(csr.indptr))  # (nnz,)
+    per_user = np.bincount(entry_user[recent], minlength=train.n_users)
+    return np.concatenate([[0], np.cumsum(per_user)]), recent
 
 
 @dataclass
@@ -151,17 +112,7 @@ class TrainingContext:
             )
         rating_scale = rating_scale or infer_rating_scale(train)
         csr = train.to_csr()  # sorted by user, then item; values are raw ratings
-        recency = recency_ranks(train)  # (nnz,) per row of train
-        # Same (user, item) pattern built the same way: .data lines up with csr.indices.
-        recency_csr = sp.csr_matrix(
-            (recency + 1, (train.user_idx, train.item_idx)), shape=(train.n_users, train.n_items)
-        )
-        # Each user's `recent_history` newest entries, found once here (O(nnz)), so that a
-        # step gathers O(batch x recent_history) of them, not every row's whole history.
-        recent = np.flatnonzero(recency_csr.data - 1 < config.recent_history)  # (R,) positions
-        entry_user = np.repeat(np.arange(train.n_users), np.diff(csr.indptr))  # (nnz,)
-        per_user = np.bincount(entry_user[recent], minlength=train.n_users)
-        recent_indptr = np.concatenate([[0], np.cumsum(per_user)])
+        recent_indptr, recent = _recent_entries(train, csr, config.recent_history)
         lo, hi = rating_scale
         counts = np.bincount(train.item_idx, minlength=train.n_items).astype(np.float64)
         log_q = np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))
