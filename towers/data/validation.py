@@ -11,6 +11,31 @@ from towers.data.raw import DataError, RawData
 log = logging.getLogger(__name__)
 
 
+def check_ratings(
+    rating: np.ndarray, scale: tuple[float, float], implicit: bool, where: str
+) -> None:
+    """Raises ``DataError`` unless every rating is finite and, for explicit data, inside
+    ``scale`` (implicit data's weights have no scale). The one check of a rating, whether it
+    comes from the interactions file or from ``POST /events``.
+
+    Args:
+        rating: ``(N,)`` float64 ratings (weights for implicit data).
+        scale: the data set's ``(lowest, highest)`` rating.
+        implicit: whether the values are implicit feedback's weights.
+        where: what the message names first (the source, or the event).
+    """
+    if not np.isfinite(rating).all():
+        raise DataError(f"{where}: {int((~np.isfinite(rating)).sum())} ratings are not finite")
+    lo, hi = scale
+    out = (rating < lo) | (rating > hi)
+    if out.any() and not implicit:
+        rows = np.flatnonzero(out)[:5].tolist()
+        raise DataError(
+            f"{where}: {int(out.sum())} ratings outside [{lo}, {hi}] "
+            f"(e.g. {rating[out][:3].tolist()} at rows {rows})"
+        )
+
+
 def validate_raw(raw: RawData) -> tuple[RawData, dict[str, int]]:
     """Validates and cleans ``raw``; returns the cleaned data and counts of dropped rows.
 
@@ -28,18 +53,8 @@ def validate_raw(raw: RawData) -> tuple[RawData, dict[str, int]]:
         if table.empty:
             raise DataError(f"{src}: {name} table is empty")
 
-    lo, hi = raw.rating_scale
-    rating = inter["rating"].to_numpy(np.float64)
-    if not np.isfinite(rating).all():
-        raise DataError(f"{src}: {int((~np.isfinite(rating)).sum())} ratings are not finite")
     implicit = raw.schema is not None and raw.schema.implicit  # weights, not ratings
-    out = (rating < lo) | (rating > hi)
-    if out.any() and not implicit:
-        rows = np.flatnonzero(out)[:5].tolist()
-        raise DataError(
-            f"{src}: {int(out.sum())} ratings outside [{lo}, {hi}] "
-            f"(e.g. {rating[out][:3].tolist()} at rows {rows})"
-        )
+    check_ratings(inter["rating"].to_numpy(np.float64), raw.rating_scale, implicit, src)
 
     for name, table, key in (("items", items, "item_id"), ("users", users, "user_id")):
         dup = table[key].duplicated()
