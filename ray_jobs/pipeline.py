@@ -37,10 +37,18 @@ class PipelineConfig:
     dataset: prepare.Dataset = help_field("ml-100k", "data set to prepare (or --interactions)")
     data_dir: str | None = help_field(None, "folder with the data set's files")
     interactions: str | None = help_field(None, "your interactions table (docs/YOUR_DATA.md)")
+    test_interactions: str | None = help_field(
+        None, "--split given: the test part as its own file (--interactions is then train)"
+    )
+    valid_interactions: str | None = help_field(
+        None, "--split given: the validation part's file (default: carved from train)"
+    )
     items: str | None = help_field(None, "your items table")
     users: str | None = help_field(None, "your users table")
     schema: str | None = help_field(None, "your data set's schema file (inferred if absent)")
-    split: Literal["random", "temporal"] = help_field("random", "split to train and report on")
+    split: Literal["random", "temporal", "given"] = help_field(
+        "random", "split to train and report on (given: your data's own parts, docs/YOUR_DATA.md)"
+    )
     synthetic_users: int | None = help_field(None, "--dataset synthetic: users (preset: small)")
     synthetic_items: int | None = help_field(None, "--dataset synthetic: items (preset: small)")
     synthetic_interactions: int | None = help_field(
@@ -66,7 +74,12 @@ class PipelineConfig:
 
     def prepare_config(self) -> prepare.PrepareConfig:
         own = dict(
-            interactions=self.interactions, items=self.items, users=self.users, schema=self.schema
+            interactions=self.interactions,
+            items=self.items,
+            users=self.users,
+            schema=self.schema,
+            test_interactions=self.test_interactions,
+            valid_interactions=self.valid_interactions,
         )
         if self.interactions is None:  # MovieLens/synthetic: both splits, as prepare does
             sizes = {k: getattr(self, k) for k in SYNTHETIC_SIZES}

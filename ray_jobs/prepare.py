@@ -5,6 +5,8 @@ python -m ray_jobs.prepare --dataset synthetic --synthetic-interactions 10000000
 python -m ray_jobs.prepare --dataset synthetic --synthetic-preset ml-25m --storage /tmp/s25m
 python -m ray_jobs.prepare --interactions events.parquet --items items.csv --schema schema.yaml \
     --split temporal --storage runs/shop          # your own data (docs/YOUR_DATA.md)
+python -m ray_jobs.prepare --interactions train.csv --test-interactions test.csv \
+    --split given --storage runs/bench            # a benchmark's own split, one file per part
 """
 
 from __future__ import annotations
@@ -59,9 +61,17 @@ class PrepareConfig:
     schema: str | None = help_field(
         None, "YAML/JSON file naming the columns and their kinds (inferred and printed if absent)"
     )
+    test_interactions: str | None = help_field(
+        None, "--split given: the test part as its own file (--interactions is then train)"
+    )
+    valid_interactions: str | None = help_field(
+        None, "--split given: the validation part as its own file (default: carved from train)"
+    )
     data_dir: str | None = help_field(None, "folder with the data set's files (skips fetching)")
     split: str = help_field(
-        "random,temporal", "comma-separated splits to prepare: random, temporal"
+        "random,temporal",
+        "comma-separated splits to prepare: random, temporal, given (the data's own parts: the "
+        "schema's interactions.part column, or --test-interactions)",
     )
     seed: int = help_field(42, "seed of the random split (42 = the Recommenders benchmark)")
     valid_ratio: float = help_field(0.1, "share of train carved out for validation/early stopping")
@@ -84,6 +94,16 @@ class PrepareConfig:
             raise ValueError(f"--valid-ratio must be in [0, 1), got {self.valid_ratio}")
         if self.interactions is None and any((self.items, self.users, self.schema)):
             raise ValueError("--items, --users and --schema describe --interactions: give it too")
+        if self.interactions is None and "given" in self.splits:
+            raise ValueError("--split given: the parts come from your files; give --interactions")
+        if self.valid_interactions is not None and self.test_interactions is None:
+            raise ValueError("--valid-interactions needs --test-interactions (and --interactions)")
+        if self.test_interactions is not None and "given" not in self.splits:
+            raise ValueError(
+                "--test-interactions gives the data's own split: prepare it with --split given"
+            )
+        if self.test_interactions is not None and self.interactions is None:
+            raise ValueError("--test-interactions needs --interactions, the train part")
         if self.synthetic_preset is not None and self.synthetic_preset not in PRESETS:
             raise ValueError(
                 f"--synthetic-preset: unknown {self.synthetic_preset!r}; "
@@ -105,6 +125,12 @@ class PrepareConfig:
         return preset_spec(self.synthetic_preset or "small", *sizes, seed=self.synthetic_seed)
 
     @property
+    def part_files(self) -> dict[str, str] | None:
+        """The given split's test (and valid) files, or None when the parts are a column."""
+        files = {"test": self.test_interactions, "valid": self.valid_interactions}
+        return {part: path for part, path in files.items() if path is not None} or None
+
+    @property
     def splits(self) -> list[str]:
         return [s.strip() for s in self.split.split(",") if s.strip()]
 
@@ -115,7 +141,7 @@ def inputs_fingerprint(cfg: PrepareConfig) -> str:
     ``data/manifest.json`` carries it; the pipeline compares it before reusing or replacing."""
     settings = {k: v for k, v in asdict(cfg).items() if k != "storage"}
     if cfg.interactions is not None:
-        for what in ("interactions", "items", "users"):
+        for what in ("interactions", "test_interactions", "valid_interactions", "items", "users"):
             if getattr(cfg, what):
                 settings[f"{what}_files"] = fingerprint(getattr(cfg, what), what)
         if cfg.schema:
@@ -128,7 +154,17 @@ def load_raw(cfg: PrepareConfig) -> tuple[RawData, dict[str, int]]:
     """Reads and validates the configured data set."""
     if cfg.interactions is not None:
         schema = Schema.load(cfg.schema) if cfg.schema else None
-        raw, drops = load_dataset(cfg.interactions, cfg.items, cfg.users, schema)
+        given = "given" in cfg.splits
+        if not given and schema is not None and schema.interactions.part is not None:
+            log.warning(
+                "the schema names a part column (%r) but --split is %s: the data's own split is "
+                "prepared with --split given",
+                schema.interactions.part,
+                cfg.split,
+            )
+        raw, drops = load_dataset(
+            cfg.interactions, cfg.items, cfg.users, schema, given, cfg.part_files
+        )
         cleaned, more = validate_raw(raw)
         return cleaned, {**drops, **more}
     if cfg.dataset == "synthetic":

@@ -10,6 +10,11 @@ Cross-table rules: ids in an items or users table are unique; every interaction'
 is in its table, or, with ``uncovered: drop`` in the schema, the interaction is dropped and
 counted. Items of the items table that no interaction names are kept: the item tower embeds
 them from their features.
+
+A split the data gives (``given=True``): each row's part comes from the schema's
+``interactions.part`` column, or from its file (``part_files``: the test and valid files;
+``interactions`` is then the train part); :mod:`towers.data.given` checks the parts and the
+canonical interactions carry them as an int8 ``part`` column.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ import pyarrow.compute as pc
 from towers.data import columns
 from towers.data.errors import DataError
 from towers.data.files import TableFile, read_table
+from towers.data.given import check_parts, part_codes
 from towers.data.inference import infer_schema
 from towers.data.raw import RawData
 from towers.data.schema import EntityTable, Feature, InteractionTable, Schema
+from towers.data.splits import PARTS
 
 log = logging.getLogger(__name__)
 IMPLICIT_SCALE = (0.0, 1.0)  # implicit rows carry their weight (1.0 by default) as the rating
@@ -41,10 +48,16 @@ def _text_columns(entity: EntityTable | None) -> tuple[str, ...]:
     )
 
 
-def _interactions(files: list[TableFile], spec: InteractionTable) -> pa.Table:
+def _interactions(
+    files: list[TableFile], spec: InteractionTable, given: str | list[int] | None = None
+) -> pa.Table:
+    """The canonical interactions of ``files``; with ``given`` (the part column's name, or one
+    part code per file) a ``part`` column too."""
     parts = []
-    for file in files:
+    for index, file in enumerate(files):
         named = {spec.user_id: "interactions.user_id", spec.item_id: "interactions.item_id"}
+        if isinstance(given, str):
+            named[given] = "interactions.part"
         for key in ("rating", "weight", "timestamp"):
             if getattr(spec, key) is not None:
                 named[getattr(spec, key)] = f"interactions.{key}"
@@ -74,16 +87,17 @@ def _interactions(files: list[TableFile], spec: InteractionTable) -> pa.Table:
             )
         else:
             ts = np.zeros(n, np.int64)
-        parts.append(
-            pa.table(
-                {
-                    "user_id": columns.ids(file, spec.user_id, "interactions.user_id"),
-                    "item_id": columns.ids(file, spec.item_id, "interactions.item_id"),
-                    "rating": pa.array(rating, pa.float32()),
-                    "timestamp": pa.array(ts, pa.int64()),
-                }
-            )
-        )
+        table = {
+            "user_id": columns.ids(file, spec.user_id, "interactions.user_id"),
+            "item_id": columns.ids(file, spec.item_id, "interactions.item_id"),
+            "rating": pa.array(rating, pa.float32()),
+            "timestamp": pa.array(ts, pa.int64()),
+        }
+        if isinstance(given, str):
+            table["part"] = pa.array(part_codes(file, given))
+        elif given is not None:
+            table["part"] = pa.array(np.full(n, given[index], np.int8))
+        parts.append(pa.table(table))
     return _concat(parts, files, "interactions")
 
 
@@ -145,15 +159,53 @@ def _covered(
     return inter.filter(inside), missing
 
 
+def _part_files(
+    interactions: str, part_files: dict[str, str], spec: InteractionTable | None
+) -> tuple[list[TableFile], list[int]]:
+    """The files of every part (train first) and each file's part code."""
+    if spec is not None and spec.part is not None:
+        raise DataError(
+            f"the parts are given twice: by the schema's column {spec.part!r} (interactions.part) "
+            f"and by files ({', '.join(part_files.values())}); give one of the two"
+        )
+    unknown = sorted(set(part_files) - {"valid", "test"})
+    if unknown or "test" not in part_files:
+        raise DataError(f"part files: need 'test' (and 'valid' optionally), got {unknown}")
+    files, codes = [], []
+    for code, name in enumerate(PARTS):
+        path = interactions if name == "train" else part_files.get(name)
+        if path is not None:
+            read = read_table(path, f"{name} interactions")
+            files += read
+            codes += [code] * len(read)
+    return files, codes
+
+
 def load_dataset(
     interactions: str,
     items: str | None = None,
     users: str | None = None,
     schema: Schema | None = None,
+    given: bool = False,
+    part_files: dict[str, str] | None = None,
 ) -> tuple[RawData, dict[str, int]]:
-    """Reads and checks a data set in the contract's form; returns it with counts of drops."""
+    """Reads and checks a data set in the contract's form; returns it with counts of drops.
+
+    Args:
+        interactions, items, users: the tables' files or folders (local or URI).
+        schema: names the columns; inferred from the tables (and logged) when None.
+        given: read each row's part of the split the data gives (the schema's
+            ``interactions.part`` column, or ``part_files``).
+        part_files: ``{"test": path, "valid": path}`` (valid optional): one file per part,
+            ``interactions`` being the train part.
+    """
     text = (_text_columns(schema.items), _text_columns(schema.users)) if schema else ((), ())
-    inter_files = read_table(interactions, "interactions")
+    file_parts: list[int] | None = None
+    if part_files:
+        spec = schema.interactions if schema else None
+        inter_files, file_parts = _part_files(interactions, part_files, spec)
+    else:
+        inter_files = read_table(interactions, "interactions")
     item_files = read_table(items, "items", text[0]) if items else []
     user_files = read_table(users, "users", text[1]) if users else []
     if schema is None:
@@ -161,13 +213,23 @@ def load_dataset(
         log.warning(
             "no --schema given; inferred (save it to a file to edit):\n%s", schema.to_yaml()
         )
-    for side, given, entity in (("items", items, schema.items), ("users", users, schema.users)):
-        if given and entity is None:
-            raise DataError(f"the schema has no '{side}' section for the {side} table {given}")
-        if entity is not None and not given:
+    for side, table, entity in (("items", items, schema.items), ("users", users, schema.users)):
+        if table and entity is None:
+            raise DataError(f"the schema has no '{side}' section for the {side} table {table}")
+        if entity is not None and not table:
             raise DataError(f"the schema describes {side} but no {side} table was given")
-    inter = _interactions(inter_files, schema.interactions)
+    if given and file_parts is None and schema.interactions.part is None:
+        raise DataError(
+            "--split given needs each row's part: name its column in the schema "
+            "(interactions.part: <column>, labels train/valid/test) or give one file per part "
+            "(--interactions TRAIN --test-interactions TEST [--valid-interactions VALID])"
+        )
+    column = schema.interactions.part if given and file_parts is None else None
+    inter = _interactions(inter_files, schema.interactions, column or file_parts)
     drops = {"uncovered_items": 0, "uncovered_users": 0}
+    if column is not None or file_parts is not None:
+        inter, cold = check_parts(inter, inter_files, column, schema.uncovered)
+        drops.update(cold)
     tables = {}
     for side, key, files in (("items", "item_id", item_files), ("users", "user_id", user_files)):
         entity = schema.side(side)
@@ -209,6 +271,7 @@ def load_dataset(
     )
     source = (
         f"files:{interactions}"
+        + "".join(f",{name}={path}" for name, path in (part_files or {}).items())
         + (f",items={items}" if items else "")
         + (f",users={users}" if users else "")
     )

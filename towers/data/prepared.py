@@ -8,6 +8,7 @@ Layout under the storage root::
     data/source_schema.json         the schema as your files name the columns (files only)
     data/features.json              the fitted encoders: vocabularies, statistics
     data/splits/<split>/{train,valid,test}.parquet   user_idx, item_idx, rating, timestamp
+                                    (<split>: random, temporal, or given: the data's own parts)
     data/manifest.json              counts, split settings, seed, source, schema version (last)
 
 Ids keep their type (integer or string); ``user_idx``/``item_idx`` are positions in the sorted
@@ -33,13 +34,12 @@ from towers.data.interactions import Interactions
 from towers.data.movielens import movielens_schema
 from towers.data.raw import DataError, RawData
 from towers.data.schema import Schema
-from towers.data.splits import split_interactions
+from towers.data.splits import PARTS, SplitIndices, split_given, split_interactions
 from towers.storage.root import ArtifactError, Storage
 
 log = logging.getLogger(__name__)
 ARTIFACT = "data"
-PARTS = ("train", "valid", "test")
-DEFAULT_TEST_RATIO = {"random": 0.25, "temporal": 0.2}
+DEFAULT_TEST_RATIO = {"random": 0.25, "temporal": 0.2}  # given: the data's own test part
 USERS = f"{ARTIFACT}/users.parquet"
 ITEMS = f"{ARTIFACT}/items.parquet"
 SCHEMA = f"{ARTIFACT}/schema.json"
@@ -120,6 +120,45 @@ def movielens_features(users: pd.DataFrame, items: pd.DataFrame) -> FeatureTable
     return build_feature_tables(users, items, fitted)
 
 
+def _split(
+    kind: str,
+    inter: pd.DataFrame | pa.Table,
+    user_idx: np.ndarray,
+    item_idx: np.ndarray,
+    ts: np.ndarray,
+    timed: bool,
+    valid_ratio: float,
+    seed: int,
+    source: str,
+) -> SplitIndices:
+    """One split's row positions; ``given`` reads the interactions' ``part`` column."""
+    if kind != "given":
+        return split_interactions(
+            user_idx, item_idx, ts, kind, DEFAULT_TEST_RATIO[kind], valid_ratio, seed
+        )
+    has_parts = "part" in (inter.column_names if isinstance(inter, pa.Table) else inter.columns)
+    if not has_parts:
+        raise DataError(
+            f"{source}: the given split needs each row's part, and these data give none (name "
+            "the part column in the schema, interactions.part, or give --test-interactions)"
+        )
+    return split_given(user_idx, ts, _column(inter, "part", np.int8), valid_ratio, seed, timed)
+
+
+def given_validation(manifest: dict[str, Any]) -> str:
+    """How the given split's validation part came about, in words (for manifests and logs)."""
+    counts = manifest["split_counts"].get("given", {})
+    if manifest.get("given_valid") == "given":
+        return "the data's own validation part"
+    if not counts.get("valid"):
+        return "none (--valid-ratio 0)"
+    how = "each user's latest" if manifest.get("given_valid") == "latest" else "a seeded draw of"
+    return (
+        f"carved out of train: {how} {manifest['valid_ratio']:.0%} of each user's training rows"
+        + ("" if manifest.get("given_valid") == "latest" else f" (seed {manifest['seed'] + 1})")
+    )
+
+
 def write_prepared(
     storage: Storage,
     raw: RawData,
@@ -151,6 +190,12 @@ def write_prepared(
     rating = _column(inter, "rating", np.float32)
     ts = _column(inter, "timestamp", np.int64)
     fitted = fit_features(schema, users, items)
+    timed = schema.interactions.timestamp is not None
+    # Every split before the first write: bad input fails with data/ as it was.
+    split_rows = {
+        kind: _split(kind, inter, user_idx, item_idx, ts, timed, valid_ratio, seed, raw.source)
+        for kind in splits
+    }
 
     storage.begin_artifact(ARTIFACT)
     storage.write_parquet(USERS, users)
@@ -160,10 +205,7 @@ def write_prepared(
         storage.write_json(SOURCE_SCHEMA, raw.source_schema.to_dict())
     storage.write_json(FEATURES, {side: [f.to_dict() for f in fs] for side, fs in fitted.items()})
     split_counts = {}
-    for kind in splits:
-        parts = split_interactions(
-            user_idx, item_idx, ts, kind, DEFAULT_TEST_RATIO[kind], valid_ratio, seed
-        )
+    for kind, parts in split_rows.items():
         split_counts[kind] = {}
         for part in PARTS:
             rows = getattr(parts, part)
@@ -182,7 +224,7 @@ def write_prepared(
         "source": raw.source,
         "seed": seed,
         "valid_ratio": valid_ratio,
-        "test_ratio": {k: DEFAULT_TEST_RATIO[k] for k in splits},
+        "test_ratio": {k: DEFAULT_TEST_RATIO.get(k) for k in splits},
         "splits": list(splits),
         "rating_scale": list(raw.rating_scale),
         "n_users": len(users),
@@ -194,6 +236,9 @@ def write_prepared(
         "drops": drops or {},
         **(extra or {}),
     }
+    if "given" in splits:  # the validation part: given, or carved per user (latest or drawn)
+        given_valid = np.any(_column(inter, "part", np.int8) == PARTS.index("valid"))
+        manifest["given_valid"] = "given" if given_valid else "latest" if timed else "random"
     return storage.publish(ARTIFACT, manifest)
 
 
@@ -275,6 +320,8 @@ def summary(manifest: dict[str, Any]) -> str:
             f"  split {kind:<8} train {counts['train']:>9,}  valid {counts['valid']:>8,}  "
             f"test {counts['test']:>8,}"
         )
+    if "given" in manifest["split_counts"]:
+        lines.append(f"  given split's validation: {given_validation(manifest)}")
     if any(manifest.get("drops", {}).values()):
         lines.append(f"  dropped: {manifest['drops']}")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ names the columns and their kinds (``docs/YOUR_DATA.md`` documents every key)::
       rating: stars              # omit for implicit feedback: every row is a positive
       rating_scale: [1, 5]       # inferred (min, max) when omitted
       timestamp: ts              # Unix s or ms, Arrow timestamp, or ISO-8601 text
+      part: part                 # --split given: each row's part (train / valid / test)
     items:
       id: sku
       features:
@@ -127,7 +128,8 @@ class EntityTable:
 
 @dataclass(frozen=True)
 class InteractionTable:
-    """The interactions table's columns. No ``rating`` means implicit feedback."""
+    """The interactions table's columns. No ``rating`` means implicit feedback; ``part`` names
+    the column that gives each row's part of a benchmark's own split (``--split given``)."""
 
     user_id: str = "user_id"
     item_id: str = "item_id"
@@ -136,6 +138,7 @@ class InteractionTable:
     weight: str | None = None
     timestamp: str | None = None
     timestamp_unit: str = "auto"
+    part: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -294,7 +297,7 @@ def _parse_interactions(values: Any, path: str, errors: list[str]) -> Interactio
     names = {f.name for f in fields(InteractionTable)}
     _check_keys(values, names, path, errors)
     kwargs: dict[str, Any] = {}
-    for key in ("user_id", "item_id", "rating", "weight", "timestamp"):
+    for key in ("user_id", "item_id", "rating", "weight", "timestamp", "part"):
         value = values.get(key)
         if value is not None and _expect(value, str, f"{path}.{key}", "a column name", errors):
             kwargs[key] = value

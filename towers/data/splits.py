@@ -8,8 +8,14 @@ most ``round(ratio × item count)`` (NumPy's round-half-to-even), test otherwise
 
 ``temporal`` holds out each user's last ``test_ratio`` of interactions by time (ties: file order).
 
+``given`` is the split the data gives (a benchmark's own train/valid/test,
+:mod:`towers.data.given`): each row's part is read, not drawn.
+
 The validation split is carved out of train with the same rule (per item for ``random``, each user's
 latest for ``temporal``) under ``seed + 1``, so tuning and early stopping never see the test split.
+For ``given`` data without a validation part it is carved per user: each user's latest
+``valid_ratio`` of training rows when the data has timestamps, else a seeded per-user draw
+(:func:`stratified_mask` over users under ``seed + 1``); a validation part the data gives is kept.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SPLITS = ("random", "temporal")
+SPLITS = ("random", "temporal", "given")
+PARTS = ("train", "valid", "test")  # a given split's part codes are positions here (int8)
 
 
 @dataclass(frozen=True)
@@ -82,8 +89,8 @@ def split_interactions(
         valid_ratio: share of the *training* rows carved out for validation (0 for none).
         seed: seed of the random split; validation uses ``seed + 1``.
     """
-    if kind not in SPLITS:
-        raise ValueError(f"unknown split {kind!r}; choose one of {SPLITS}")
+    if kind not in SPLITS[:2]:
+        raise ValueError(f"unknown split {kind!r}; choose one of {SPLITS[:2]} (given: split_given)")
     if not 0 < test_ratio < 1 or not 0 <= valid_ratio < 1:
         raise ValueError(f"ratios must be in (0, 1): test={test_ratio}, valid={valid_ratio}")
     n = len(user_id)
@@ -102,4 +109,36 @@ def split_interactions(
             np.asarray(user_id)[train_pos], np.asarray(timestamp)[train_pos], 1 - valid_ratio
         )
     assert len(train_pos) + len(test_pos) == n
+    return SplitIndices(train_pos[keep], train_pos[~keep], test_pos)
+
+
+def split_given(
+    user_id: np.ndarray,
+    timestamp: np.ndarray,
+    part: np.ndarray,
+    valid_ratio: float = 0.1,
+    seed: int = 42,
+    timed: bool = False,
+) -> SplitIndices:
+    """Row positions of each part of a split the data gives, carving validation if none is given.
+
+    Args:
+        user_id, timestamp: ``(N,)`` columns in file order.
+        part: ``(N,)`` int8 codes, positions in :data:`PARTS` (0 train, 1 valid, 2 test).
+        valid_ratio: share of each user's training rows carved out for validation when the data
+            gives no validation part (0 for none).
+        seed: validation draws use ``seed + 1``, as the other splits' carve-outs do.
+        timed: the data has timestamps: carve each user's latest rows instead of a random draw.
+    """
+    if not 0 <= valid_ratio < 1:
+        raise ValueError(f"valid_ratio must be in [0, 1), got {valid_ratio}")
+    part = np.asarray(part)
+    train_pos, valid_pos, test_pos = (np.flatnonzero(part == code) for code in range(3))
+    if len(valid_pos) or valid_ratio == 0:
+        return SplitIndices(train_pos, valid_pos, test_pos)
+    users = np.asarray(user_id)[train_pos]
+    if timed:
+        keep = chronological_mask(users, np.asarray(timestamp)[train_pos], 1 - valid_ratio)
+    else:
+        keep = stratified_mask(users, 1 - valid_ratio, seed + 1)
     return SplitIndices(train_pos[keep], train_pos[~keep], test_pos)
