@@ -35,6 +35,7 @@ from towers.recommenders.base import Recommender
 from towers.recommenders.neighbor_search import (
     DEFAULT_CANDIDATES,
     DEFAULT_RANK,
+    MIN_SIMILARITY,
     SEARCHES,
     top_neighbors,
 )
@@ -217,6 +218,59 @@ class UserKNN(Recommender):
         np.divide(weighted, weights, out=scores, where=scorable)
         scores += self.user_mean_[user_idx, None].astype(np.float32)  # -inf stays -inf
         return scores
+
+    def score_history(
+        self, item_idx: np.ndarray, rating: np.ndarray, exclude_user: int | None = None
+    ) -> np.ndarray:
+        """``(n_items,)`` float32 scores of one user described by a history, as :meth:`score`
+        scores a training user: a training user's row plus newer interactions, or a user outside
+        the training data. Their neighbours are the ``n_neighbors`` training users most similar
+        to the history (an exact search over one row; the unit rows are built on first use).
+
+        Args:
+            item_idx: ``(H,)`` distinct item indices of the history.
+            rating: ``(H,)`` their ratings (implicit mode: only their presence counts).
+            exclude_user: the user's own training index, never their own neighbour; None for
+                a user outside the training data.
+        """
+        train = self._require_fitted()
+        assert self.user_mean_ is not None and self._centered is not None
+        items = np.asarray(item_idx, np.int64).reshape(-1)
+        values = np.asarray(rating, np.float64).reshape(-1)
+        if items.shape != values.shape or ((items < 0) | (items >= self.n_items)).any():
+            raise KeyError(f"item_idx {items.shape} must be below {self.n_items}, as rating")
+        if getattr(self, "_unit_rows", None) is None:  # (U, I), the rows neighbours are found on
+            self._unit_rows = unit_rows(train, self.mode)
+        explicit = self.mode == "explicit"
+        mean = float(values.mean()) if len(values) else self.global_mean_
+        centred = values - mean if explicit else np.ones_like(values)
+        norm = float(np.sqrt((centred**2).sum()))
+        query = np.zeros(self.n_items, np.float32)  # (I,) the history's unit row
+        if norm > 0:
+            query[items] = centred / norm
+        sims = np.asarray(self._unit_rows @ query, np.float32)  # (U,)
+        if exclude_user is not None:
+            sims[exclude_user] = -np.inf
+        order = np.lexsort((np.arange(len(sims)), -sims))[: self.n_neighbors]  # ties: lower index
+        order = order[sims[order] >= max(self.min_sim, MIN_SIMILARITY)]
+        weights = sp.csr_matrix(
+            (sims[order], (np.zeros(len(order), np.int64), order)), shape=(1, train.n_users)
+        )  # (1, U)
+        seen = self.seen_matrix()
+        total = (weights @ seen).toarray()[0]  # (I,) sum of the neighbours' similarities
+        if self.min_nbrs == 1:
+            scorable = total > 0
+        else:
+            ones = sp.csr_matrix(
+                (np.ones(len(order), np.float32), weights.nonzero()), (1, len(sims))
+            )
+            scorable = (ones @ seen).toarray()[0] >= self.min_nbrs
+        if not explicit:
+            return np.where(scorable, total, -np.inf).astype(np.float32)
+        weighted = (weights @ self._centered).toarray()[0]  # (I,)
+        scores = np.full(self.n_items, -np.inf, np.float32)
+        np.divide(weighted, total, out=scores, where=scorable, casting="unsafe")
+        return np.where(scorable, scores + np.float32(mean), -np.inf).astype(np.float32)
 
     def predict_ratings(
         self, user_idx: np.ndarray, item_idx: np.ndarray, batch_size: int = 1024
