@@ -57,7 +57,7 @@ def part_codes(file: TableFile, column: str) -> np.ndarray:
         counts = labels.fillna("\0").value_counts(sort=True)
         for label, count in counts.head(SHOWN).items():
             first = rows[int(np.argmax((labels.fillna("\0") == label).to_numpy()))]
-            name = "an empty cell" if label == "\0" else repr(label)
+            name = "an empty cell" if label == "\0" or not label.strip() else repr(label)
             shown.append(f"{name} × {count:,} (first at {file.line(int(first))})")
         more = f", and {len(counts) - SHOWN} more" if len(counts) > SHOWN else ""
         raise DataError(
@@ -131,9 +131,11 @@ def _describe_cold(
     first = int(np.flatnonzero(mask)[0])
     counts = {p: int((part[mask] == p).sum()) for p in (TEST, VALID)}
     by_part = ", ".join(f"{PARTS[p]} {n:,}" for p, n in counts.items() if n)
+    distinct = len(np.unique(code[mask]))
     return (
-        f"{int(mask.sum()):,} rows ({by_part}) name a {what} with no train row "
-        f"({len(np.unique(code[mask])):,} {what}s, e.g. {ids[first].as_py()!r} at {at.at(first)})"
+        f"{int(mask.sum()):,} rows ({by_part}) name {'an' if what == 'item' else 'a'} {what} with "
+        f"no train row ({distinct:,} {what}{'s' if distinct > 1 else ''}, e.g. "
+        f"{ids[first].as_py()!r} at {at.at(first)})"
     )
 
 
@@ -181,7 +183,8 @@ def check_parts(
     ]
     if uncovered == "error":
         raise DataError(
-            f"interactions: {'; '.join(said)}: a model cannot rank for a user or an item it never "
+            f"interactions, parts given by {at.what}: {'; '.join(said)}: a model cannot rank for "
+            "a user or an item it never "
             "trained on; move those rows into train, or set 'uncovered: drop' in the schema to "
             "drop them (counted)"
         )
