@@ -217,7 +217,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         )
         model_versions[artifact] = manifest["version"]
 
-    eval_inputs = fingerprint(data=data_fp, split=cfg.split, models=model_versions)
+    eval_inputs = fingerprint(
+        data=data_fp, split=cfg.split, models=model_versions, baselines=evaluate.BASELINES
+    )
     steps.step(
         "evaluate",
         artifacts.REPORTS,

@@ -101,7 +101,7 @@ def ids(storage: Storage) -> tuple[list, list]:
 def test_report_says_which_metrics_apply(served):
     shape, storage, _ = served
     report = storage.read_json("reports/metrics.json")
-    assert set(report["models"]) == {"two_tower", "user_knn", "popularity"}
+    assert set(report["models"]) == {"two_tower", "user_knn", "item_item", "popularity"}
     explicit = shape == "movielens_like"
     assert report["feedback"] == ("explicit" if explicit else "implicit")
     assert ("rmse" in report["models"]["two_tower"]) is explicit

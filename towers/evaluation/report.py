@@ -39,6 +39,8 @@ RECOMMENDERS_BENCHMARK = {
     },
     "SVD (MS Recommenders)": {"rmse": 0.939},
 }
+# The report key of the item-item reference (EASE or ItemKNN, chosen on validation).
+ITEM_ITEM = "item_item"
 RANKING = ("precision", "recall", "map", "ndcg")
 LABELS = {
     "precision": "P",
@@ -59,6 +61,28 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "–"
 
 
+def row_name(name: str, report: dict[str, Any]) -> str:
+    """A model's row label: its report key, with the chosen setting for the item-item reference
+    (``item_item (EASE, λ=50)``)."""
+    label = report.get("item_item_selection", {}).get("label") if name == ITEM_ITEM else None
+    return f"{name} ({label})" if label else name
+
+
+def reference_note(report: dict[str, Any]) -> list[str]:
+    """The lines that say what the item-item row is and how its setting was chosen."""
+    selection = report.get("item_item_selection")
+    if not selection:
+        return []
+    return [
+        f"`{ITEM_ITEM}` is the item-item reference ({selection['label']}): EASE where the "
+        f"catalog has at most {selection['ease_max_items']:,} items, ItemKNN above; "
+        f"its setting was chosen on validation {selection['metric']} "
+        f"({selection['valid']:.4f}, {len(selection['grid'])} settings tried) and refitted on "
+        "train ∪ valid, like UserKNN's.",
+        "",
+    ]
+
+
 def markdown_report(report: dict[str, Any], ks: Sequence[int] = (5, 10, 20)) -> str:
     """Renders ``metrics.json`` content as Markdown: one table per k, then rating metrics."""
     models: dict[str, dict[str, float]] = report["models"]
@@ -68,6 +92,7 @@ def markdown_report(report: dict[str, Any], ks: Sequence[int] = (5, 10, 20)) -> 
         f"Test users: {report.get('n_test_users', '?')}; every test interaction is relevant; "
         "items seen in training are excluded; all models ranked on the same candidates.",
         "",
+        *reference_note(report),
     ]
     implicit = report.get("feedback") == "implicit"
     if implicit:
@@ -92,7 +117,7 @@ def markdown_report(report: dict[str, Any], ks: Sequence[int] = (5, 10, 20)) -> 
                 f"**{_fmt(values.get(c))}**" if values.get(c) == best[c] else _fmt(values.get(c))
                 for c in cols
             ]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row_name(name, report)} | " + " | ".join(cells) + " |")
         for name, values in context.items():
             if any(c in values for c in cols):
                 cells = [_fmt(values.get(c)) for c in cols]
@@ -107,7 +132,7 @@ def markdown_report(report: dict[str, Any], ks: Sequence[int] = (5, 10, 20)) -> 
         "|---|" + "---:|" * len(columns),
     ]
     for name, values in {
-        **models,
+        **{row_name(n, report): v for n, v in models.items()},
         **{f"*{n}, {_label(n)}*": v for n, v in context.items() if "map" in v or "rmse" in v},
     }.items():
         cells = [_fmt(values.get(c)) for c in columns]
@@ -138,7 +163,7 @@ def plot_metrics_vs_k(report: dict[str, Any], ks: Sequence[int] = (5, 10, 20)) -
     for ax, metric in zip(axes.flat, RANKING, strict=True):
         for name, values in report["models"].items():
             ys = [values.get(f"{metric}@{k}") for k in ks]
-            ax.plot(ks, ys, marker="o", label=name)
+            ax.plot(ks, ys, marker="o", label=row_name(name, report))
         ax.set_title(f"{LABELS[metric]}@k")
         ax.set_xticks(list(ks))
         ax.grid(alpha=0.3)
