@@ -229,7 +229,9 @@ class UserKNN(Recommender):
 
         Args:
             item_idx: ``(H,)`` distinct item indices of the history.
-            rating: ``(H,)`` their ratings (implicit mode: only their presence counts).
+            rating: ``(H,)`` their ratings (implicit mode: only their presence counts;
+                explicit ratings all equal, as a new user's first event, have no centred
+                signal: the raw ratings search the neighbours then).
             exclude_user: the user's own training index, never their own neighbour; None for
                 a user outside the training data.
         """
@@ -244,6 +246,8 @@ class UserKNN(Recommender):
         explicit = self.mode == "explicit"
         mean = float(values.mean()) if len(values) else self.global_mean_
         centred = values - mean if explicit else np.ones_like(values)
+        if not np.any(centred):  # equal ratings (a first event): no centred signal, so the
+            centred = values  # raw ratings find the users who rated those items above their mean
         norm = float(np.sqrt((centred**2).sum()))
         query = np.zeros(self.n_items, np.float32)  # (I,) the history's unit row
         if norm > 0:
