@@ -3,7 +3,8 @@
 ``serving/config.yaml`` names it as ``import_path`` with ``args:`` validated by
 :class:`serving.schemas.ServingArgs` (unknown keys are an error). Replicas, autoscaling and each
 model's ``user_config`` (which version to serve, batch size) go in the YAML's ``deployments:``
-section, under the names ``Ingress``, ``TwoTower`` and ``UserKNN``.
+section, under the names ``Ingress``, ``TwoTower``, ``UserKNN`` and ``EventStore`` (one replica:
+the event log's only writer).
 
 No ``from __future__ import annotations`` here: Serve reads the builder's parameter annotation
 as a class to validate ``args`` into it.
@@ -11,7 +12,13 @@ as a class to validate ``args`` into it.
 
 from ray import serve
 
-from serving.deployments import Ingress, TwoTowerDeployment, UserKNNDeployment
+from serving.deployments import (
+    EventStoreDeployment,
+    Ingress,
+    TwoTowerDeployment,
+    UserKNNDeployment,
+)
+from serving.event_feed import resolve_events_path
 from serving.schemas import ServingArgs
 
 
@@ -29,17 +36,24 @@ def model_user_config(args: ServingArgs, **artifacts: str) -> dict:
 
 
 def build_app(args: ServingArgs) -> serve.Application:
-    """Ingress → {TwoTower, UserKNN}, all reading ``args.storage``."""
+    """Ingress → {TwoTower, UserKNN} → EventStore, all reading ``args.storage``."""
     if not isinstance(args, ServingArgs):  # called directly with a dict
         args = ServingArgs.model_validate(args)
+    events_path = resolve_events_path(args.storage, args.events_path)
+    event_store = EventStoreDeployment.bind(events_path, args.events_ack_timeout_s)
     two_tower = TwoTowerDeployment.options(
         user_config=model_user_config(
             args, model_artifact=args.model_artifact, index_artifact=args.index_artifact
         )
-    ).bind(args.storage)
+    ).bind(args.storage, event_store)
     user_knn = UserKNNDeployment.options(
         user_config=model_user_config(args, model_artifact=args.knn_artifact)
-    ).bind(args.storage)
+    ).bind(args.storage, event_store)
     return Ingress.bind(
-        two_tower, user_knn, args.k_max, args.max_body_bytes, args.request_timeout_s
+        two_tower,
+        user_knn,
+        args.k_max,
+        args.max_body_bytes,
+        args.request_timeout_s,
+        event_store,
     )

@@ -12,12 +12,16 @@ protobuf assets.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
+from serving.catalog import json_value
 from serving.recommenders import Catalog, TwoTowerService, UserKNNService
 from serving.schemas import ModelSettings
 from towers.data.prepared import read_catalog_tables
+from towers.data.schema import Schema
 from towers.storage.root import Storage
 
 
@@ -30,6 +34,18 @@ def load_catalog(storage: Storage, items: pd.DataFrame | None = None) -> Catalog
     ``data/``'s items."""
     users, data_items, display = read_catalog_tables(storage)
     return Catalog.from_frames(users, data_items if items is None else items, display)
+
+
+def load_event_contract(
+    storage: Storage, feature_names: list[str]
+) -> tuple[Schema, list[dict[str, Any]]]:
+    """What checking events and answering their users needs from ``data/``: the canonical
+    schema, and each known user's raw feature values (JSON types) in ``user_idx`` order."""
+    schema = Schema.from_dict(storage.read_json("data/schema.json"), f"{storage.uri}/data")
+    users = storage.read_parquet("data/users.parquet", ["user_idx", *feature_names])
+    columns = {name: [json_value(v) for v in users[name]] for name in feature_names}
+    rows = [{name: values[i] for name, values in columns.items()} for i in range(len(users))]
+    return schema, rows
 
 
 def load_two_tower_service(default_storage: str, settings: ModelSettings) -> TwoTowerService:
@@ -54,6 +70,8 @@ def load_two_tower_service(default_storage: str, settings: ModelSettings) -> Two
         catalog = load_catalog(storage, grown[0] if grown is not None else None)
         if not np.array_equal(ids, np.arange(catalog.n_items)):
             raise ArtifactLoadError(f"{uri}: {settings.index_artifact}/ ids are not item_idx order")
+        names = [f.name for f in rec.features.users.features]
+        schema, user_rows = load_event_contract(storage, names)
         return TwoTowerService(
             rec,
             index,
@@ -66,6 +84,8 @@ def load_two_tower_service(default_storage: str, settings: ModelSettings) -> Two
             },
             item_embeddings=grown[1] if grown is not None else None,
             new_items=settings.new_items,
+            schema=schema,
+            user_rows=user_rows,
         )
     except ArtifactLoadError:
         raise

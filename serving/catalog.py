@@ -42,10 +42,10 @@ def check_k(k: int) -> int:
     return int(k)
 
 
-def _json_value(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     """A display cell as JSON: arrays to lists, NaN and NA to None, NumPy scalars to Python."""
     if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_value(v) for v in value]
+        return [json_value(v) for v in value]
     if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
         return None
     return value.item() if isinstance(value, np.generic) else value
@@ -71,8 +71,8 @@ class Catalog:
         for name, values in display.items():
             if len(values) != len(item_ids):
                 raise ValueError(f"{len(item_ids)} items but {len(values)} {name!r} values")
-        self.user_ids = np.asarray([_json_value(u) for u in user_ids], dtype=object)
-        self.item_ids = np.asarray([_json_value(i) for i in item_ids], dtype=object)
+        self.user_ids = np.asarray([json_value(u) for u in user_ids], dtype=object)
+        self.item_ids = np.asarray([json_value(i) for i in item_ids], dtype=object)
         self._user_idx = {u: i for i, u in enumerate(self.user_ids)}
         self._item_idx = {v: i for i, v in enumerate(self.item_ids)}
         if len(self._user_idx) != len(user_ids) or len(self._item_idx) != len(item_ids):
@@ -82,7 +82,7 @@ class Catalog:
             "item": all(isinstance(i, int) for i in self.item_ids),
         }
         # Built once: each response copies these dicts and adds a score.
-        columns = {name: [_json_value(v) for v in values] for name, values in display.items()}
+        columns = {name: [json_value(v) for v in values] for name, values in display.items()}
         self.items = [
             {"item_id": item_id, **{name: values[i] for name, values in columns.items()}}
             for i, item_id in enumerate(self.item_ids)
@@ -148,6 +148,15 @@ class Catalog:
                 404, "unknown_item", f"item_id {item_id} is not in the catalog ({self.n_items})"
             )
         return idx
+
+    def find_user(self, user_id: Any) -> int | None:
+        """The index of an already parsed raw user id, or None (events name users outside the
+        training data)."""
+        return self._user_idx.get(user_id)
+
+    def find_item(self, item_id: Any) -> int | None:
+        """The index of an already parsed raw item id, or None."""
+        return self._item_idx.get(item_id)
 
     def item_indices(self, item_ids: Sequence[Any]) -> np.ndarray:
         """``(n,)`` distinct indices; a 422 listing the unknown ids if any."""

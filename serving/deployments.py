@@ -12,13 +12,20 @@ Each model deployment wraps a ``serving.recommenders`` service and adds only wha
 
 Answers cross the handles as ``(status, JSON bytes)``: no exception has to be pickled, and the
 ingress copies bytes instead of unpickling and re-encoding nested dicts.
+
+Events: one ``EventStore`` replica owns the event log (``serving.event_feed``); ``POST /events``
+is checked by a TwoTower replica (the served catalog and schema), then appended through the
+store's handle. Every model replica follows the store's change feed (a long poll that also
+acknowledges what it applied), so the store answers a ``POST`` once every replica has the events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+import uuid
 from typing import Any
 
 from ray import serve
@@ -26,13 +33,17 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from serving.artifacts import load_two_tower_service, load_user_knn_service
+from serving.event_feed import EventFeed
+from serving.fresh import UserEvents
 from serving.http import Reply, create_app, encode
-from serving.recommenders import ModelService, answer
+from serving.recommenders import ModelService, ServingError, answer
 from serving.schemas import K_MAX, MAX_BODY_BYTES, ModelSettings
+from towers.storage.events import EventLog
 
 log = logging.getLogger("ray.serve")
 RELOAD_KEYS = ("storage", "model_artifact", "index_artifact", "model_version", "new_items")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+POLL_S = 10.0  # a follower's long poll of the event feed (an empty answer after this long)
 
 
 def keep_replica_grpc_on_loopback() -> None:
@@ -63,12 +74,14 @@ def keep_replica_grpc_on_loopback() -> None:
 class ModelDeployment:
     """Base of the model deployments: the served version, its reload and the request methods."""
 
-    def __init__(self, storage: str) -> None:
+    def __init__(self, storage: str, event_store: DeploymentHandle | None = None) -> None:
         import torch
 
         keep_replica_grpc_on_loopback()
         torch.set_num_threads(1)  # small per-request work; parallelism comes from replicas
         self.default_storage = storage
+        self.event_store, self.events = event_store, UserEvents()
+        self.follower, self.following = uuid.uuid4().hex, None  # this replica on the feed
         self.service: ModelService | None = None
         self.settings: ModelSettings | None = None
         self.refused: dict[str, Any] | None = None  # last version reconfigure refused
@@ -108,6 +121,10 @@ class ModelDeployment:
         except Exception as err:
             return self._refuse(user_config, str(err))
         old = self.service.version if self.service is not None else None
+        service.events = self.events
+        if self.event_store is not None and self.following is None:  # first load: catch up
+            self.events.apply(await self.event_store.changes.remote(self.follower, 0, 0.0))
+            self.following = asyncio.get_running_loop().create_task(self._follow_events())
         self.service, self.settings, self.refused = service, settings, None
         log.info(
             "%s: serving version %s (was %s), loaded in %.2fs",
@@ -117,6 +134,19 @@ class ModelDeployment:
             time.perf_counter() - start,
         )
         return None
+
+    async def _follow_events(self) -> None:
+        """Applies the store's new events as they commit, for as long as the replica lives."""
+        assert self.event_store is not None
+        while True:
+            try:
+                changes = self.event_store.changes.remote(self.follower, self.events.seq, POLL_S)
+                self.events.apply(await changes)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # the store restarting: ask again shortly
+                log.warning("event feed: %s: %s; retrying", type(err).__name__, err)
+                await asyncio.sleep(0.5)
 
     def _refuse(self, user_config: Any, message: str) -> None:
         if self.service is None:  # nothing to fall back to: fail the replica, Serve shows why
@@ -171,6 +201,13 @@ class TwoTowerDeployment(ModelDeployment):
     async def recommend_batch(self, requests: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
         return self._answer_batch(requests)
 
+    async def check_events(self, events: list[dict[str, Any]], now: int) -> tuple[int, Any]:
+        """``(200, rows to store)``, or ``(4xx, error body)``: checked by the served model."""
+        try:
+            return 200, self._require().check_events(events, now)  # type: ignore[attr-defined]
+        except ServingError as err:
+            return err.status, err.body()
+
 
 @serve.deployment(name="UserKNN", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
 class UserKNNDeployment(ModelDeployment):
@@ -185,6 +222,32 @@ class UserKNNDeployment(ModelDeployment):
         return self._answer_batch(requests)
 
 
+# One replica: the only process that writes the log. On a cluster it stays on the head node,
+# whose disk holds the log (docs/ARCHITECTURE.md); every other replica reaches it by handle.
+@serve.deployment(
+    name="EventStore",
+    num_replicas=1,
+    max_ongoing_requests=1024,  # each model replica's long poll holds one
+    ray_actor_options={"num_cpus": 0.1, "resources": {"node:__internal_head__": 0.001}},
+)
+class EventStoreDeployment:
+    """The event log's single writer and the change feed the model replicas follow."""
+
+    def __init__(self, path: str, ack_timeout_s: float = 1.0) -> None:
+        keep_replica_grpc_on_loopback()
+        self.feed = EventFeed(EventLog(path), ack_timeout_s)
+        log.info("event log %s: %d events", path, len(self.feed.events))
+
+    async def append(self, rows: list[tuple]) -> tuple[int, dict[str, Any]]:
+        return await self.feed.append(rows)
+
+    async def changes(self, follower: str, since: int, wait_s: float) -> list:
+        return await self.feed.changes(follower, since, wait_s)
+
+    async def health(self) -> dict[str, Any]:
+        return {**self.feed.health(), "pid": os.getpid()}
+
+
 class HandleBackend:
     """``serving.http.Backend`` over the model deployments' handles, with a deadline per call.
 
@@ -194,8 +257,14 @@ class HandleBackend:
     and a replica's death costs no request. ``/healthz`` reports how often that happened.
     """
 
-    def __init__(self, models: dict[str, DeploymentHandle], timeout_s: float) -> None:
+    def __init__(
+        self,
+        models: dict[str, DeploymentHandle],
+        timeout_s: float,
+        event_store: DeploymentHandle | None = None,
+    ) -> None:
         self.models, self.timeout_s = models, timeout_s
+        self.handles = {**models, **({"event_store": event_store} if event_store else {})}
         self.retries_after_replica_loss = 0
 
     async def _call(self, model: str, method: str, *args: Any) -> Any:
@@ -203,7 +272,7 @@ class HandleBackend:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         for attempt in (1, 2):
-            response: DeploymentResponse = getattr(self.models[model], method).remote(*args)
+            response: DeploymentResponse = getattr(self.handles[model], method).remote(*args)
             try:
                 return await asyncio.wait_for(_awaited(response), max(0, deadline - loop.time()))
             except asyncio.TimeoutError:
@@ -232,6 +301,16 @@ class HandleBackend:
     async def users(self, k: int) -> Reply:
         return await self._call("two_tower", "users", k)
 
+    async def post_events(self, events: list[dict[str, Any]]) -> Reply:
+        """Checked by a TwoTower replica, then stored; a repeat after a lost replica is safe
+        (a replayed event_id is a duplicate)."""
+        if "event_store" not in self.handles:
+            return 400, {"error": "events_unsupported", "message": "no EventStore deployment"}
+        status, checked = await self._call("two_tower", "check_events", events, int(time.time()))
+        if status != 200:
+            return status, checked
+        return await self._call("event_store", "append", checked)
+
     async def user_features(self) -> dict[str, dict[str, Any]]:
         result = await self._call("two_tower", "user_features")
         return {} if isinstance(result, tuple) else result  # a failed call: no enum, no error
@@ -246,6 +325,9 @@ class HandleBackend:
             else:
                 models[name] = result
         body = {"status": "ok" if ok else "degraded", "models": models}
+        if "event_store" in self.handles:
+            events = await self._call("event_store", "health")
+            body["events"] = events[1] if isinstance(events, tuple) else events
         body["ingress_retries_after_replica_loss"] = self.retries_after_replica_loss
         return (200 if ok else 503), body
 
@@ -283,13 +365,14 @@ class Ingress:
         k_max: int = K_MAX,
         max_body_bytes: int = MAX_BODY_BYTES,
         request_timeout_s: float = 10.0,
+        event_store: DeploymentHandle | None = None,
     ) -> None:
         keep_replica_grpc_on_loopback()
         # Only HTTP settings: a model roll-out changes the models' user_config, not these, so
         # the ingress replica is never replaced by one.
         self.k_max, self.max_body_bytes = k_max, max_body_bytes
         models = {"two_tower": two_tower, "user_knn": user_knn}
-        self.backend = HandleBackend(models, request_timeout_s)
+        self.backend = HandleBackend(models, request_timeout_s, event_store)
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(self.backend, self.k_max, self.max_body_bytes)

@@ -13,10 +13,12 @@ field, the problem and the value received), 400 for a request the chosen model c
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
 import pathlib
+import time
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Path, Query, Request
@@ -26,12 +28,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.recommenders import Answer, ModelService, answer
+from serving.fresh import UserEvents
+from serving.recommenders import Answer, ModelService, ServingError, answer
 from serving.schemas import (
     K_MAX,
     MAX_BODY_BYTES,
     ColdStartRequest,
     ErrorResponse,
+    EventsRequest,
+    EventsResponse,
     HistoryResponse,
     ModelName,
     RecommendResponse,
@@ -39,6 +44,7 @@ from serving.schemas import (
     UsersResponse,
     described_user,
 )
+from towers.storage.events import EventLog
 
 log = logging.getLogger("serving")
 # The page at "/": plain HTML and JavaScript over this API, no build step (serving/web/).
@@ -64,6 +70,10 @@ class Backend(Protocol):
 
     async def users(self, k: int) -> Reply: ...
 
+    async def post_events(self, events: list[dict[str, Any]]) -> Reply:
+        """Checks a batch, stores it durably, and answers once the models reflect it."""
+        ...
+
     async def user_features(self) -> dict[str, dict[str, Any]]:
         """Allowed values of the cold-start body's categorical features, from the served model."""
         ...
@@ -81,10 +91,31 @@ def encode(result: Answer) -> tuple[int, bytes]:
 
 
 class LocalBackend:
-    """Calls the services directly in this process (no Ray, no batching)."""
+    """Calls the services directly in this process (no Ray, no batching); with ``event_log``,
+    ``POST /events`` appends to it and the services answer from its events at once."""
 
-    def __init__(self, services: dict[str, ModelService]) -> None:
-        self.services = services
+    def __init__(self, services: dict[str, ModelService], event_log: EventLog | None = None):
+        self.services, self.event_log = services, event_log
+        self.events = UserEvents()
+        if event_log is not None:
+            self.events.apply(event_log.since(0))
+            for service in services.values():
+                service.events = self.events
+
+    async def post_events(self, events: list[dict[str, Any]]) -> Answer:
+        if self.event_log is None:
+            return 400, {"error": "events_unsupported", "message": "no event log configured"}
+        try:
+            rows = self.services["two_tower"].check_events(events, int(time.time()))
+        except ServingError as err:
+            return err.status, err.body()
+        outcome = await asyncio.to_thread(self.event_log.append, rows)  # fsync'd on return
+        self.events.apply(self.event_log.since(self.events.seq))
+        return 200, {
+            "accepted": outcome.accepted,
+            "duplicates": outcome.duplicates,
+            "applied": True,
+        }
 
     async def recommend(self, model: str, user_id: Any, k: int) -> Answer:
         return answer(self.services[model].recommend, user_id, k)
@@ -96,7 +127,9 @@ class LocalBackend:
         return answer(self.services["two_tower"].similar_items, item_id, k)
 
     async def health(self) -> Answer:
-        return 200, {"status": "ok", "models": {n: s.health() for n, s in self.services.items()}}
+        models = {n: s.health() for n, s in self.services.items()}
+        events = {"last_seq": self.events.seq, "users": len(self.events)}
+        return 200, {"status": "ok", "models": models, "events": events}
 
     async def history(self, user_id: Any, k: int) -> Answer:
         return answer(self.services["two_tower"].history, user_id, k)
@@ -259,11 +292,21 @@ def create_app(
     ) -> Response:
         return reply(await backend.similar(item_id, k))
 
+    @app.post(
+        "/events",
+        response_model=None,
+        responses={200: {"model": EventsResponse}, **ERRORS},
+        summary="Record interactions: stored durably before the answer, reflected by the next "
+        "answers of both models; a replayed event_id is ignored",
+    )
+    async def post_events(body: EventsRequest) -> Response:
+        return reply(await backend.post_events([e.model_dump() for e in body.events]))
+
     @app.get(
         "/history/{user_id}",
         response_model=None,
         responses={200: {"model": HistoryResponse}, **ERRORS},
-        summary="A known user's most recent training items",
+        summary="A user's most recent interactions: events, then training items",
     )
     async def history(
         user_id: str = Path(

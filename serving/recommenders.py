@@ -10,6 +10,9 @@ both call these classes, so everything a request can get wrong is tested here in
   and liked items) and similar items (the item's embedding as the query).
 * :class:`UserKNNService` answers known users only.
 
+A user with events (``serving.fresh``: ``POST /events``) is answered from their history extended
+by those events; every other request takes the known-user path as before.
+
 Every request method returns a JSON-ready ``dict`` or raises :class:`ServingError` (a 4xx with
 an error code and a message); :func:`answer` turns either into ``(status, body)``, the shape that
 crosses a ``DeploymentHandle``, so no exception has to be pickled between replicas.
@@ -21,10 +24,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from serving.catalog import Answer, Catalog, ServingError, answer, check_k
+from serving.fresh import (
+    FreshCache,
+    UserEvents,
+    history_entries,
+    two_tower_top_k,
+    user_knn_top_k,
+)
 from serving.schemas import ColdStartRequest, feature_json_schema
+from towers.data.contract import IMPLICIT_SCALE
 from towers.data.errors import DataError
+from towers.data.events import check_events
+from towers.data.schema import Schema
+from towers.storage.events import EventRow, StoredEvent
 
 __all__ = ["Answer", "Catalog", "ModelService", "ServingError", "TwoTowerService", "answer"]
 
@@ -37,12 +52,20 @@ class ModelService:
         version: short content hash of the served artifact.
         catalog: id maps and item metadata of the data the model was trained on.
         info: extra facts for ``/healthz`` (artifact names, storage, index kind).
+        events: the events the replica holds (set by whoever feeds them); None: none.
     """
 
     name = "model"
 
     def __init__(self, version: str, catalog: Catalog, info: dict[str, Any]) -> None:
         self.version, self.catalog, self.info = version, catalog, info
+        self.events: UserEvents | None = None
+
+    def _fresh_top_k(
+        self, user_id: Any, events: list[StoredEvent], k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(item_idx, scores)``, each ``(k,)``, for a user with events (``serving.fresh``)."""
+        raise NotImplementedError
 
     def _top_k(self, user_idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(B,)`` known users → ``(item_idx, scores)``, each ``(B, k)``, seen items excluded."""
@@ -53,9 +76,17 @@ class ModelService:
         out: list[Answer | None] = [None] * len(requests)
         valid, users = [], []
         parsed: dict[int, Any] = {}
+        events = self.events if self.events else None  # no events at all: nothing to look up
         for i, (user_id, k) in enumerate(requests):
             try:
                 check_k(k)
+                if events is not None:
+                    user = self.catalog.parse_id(user_id, "user")
+                    mine = events.get(user)
+                    if mine:  # the user's history grew after training: a fresh answer
+                        ranked = self.catalog.ranked_items(*self._fresh_top_k(user, mine, k))
+                        out[i] = (200, self._response(user, k, ranked))
+                        continue
                 users.append(self.catalog.user_index(user_id))
                 parsed[i] = self.catalog.parse_id(user_id, "user")  # "42" in a path: 42
                 valid.append(i)
@@ -127,6 +158,9 @@ class TwoTowerService(ModelService):
         item_embeddings: ``(N, D)`` embeddings of an index built over a larger catalog than the
             model's (items added after training, ``build_index --items``); None: the model's.
         new_items: whether items added after training are recommended (False: left out).
+        schema: the data set's canonical schema, which events are checked against; None: the
+            service takes no events.
+        user_rows: each known user's raw feature values by name (the fresh answers' features).
     """
 
     name = "two_tower"
@@ -140,8 +174,12 @@ class TwoTowerService(ModelService):
         info: dict[str, Any] | None = None,
         item_embeddings: np.ndarray | None = None,
         new_items: bool = True,
+        schema: Schema | None = None,
+        user_rows: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(recommender.version, catalog, dict(info or {}))
+        self.schema, self.user_rows = schema, user_rows
+        self.fresh_queries = FreshCache()  # user → (D,) embedding of their extended history
         sizes = (recommender.n_users, recommender.n_items, index.size)
         grown = item_embeddings is not None  # an index over the model's items and newer ones
         if (
@@ -190,26 +228,64 @@ class TwoTowerService(ModelService):
         seen = self.recommender.seen_matrix()[user_idx]  # (B, n_items), columns = item ids
         return self._search(queries, k, seen)
 
+    def _fresh_top_k(
+        self, user_id: Any, events: list[StoredEvent], k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return two_tower_top_k(self, user_id, events, k)
+
+    def check_events(self, events: list[dict[str, Any]], now: int) -> list[EventRow]:
+        """A ``POST /events`` batch as rows to store, checked as rows of the interactions file
+        (``towers.data.events``) and against the served catalog: a 422 names the first bad
+        event and field; an item outside the catalog (and the index's added items) is one."""
+        if self.schema is None:
+            raise ServingError(400, "events_unsupported", "this server was loaded without data/")
+        scale = self.schema.interactions.rating_scale or IMPLICIT_SCALE
+        try:
+            rows = check_events(events, self.schema, scale, self.catalog.id_types(), now)
+        except DataError as err:
+            raise ServingError(422, "invalid_event", str(err)) from err
+        for i, (event_id, _, item_id, _, _) in enumerate(rows):
+            if self.catalog.find_item(item_id) is None:
+                raise ServingError(
+                    422,
+                    "unknown_item",
+                    f"POST /events: field 'item_id': event {i} (event_id {event_id!r}): item_id "
+                    f"{item_id!r} is not in the catalog ({self.catalog.n_items} items); add new "
+                    "items with build_index --items and roll that index out",
+                )
+        return rows
+
     def user_features(self) -> dict[str, dict[str, Any]]:
         features = self.recommender.features.users.features
         return {f.name: feature_json_schema(f.to_dict()) for f in features}
 
     def history(self, user_id: Any, k: int) -> dict[str, Any]:
-        """A known user's ``k`` most recent training items (what the model knows of them)."""
-        k, user = check_k(k), self.catalog.user_index(user_id)
+        """A user's ``k`` most recent interactions: their events (newest first), then their
+        training items; a user known only through events has only those."""
+        k, parsed = check_k(k), self.catalog.parse_id(user_id, "user")
+        events = (self.events.get(parsed) if self.events else None) or []
+        user = self.catalog.find_user(parsed)
+        if user is None and not events:
+            self.catalog.user_index(user_id)  # the 404 of an unknown user
         train = self.recommender.train_
-        mine = np.flatnonzero(train.user_idx == user)  # (n,) this user's training rows
+        mine = np.flatnonzero(train.user_idx == user) if user is not None else np.zeros(0, int)
         rows = mine[np.lexsort((train.item_idx[mine], -train.timestamp[mine]))][:k]  # newest
-        items = [
+        items = history_entries(self.catalog, events)[:k] + [
             {
                 **self.catalog.items[int(train.item_idx[r])],
                 "rating": float(train.rating[r]),
                 "timestamp": int(train.timestamp[r]),
+                "source": "training",
             }
             for r in rows
         ]
-        user_id = self.catalog.parse_id(user_id, "user")
-        return {"user_id": user_id, "k": k, "n_interactions": len(mine), "items": items}
+        return {
+            "user_id": parsed,
+            "k": k,
+            "n_interactions": len(mine),
+            "n_events": len(events),
+            "items": items[:k],
+        }
 
     def users(self, k: int) -> dict[str, Any]:
         """The first ``k`` known user ids (by id), to pick from."""
@@ -282,6 +358,19 @@ class UserKNNService(ModelService):
             )
         self.knn = knn
         self.info.setdefault("params", knn.params)
+        self.fresh_scores = FreshCache()  # user → (I,) scores of their extended row
+        self._train_ratings: sp.csr_matrix | None = None
+
+    def train_ratings(self) -> sp.csr_matrix:
+        """``(n_users, n_items)`` training ratings (built on the first fresh answer)."""
+        if self._train_ratings is None:
+            self._train_ratings = self.knn.train_.to_csr()
+        return self._train_ratings
 
     def _top_k(self, user_idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.knn.recommend(user_idx, k, exclude_seen=True)
+
+    def _fresh_top_k(
+        self, user_id: Any, events: list[StoredEvent], k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return user_knn_top_k(self, user_id, events, k)

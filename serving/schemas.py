@@ -16,6 +16,7 @@ MODEL_NAMES: tuple[str, ...] = ("two_tower", "user_knn")
 K_MAX = 100  # default cap on k: top-100 is already more than a page of results
 MAX_LIKED_ITEMS = 500  # a cold-start user's history bag; more is a bulk job, not a request
 MAX_BODY_BYTES = 64 * 1024  # the largest legitimate POST /recommend body is ~5 KB
+MAX_EVENTS = 1000  # events per POST /events batch (64 KB holds ~700 of MovieLens's)
 
 
 def _plain_artifact_name(name: str) -> str:
@@ -42,6 +43,15 @@ class ServingArgs(_Strict):
     max_batch_size: int = Field(16, ge=1, le=256, description="@serve.batch size of the models")
     batch_wait_timeout_s: float = Field(
         0.002, ge=0, le=1, description="@serve.batch wait for a fuller batch (0: never wait)"
+    )
+    events_path: str | None = Field(
+        None,
+        description="local SQLite file of the event log on the EventStore's node (None: "
+        "events/events.sqlite under a local storage root; for a storage URI, a file under "
+        "~/.local/share/ray_two_tower/events/)",
+    )
+    events_ack_timeout_s: float = Field(
+        1.0, gt=0, le=30, description="POST /events: longest wait for replicas to apply events"
     )
 
     @field_validator("model_artifact", "index_artifact", "knn_artifact")
@@ -194,15 +204,47 @@ class HistoryItem(BaseModel):
     model_config = _DISPLAY
 
     item_id: Id
-    rating: float = Field(description="the rating on the data set's scale (implicit data: 1)")
+    rating: float = Field(description="the rating on the data set's scale (implicit: the weight)")
     timestamp: int = Field(description="Unix seconds")
+    source: Literal["training", "event"] = Field(description="the training data or POST /events")
+    event_id: str | None = Field(None, description="the event's id (events only)")
 
 
 class HistoryResponse(BaseModel):
     user_id: Id
     k: int
     n_interactions: int = Field(description="all of the user's training interactions")
-    items: list[HistoryItem] = Field(description="the user's most recent training items first")
+    n_events: int = Field(description="the user's events recorded since (POST /events)")
+    items: list[HistoryItem] = Field(description="events (newest first), then training items")
+
+
+class Event(_StrictBody):
+    """One interaction, in the data set's terms; checked as a row of the interactions file."""
+
+    event_id: str = Field(min_length=1, max_length=128, description="the client's id; a replay "
+                          "of an id already stored is ignored")  # fmt: skip
+    user_id: JsonInt | str = Field(description="raw user id; a new user is known from here on")
+    item_id: JsonInt | str = Field(description="raw item id from the served catalog")
+    rating: float | None = Field(None, description="explicit data: required, inside its scale")
+    weight: float | None = Field(None, description="implicit data: >= 0 (default 1)")
+    timestamp: JsonInt | float | str | None = Field(
+        None, description="Unix seconds or ms, or ISO-8601 text; default: when received"
+    )
+
+
+class EventsRequest(_StrictBody):
+    """``POST /events`` body: a batch stored whole or not at all."""
+
+    events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(description="events stored now")
+    duplicates: int = Field(description="events whose event_id was already stored: ignored")
+    applied: bool = Field(
+        description="every serving replica answers with these events already (false: one "
+        "did not confirm in time and catches up; the events are stored either way)"
+    )
 
 
 class UsersResponse(BaseModel):

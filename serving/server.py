@@ -77,7 +77,11 @@ def serve_without_ray(args: ServingArgs, host: str, port: int) -> None:
             args.storage, ModelSettings(model_artifact=args.knn_artifact)
         ),
     }
-    app = create_app(LocalBackend(services), args.k_max, args.max_body_bytes)
+    from serving.event_feed import resolve_events_path
+    from towers.storage.events import EventLog
+
+    event_log = EventLog(resolve_events_path(args.storage, args.events_path))
+    app = create_app(LocalBackend(services, event_log), args.k_max, args.max_body_bytes)
     print(f"serving (no Ray) on http://{host}:{port}  docs: /docs", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -284,7 +285,10 @@ def serve_config(storage: str, port: int) -> dict[str, Any]:
     config["proxy_location"] = "HeadOnly"
     app = config["applications"][0]
     app["args"]["storage"] = storage
+    app["args"]["events_path"] = f"{tempfile.gettempdir()}/events-{port}.sqlite"  # on the head
     for deployment in app["deployments"]:
+        if deployment["name"] == "EventStore":  # the event log's single writer, on the head
+            continue
         deployment.pop("autoscaling_config", None)
         deployment["num_replicas"] = 2
         deployment["ray_actor_options"]["num_cpus"] = 0.25

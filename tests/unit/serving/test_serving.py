@@ -467,7 +467,7 @@ def test_config_yaml_is_valid_for_serve_and_the_app():
     [app] = config["applications"]
     ServingArgs.model_validate(app["args"])
     names = {d["name"] for d in app["deployments"]}
-    assert names == {"Ingress", TwoTowerDeployment.name, UserKNNDeployment.name}
+    assert names == {"Ingress", TwoTowerDeployment.name, UserKNNDeployment.name, "EventStore"}
     for deployment in app["deployments"]:
         if "user_config" in deployment:
             ModelSettings.model_validate(deployment["user_config"])

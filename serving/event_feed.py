@@ -1,0 +1,147 @@
+"""The ``EventStore``'s logic without Ray: group commit, the change feed, the replicas' acks.
+
+One process writes the event log (``towers.storage.events.EventLog``); in Serve that is the
+single ``EventStore`` replica, which every other replica reaches through a handle:
+
+* ``append(rows)``: the batch joins the batches waiting for the next commit; one writer thread
+  commits all of them in one transaction (one fsync: group commit), and each ``append`` answers
+  only after its commit. Then it waits, at most ``ack_timeout_s``, until every replica that
+  follows the feed has applied the new events, so the client's next ``GET /recommend`` reflects
+  them on whichever replica it lands (``applied: true``). A follower that does not confirm in
+  time is presumed gone and dropped until it polls again (``applied: false``; the events are
+  stored either way and it catches up from its own ``seq``).
+* ``changes(follower, since, wait_s)``: a long poll. It records that ``follower`` has applied
+  everything up to ``since`` (its acknowledgement), then returns the events after ``since``,
+  waiting up to ``wait_s`` for some when there are none.
+
+All stored events are kept in memory (the feed's source, and each replica's copy): the events
+since the last training run, which ``--update`` folds into ``data/`` (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from towers.storage.events import BatchOutcome, EventLog, EventRow, StoredEvent
+from towers.storage.root import Storage
+
+EVENTS_FILE = "events/events.sqlite"
+
+
+def resolve_events_path(storage: str, events_path: str | None) -> str:
+    """The event log's file: ``events_path``; else ``events/events.sqlite`` under a local
+    storage root, or, for a storage URI (SQLite needs a local disk), a file named after the URI
+    under the EventStore node's ``~/.local/share/ray_two_tower/events/`` (the head node's)."""
+    if events_path is not None:
+        return events_path
+    root = Storage(storage)
+    if root.is_local:
+        return root.path(EVENTS_FILE)
+    digest = hashlib.sha256(root.uri.encode()).hexdigest()[:16]
+    return f"~/.local/share/ray_two_tower/events/{digest}.sqlite"
+
+
+class EventFeed:
+    """Group-committed appends to ``log`` and the change feed that replicas follow."""
+
+    def __init__(self, log: EventLog, ack_timeout_s: float = 1.0) -> None:
+        self.log, self.ack_timeout_s = log, ack_timeout_s
+        self.events: list[StoredEvent] = log.since(0)  # every stored event, in seq order
+        self.followers: dict[str, int] = {}  # follower id → the last seq it has applied
+        self.queue: list[tuple[Sequence[EventRow], asyncio.Future]] = []
+        self.writer: asyncio.Task | None = None
+        self._changed: asyncio.Condition | None = None  # created on the serving event loop
+        self.commits = self.committed_batches = 0
+
+    @property
+    def changed(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    @property
+    def last_seq(self) -> int:
+        return self.events[-1].seq if self.events else 0
+
+    async def append(self, rows: Sequence[EventRow]) -> tuple[int, dict[str, Any]]:
+        """Stores a checked batch (durable when this returns) and waits for the followers."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[BatchOutcome] = loop.create_future()
+        self.queue.append((rows, done))
+        if self.writer is None or self.writer.done():
+            self.writer = loop.create_task(self._write())
+        outcome = await done
+        if outcome.error is not None:
+            return 503, {"error": "events_unavailable", "message": outcome.error[:300]}
+        applied = await self._wait_for_followers(self.last_seq)
+        body = {"accepted": outcome.accepted, "duplicates": outcome.duplicates, "applied": applied}
+        return 200, body
+
+    async def _write(self) -> None:
+        """Commits every waiting batch, in one transaction per round, until none waits."""
+        while self.queue:
+            taken, self.queue = self.queue, []
+            try:  # in a thread: the fsync must not stall the event loop
+                outcomes = await asyncio.to_thread(self.log.append_batches, [r for r, _ in taken])
+                new = await asyncio.to_thread(self.log.since, self.last_seq)
+            except Exception as err:  # the disk, the database: no batch of the round is stored
+                for _, done in taken:
+                    if not done.done():
+                        done.set_result(BatchOutcome(error=f"{type(err).__name__}: {err}"))
+                continue
+            self.events.extend(new)
+            self.commits, self.committed_batches = (
+                self.commits + 1,
+                self.committed_batches + len(taken),
+            )
+            for (_, done), outcome in zip(taken, outcomes, strict=True):
+                if not done.done():
+                    done.set_result(outcome)
+
+    async def _wait_for_followers(self, seq: int) -> bool:
+        """True once every follower has applied ``seq``; False (and the laggards dropped) after
+        ``ack_timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ack_timeout_s
+        async with self.changed:
+            self.changed.notify_all()  # wakes the followers' long polls
+            while True:
+                behind = [f for f, applied in self.followers.items() if applied < seq]
+                remaining = deadline - loop.time()
+                if not behind:
+                    return True
+                if remaining <= 0:
+                    for follower in behind:
+                        del self.followers[follower]
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), remaining)
+
+    async def changes(self, follower: str, since: int, wait_s: float) -> list[StoredEvent]:
+        """The events after ``since`` (waiting up to ``wait_s`` for some); ``follower`` has
+        applied everything up to ``since``."""
+        async with self.changed:
+            self.followers[follower] = since
+            self.changed.notify_all()  # an append may be waiting for this acknowledgement
+            if self.last_seq <= since and wait_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self.changed.wait_for(lambda: self.last_seq > since), wait_s
+                    )
+            start = bisect.bisect_right(self.events, since, key=lambda e: e.seq)
+            return self.events[start:]
+
+    def health(self) -> dict[str, Any]:
+        mean = self.committed_batches / self.commits if self.commits else None
+        return {
+            "path": str(self.log.path),
+            "events": len(self.events),
+            "last_seq": self.last_seq,
+            "followers": len(self.followers),
+            "mean_batches_per_commit": mean,
+        }

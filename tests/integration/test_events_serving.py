@@ -1,0 +1,161 @@
+"""POST /events on the real Serve app, over HTTP, with two replicas of each model.
+
+After a 2xx every replica answers with the event (the EventStore waits for their feeds); a new
+user becomes known; a replay is ignored; bad events store nothing; and the EventStore replica,
+SIGKILLed while clients post, comes back with every event it acknowledged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.integration.test_serving_ray import CONFIG, deploy, free_port, wait_for
+from towers.artifacts import publish_small_run
+from towers.storage.events import EventLog
+from towers.storage.root import Storage
+
+pytestmark = [pytest.mark.serve, pytest.mark.ray]
+MODELS = ("two_tower", "user_knn")
+
+
+@pytest.fixture(scope="module")
+def events_app(ray_session, tiny_storage, tmp_path_factory):
+    """``(base_url, storage)``: the app from ``serving/config.yaml`` with two TwoTower and two
+    UserKNN replicas and its event log under the storage root; Serve shut down afterwards."""
+    from ray import serve
+
+    storage = Storage(tmp_path_factory.mktemp("events-serve"))
+    shutil.copytree(tiny_storage.path("data"), storage.path("data"))
+    publish_small_run(storage, epochs=1, embedding_dim=8, seed=0)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    config = yaml.safe_load(CONFIG.read_text())
+    app = config["applications"][0]
+    app["args"]["storage"] = storage.uri
+    for deployment in app["deployments"]:
+        if deployment["name"] in ("TwoTower", "UserKNN"):
+            deployment.pop("autoscaling_config", None)
+            deployment["num_replicas"] = 2
+            deployment["ray_actor_options"]["num_cpus"] = 0.25
+    deploy(config)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{base_url}/healthz").json()["status"] == "ok", 120)
+        yield base_url, storage
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def http(events_app):
+    with httpx.Client(base_url=events_app[0], timeout=30) as client:
+        yield client
+
+
+def ids(storage: Storage, side: str) -> list[int]:
+    return storage.read_parquet(f"data/{side}.parquet", [f"{side[:-1]}_id"]).iloc[:, 0].tolist()
+
+
+def event(event_id: str, user: Any, item: Any, rating: float = 5.0) -> dict[str, Any]:
+    return {"event_id": event_id, "user_id": user, "item_id": item, "rating": rating}
+
+
+def answer(http: httpx.Client, user: Any, model: str) -> list:
+    response = http.get(f"/recommend/{user}", params={"k": 10, "model": model})
+    assert response.status_code == 200, response.text
+    return [i["item_id"] for i in response.json()["items"]]
+
+
+def last_seq(http: httpx.Client) -> int:
+    return http.get("/healthz").json()["events"]["last_seq"]
+
+
+def test_an_event_changes_the_next_answer_on_every_replica(http, events_app):
+    _, storage = events_app
+    user = ids(storage, "users")[3]
+    before = {m: answer(http, user, m) for m in MODELS}
+    item = before["two_tower"][0]
+    posted = http.post("/events", json={"events": [event("a1", user, item)]})
+    assert posted.status_code == 200 and posted.json()["applied"] is True, posted.text
+    for model in MODELS:  # ten requests: both replicas of each model answer
+        for _ in range(10):
+            after = answer(http, user, model)
+            assert item not in after and after != before[model], model
+    assert http.get(f"/history/{user}").json()["items"][0]["event_id"] == "a1"
+    replicas = http.get("/healthz").json()["events"]["followers"]
+    assert replicas == 4  # two TwoTower and two UserKNN replicas follow the feed
+
+
+def test_new_users_replays_and_bad_events(http, events_app):
+    _, storage = events_app
+    users, items = ids(storage, "users"), ids(storage, "items")
+    new_user = max(users) + 1
+    assert http.get(f"/recommend/{new_user}").status_code == 404
+    batch = [event("n1", new_user, items[0], 4.0), event("n2", new_user, items[1], 2.0)]
+    assert http.post("/events", json={"events": batch}).json()["accepted"] == 2
+    for model in MODELS:
+        assert set(answer(http, new_user, model)).isdisjoint(items[:2]), model
+    replay = http.post("/events", json={"events": batch}).json()
+    assert (replay["accepted"], replay["duplicates"]) == (0, 2)
+    stored = last_seq(http)
+    good = event("ok", users[0], items[0])
+    for bad, code in [
+        ({"item_id": 10**9}, "unknown_item"),
+        ({"user_id": str(users[0])}, "invalid_event"),
+        ({"timestamp": "not a time"}, "invalid_event"),
+        ({"rating": 50.0}, "invalid_event"),
+        ({"weight": 1.0, "extra": 1}, "invalid_request"),
+    ]:
+        response = http.post("/events", json={"events": [good, {**good, "event_id": "x", **bad}]})
+        assert response.status_code == 422 and response.json()["error"] == code, response.text
+    assert http.post("/events", content=b'{"events": 3}').status_code == 422
+    assert last_seq(http) == stored
+
+
+def event_store_pid(base_url: str) -> int:
+    return httpx.get(f"{base_url}/healthz", timeout=10).json()["events"]["pid"]
+
+
+def test_the_event_store_killed_mid_stream_loses_no_acknowledged_event(http, events_app):
+    base_url, storage = events_app
+    users, item = ids(storage, "users"), ids(storage, "items")[5]
+    acknowledged: list[str] = []
+    stop, lock = threading.Event(), threading.Lock()
+
+    def post(client_id: int) -> None:
+        with httpx.Client(base_url=base_url, timeout=15) as client:
+            n = 0
+            while not stop.is_set():
+                event_id = f"s{client_id}-{n}"
+                body = {"events": [event(event_id, users[n % len(users)], item)]}
+                n += 1
+                try:
+                    if client.post("/events", json=body).status_code == 200:
+                        with lock:
+                            acknowledged.append(event_id)
+                except httpx.HTTPError:
+                    pass
+
+    threads = [threading.Thread(target=post, args=(i,), daemon=True) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)
+    pid, killed_with = event_store_pid(base_url), len(acknowledged)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: event_store_pid(base_url) != pid, 60)
+    wait_for(lambda: len(acknowledged) > killed_with + 10, 60)  # posting again after restart
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert killed_with > 5
+    stored = {e.event_id for e in EventLog(storage.path("events/events.sqlite")).since()}
+    assert set(acknowledged) <= stored
