@@ -1,6 +1,8 @@
 """Load test of ``GET /recommend/{user_id}``: Ray Serve vs a bare uvicorn process, side by side.
 
     python -m bench.bench_serving --storage /tmp/serve_bench            # all targets
+    python -m bench.bench_serving --scenario events                     # POST /events, one each
+    python -m bench.bench_serving --scenario fresh     # GET /recommend of users with fresh events
     python -m bench.bench_serving --smoke-test                          # seconds; tiny data
     python -m bench.bench_serving --help
 
@@ -20,6 +22,12 @@ Serve target is started in turn and measured in ``--rounds`` rounds that alterna
 process at every concurrency, and the table reports medians. On a machine shared with other work
 the background load drifts by tens of percent within minutes; alternating keeps both sides of a
 ratio under the same load.
+
+``--scenario``: ``known`` (the default above: known users without events), ``events`` (each
+request posts one event with a new ``event_id``, a random known user and item), ``fresh`` (each
+target first gets one event for each of the users asked for, so every request takes the fresh
+path: the user tower over the extended history, cached after the first answer). Each target
+writes its own event log in the run's temporary folder.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ function init(args) math.randomseed(seed * 7919) end
 function request()
   return wrk.format("GET", "/recommend/" .. ids[math.random(#ids)] .. "?k=%(k)d&model=%(model)s")
 end
+%(events)s
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -66,6 +75,20 @@ function done(summary, latency, requests)
     .. '"p50_us": %%d, "p99_us": %%d}\\n', summary.requests, summary.duration,
     e.connect + e.read + e.write + e.timeout + e.status, e.status,
     latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+EVENTS_LUA = """
+local items = {%(items)s}
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+function request()
+  counter = (counter or 0) + 1
+  local body = string.format('{"events": [{"event_id": "w%%d-%%d-%%d", "user_id": %%d, '
+    .. '"item_id": %%d, "rating": 4}]}', seed, counter, math.random(1e9),
+    ids[math.random(#ids)], items[math.random(#items)])
+  return wrk.format(nil, "/events", nil, body)
 end
 """
 
@@ -188,6 +211,14 @@ def user_ids(storage: str, limit: int = 1000) -> list[int]:
     return [int(i) for i in ids.to_numpy()[:limit]]
 
 
+def item_ids(storage: str, limit: int = 1000) -> list[int]:
+    from towers.data.prepared import ITEMS
+    from towers.storage.root import Storage
+
+    ids = Storage(storage).read_parquet(ITEMS, columns=["item_id"])["item_id"]
+    return [int(i) for i in ids.to_numpy()[:limit]]
+
+
 def smoke_storage(folder: Path) -> str:
     """Tiny synthetic data + artifacts (no Ray) for ``--smoke-test``."""
     from towers.artifacts import publish_small_run
@@ -212,6 +243,7 @@ class Server:
         extra = ["--max-batch-size", str(args.max_batch_size)]
         extra += ["--batch-wait-timeout-s", str(args.batch_wait_timeout_s)]
         extra = [] if name == "bare" else extra
+        extra += ["--events-path", str(workdir / f"{name}-events.sqlite")]
         self.proc = start_target(name, storage, port, extra, self.log, args.bare_nice)
 
     def ready(self, first_user: int, k: int, timeout_s: float) -> None:
@@ -219,6 +251,13 @@ class Server:
         answer = httpx.get(f"{self.url}/recommend/{first_user}?k={k}", timeout=10)
         if answer.status_code != 200 or not answer.json()["items"]:
             raise RuntimeError(f"{self.name}: bad answer {answer.status_code} {answer.text[:200]}")
+
+    def post_fresh_events(self, users: list[int], item: int) -> None:
+        """One event for each of ``users``: every later request for them takes the fresh path."""
+        events = [{"event_id": f"f{u}", "user_id": u, "item_id": item, "rating": 4} for u in users]
+        for start in range(0, len(events), 500):
+            body = {"events": events[start : start + 500]}
+            httpx.post(f"{self.url}/events", json=body, timeout=60).raise_for_status()
 
     def tail(self) -> str:
         return "\n".join(self.log.read_text().splitlines()[-15:])
@@ -229,11 +268,16 @@ def bench(args: argparse.Namespace, storage: str, workdir: Path) -> list[dict]:
     throughout), so both see the same background load from other processes."""
     script = workdir / "recommend.lua"
     ids = user_ids(storage)
-    script.write_text(LUA % {"ids": ",".join(map(str, ids)), "k": args.k, "model": args.model})
+    items = item_ids(storage)
+    events = EVENTS_LUA % {"items": ",".join(map(str, items))} if args.scenario == "events" else ""
+    values = {"ids": ",".join(map(str, ids)), "k": args.k, "model": args.model, "events": events}
+    script.write_text(LUA % values)
     rows: list[dict] = []
     bare = Server("bare", args, storage, workdir)
     try:
         bare.ready(ids[0], args.k, args.startup_timeout)
+        if args.scenario == "fresh":
+            bare.post_fresh_events(ids, items[0])
         run_wrk(bare.url, script, 16, args.warmup)
         names = [n for n in args.targets.split(",") if n != "bare"]
         for name in names or [None]:
@@ -241,6 +285,8 @@ def bench(args: argparse.Namespace, storage: str, workdir: Path) -> list[dict]:
             try:
                 if server is not None:
                     server.ready(ids[0], args.k, args.startup_timeout)
+                    if args.scenario == "fresh":
+                        server.post_fresh_events(ids, items[0])
                     run_wrk(server.url, script, 16, args.warmup)
                 rows += measure(args, script, bare, server)
                 if server is not None:
@@ -268,7 +314,8 @@ def measure(
                 result = run_wrk(target.url, script, connections, args.duration)
                 pair = server.name if server else "-"
                 rows.append({"target": target.name, "pair": pair, "connections": connections,
-                             "round": round_, "load1": os.getloadavg()[0], **result})  # fmt: skip
+                             "round": round_, "load1": os.getloadavg()[0],
+                             "scenario": args.scenario, **result})  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -282,6 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per setting")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of warm-up load")
     parser.add_argument("--model", default="two_tower", choices=("two_tower", "user_knn"))
+    scenarios = ("known", "events", "fresh")  # see the module docstring
+    parser.add_argument("--scenario", default="known", choices=scenarios, help="what to load")
     parser.add_argument("--k", type=int, default=10, help="items per request")
     parser.add_argument("--max-batch-size", type=int, default=16, help="Serve @serve.batch size")
     parser.add_argument("--batch-wait-timeout-s", type=float, default=0.002, help="batch wait")
