@@ -66,9 +66,12 @@ class ShardBatches:
         self.batch_size = loop["model"]["batch_size"]
         self.seed = loop["model"]["seed"]
         self.local = None
-        if loop["data_loader"] == "local":
+        config = TwoTowerConfig.from_dict(loop["model"])
+        # User rows (negatives="user_full") come from the training history every rank holds.
+        if loop["data_loader"] == "local" or config.negatives == "user_full":
             per_worker = self.batch_size // self.world
-            self.local = LocalBatches(data, per_worker, self.seed, (self.rank, self.world))
+            shard = (self.rank, self.world)
+            self.local = LocalBatches(data, per_worker, self.seed, shard, config)
 
     def steps_per_epoch(self, phase: str) -> int:
         if self.local is not None:

@@ -50,8 +50,10 @@ class TrainConfig:
     temperature: float | None = help_field(None, "softmax temperature (normalised embeddings)")
     weight_decay: float | None = help_field(None, "AdamW weight decay")
     seed: int | None = help_field(None, "seed of init and batch order")
-    negatives: Literal["auto", "full", "in_batch", "mixed"] | None = help_field(
-        None, "softmax negatives (default auto: the full catalog up to 2,500 items, mixed above)"
+    negatives: Literal["auto", "full", "user_full", "in_batch", "mixed"] | None = help_field(
+        None,
+        "softmax negatives (default auto: the full catalog of training pairs up to 2,500 items, "
+        "of user rows (user_full) up to 100,000, mixed above)",
     )
     sparse_embeddings: bool | None = help_field(
         None, "sparse gradients + LazyAdam for id tables (default: on with auto's mixed, 1 worker)"

@@ -110,7 +110,7 @@ def trial(params: dict[str, Any]) -> None:
         shown = {k: end.row[k] for k in ("epoch", "loss", "samples_per_s")}
         tune.report({**shown, **metrics})  # Tune's TensorBoard logger writes each trial's curves
 
-    source = LocalBatches(data, config.batch_size, config.seed)
+    source = LocalBatches(data, config.batch_size, config.seed, config=config)
     train_loop(TwoTower(config), data, source, on_epoch=report)
 
 

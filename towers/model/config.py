@@ -14,11 +14,13 @@ from typing import Any
 from towers.data.features import FeatureTables
 
 LOSSES = ("pointwise", "softmax", "hybrid")
-NEGATIVES = ("auto", "full", "in_batch", "mixed")
-# negatives="auto": the full-catalog softmax up to this many items, mixed negatives above. The
-# crossover measured by bench/bench_loss.py on 2 cores (docs/BENCHMARKS.md): full is faster below
-# ~2,500 items, and its step cost grows with the catalog; mixed costs the same at any size.
+NEGATIVES = ("auto", "full", "user_full", "in_batch", "mixed")
+# negatives="auto": the full-catalog softmax of training pairs up to this many items (the
+# crossover measured by bench/bench_loss.py on 2 cores, docs/BENCHMARKS.md), the full softmax
+# of user rows ("user_full", several targets per catalog pass) up to USER_FULL_MAX_ITEMS, mixed
+# negatives above, whose step cost does not grow with the catalog.
 FULL_SOFTMAX_MAX_ITEMS = 2_500
+USER_FULL_MAX_ITEMS = 100_000
 LR_SCHEDULES = ("cosine", "constant")
 
 
@@ -64,10 +66,17 @@ class TwoTowerConfig:
     loss: str = "hybrid"  # "pointwise" (paper BCE), "softmax" (retrieval), "hybrid" (softmax+MSE)
     negatives: str = "auto"  # "full": every catalog item; "in_batch": the batch's other items;
     # "mixed": the batch's items plus `sampled_negatives` drawn uniformly (Yang et al. 2020);
-    # "auto": full up to FULL_SOFTMAX_MAX_ITEMS items (ML-100K: full), mixed above
+    # "user_full": the full softmax over user rows, each row's targets one fold of the user's
+    # items and its history the other folds (towers/training/folds.py);
+    # "auto": full up to FULL_SOFTMAX_MAX_ITEMS items (ML-100K: full), user_full up to
+    # USER_FULL_MAX_ITEMS, mixed above
     sampled_negatives: int = 1024  # mixed: catalog items drawn per step, shared by the batch
     logq_correction: bool = True  # in-batch, mixed: subtract log of each candidate's inclusion
     mask_train_positives: bool = True  # full only: the user's other training items aren't negatives
+    history_folds: int = 5  # user_full: an epoch splits each user's items into up to this many
+    # folds, one row per fold (a user with fewer items: one row per item, leave-one-out)
+    row_negatives: int = 4096  # user_full: the whole catalog up to this many items; above, this
+    # many uniform draws per step, shared by the batch (the catalog sum rescaled by n_items / M)
     rating_weight: float = 30.0  # hybrid: weight of the rating MSE (ratings scaled to [0, 1])
     rating_hidden: int = 64  # hybrid: hidden width of the rating head MLP
     # --- Optimisation (towers/training/).
@@ -93,6 +102,8 @@ class TwoTowerConfig:
         self._resolve_auto()
         if self.sparse_embeddings and self.weight_decay > 0:
             raise ValueError("TwoTowerConfig: sparse_embeddings takes Adam, not AdamW's decay")
+        if self.history_folds < 2:
+            raise ValueError(f"TwoTowerConfig.history_folds must be >= 2, got {self.history_folds}")
         if self.sampled_negatives < 1:
             raise ValueError(
                 f"TwoTowerConfig.sampled_negatives must be >= 1, got {self.sampled_negatives}"
@@ -130,11 +141,18 @@ class TwoTowerConfig:
         ``sparse_embeddings=None`` become what they stand for, so a stored config says what ran."""
         if self.n_items <= 0:
             return
-        large = self.n_items > FULL_SOFTMAX_MAX_ITEMS
         if self.negatives == "auto":
-            object.__setattr__(self, "negatives", "mixed" if large else "full")
+            if self.n_items <= FULL_SOFTMAX_MAX_ITEMS:
+                negatives = "full"
+            else:
+                negatives = "user_full" if self.n_items <= USER_FULL_MAX_ITEMS else "mixed"
+            object.__setattr__(self, "negatives", negatives)
         if self.sparse_embeddings is None:
-            object.__setattr__(self, "sparse_embeddings", large and self.weight_decay == 0)
+            # Sparse rows pay off when a step touches few of them; a full softmax touches all.
+            sampled = self.negatives in ("mixed", "in_batch")
+            large = self.n_items > FULL_SOFTMAX_MAX_ITEMS
+            sparse = large and sampled and self.weight_decay == 0
+            object.__setattr__(self, "sparse_embeddings", sparse)
 
     @property
     def has_rating_head(self) -> bool:

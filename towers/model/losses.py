@@ -9,10 +9,14 @@ All functions take embeddings or logits and return a scalar mean over the batch:
   correction and removal of accidental hits (after tensorflow/recommenders' ``Retrieval`` task).
 - :func:`full_softmax` — softmax over the whole catalog (exact, no sampling bias, so no logQ); fits
   small catalogs such as ML-100K's 1,682 items. Optionally masks the user's other known positives.
+- :func:`full_softmax_rows` — the same full softmax when one row (a user's pooled history) has
+  several target items: one catalog pass per row instead of per target.
 - :func:`rating_mse` — the rating head's regression loss; ``hybrid`` = softmax + weight x MSE.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +116,94 @@ def full_softmax(
             torch.tensor(MASKED, dtype=logits.dtype, device=logits.device),
         )
     return weighted_cross_entropy(logits, item_idx, weights)
+
+
+def full_softmax_rows(
+    user_emb: torch.Tensor,
+    all_item_emb: torch.Tensor,
+    target_rows: torch.Tensor,
+    target_items: torch.Tensor,
+    positive_rows: torch.Tensor,
+    positive_items: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Full-catalog softmax of several targets per row, the row's known positives masked.
+
+    Target ``t`` of row ``r`` is scored against every item that is not one of ``r``'s positives:
+    ``-l_rt + log(exp(l_rt) + sum_{j not positive} exp(l_rj))``, exactly what
+    :func:`full_softmax` with the positives excluded gives for the pair ``(r, t)``, but the
+    catalog sum is computed once per row, so a row with ``m`` targets costs one ``(N,)`` pass.
+
+    Args:
+        user_emb: ``(R, D)`` row embeddings (already divided by the temperature, if any).
+        all_item_emb: ``(N, D)`` embeddings of every item.
+        target_rows: ``(T,)`` the row of each target.
+        target_items: ``(T,)`` the target items.
+        positive_rows: ``(M,)`` rows of the (row, item) pairs that are not negatives (every
+            known positive of the row's user, the targets included).
+        positive_items: ``(M,)`` their items.
+        weights: ``(T,)`` per-target weights, or None (see :func:`weighted_cross_entropy`).
+
+    Returns:
+        Scalar (weighted) mean over the ``T`` targets.
+    """
+    logits = user_emb.float() @ all_item_emb.float().T  # (R, N)
+    target_logits = logits[target_rows, target_items]  # (T,)
+    negatives = logits.index_put(
+        (positive_rows, positive_items),
+        torch.tensor(MASKED, dtype=logits.dtype, device=logits.device),
+    )  # (R, N): positives out of the sum
+    log_negatives = torch.logsumexp(negatives, dim=1)  # (R,)
+    per_target = torch.logaddexp(log_negatives[target_rows], target_logits) - target_logits  # (T,)
+    if weights is None:
+        return per_target.mean()
+    weights = weights.float()
+    return (weights * per_target).sum() / weights.sum().clamp(min=1e-12)
+
+
+def sampled_softmax_rows(
+    user_emb: torch.Tensor,
+    target_rows: torch.Tensor,
+    target_emb: torch.Tensor,
+    negative_emb: torch.Tensor,
+    negative_items: torch.Tensor,
+    n_items: int,
+    positive_rows: torch.Tensor,
+    positive_items: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`full_softmax_rows` with the catalog sum estimated from ``M`` uniform draws.
+
+    The sum over a row's negatives is ``(n_items / M) x`` the sum over the drawn items that
+    are not among the row's positives (uniform draws: the logQ correction is this one
+    constant), so the loss estimates the full softmax's at ``M / n_items`` of its cost.
+
+    Args:
+        user_emb: ``(R, D)`` row embeddings (already divided by the temperature, if any).
+        target_rows: ``(T,)`` the row of each target.
+        target_emb: ``(T, D)`` the targets' item embeddings.
+        negative_emb: ``(M, D)`` embeddings of items drawn uniformly from the catalog.
+        negative_items: ``(M,)`` their indices.
+        n_items: catalog size.
+        positive_rows: ``(P,)`` rows of the (row, item) pairs that are not negatives.
+        positive_items: ``(P,)`` their items.
+        weights: ``(T,)`` per-target weights, or None.
+
+    Returns:
+        Scalar (weighted) mean over the ``T`` targets.
+    """
+    target_logits = (user_emb[target_rows].float() * target_emb.float()).sum(-1)  # (T,)
+    logits = user_emb.float() @ negative_emb.float().T  # (R, M)
+    known = torch.zeros(len(user_emb), n_items, dtype=torch.bool, device=logits.device)
+    known[positive_rows, positive_items] = True  # (R, N): a bitmap is cheaper than sorting keys
+    logits = logits.masked_fill(known[:, negative_items], MASKED)  # (R, M) known positives out
+    scale = math.log(n_items / len(negative_items))
+    log_negatives = torch.logsumexp(logits, dim=1) + scale  # (R,)
+    per_target = torch.logaddexp(log_negatives[target_rows], target_logits) - target_logits  # (T,)
+    if weights is None:
+        return per_target.mean()
+    weights = weights.float()
+    return (weights * per_target).sum() / weights.sum().clamp(min=1e-12)
 
 
 def weighted_cross_entropy(

@@ -197,7 +197,7 @@ class TrainingContext:
             keep = keep & (torch.rand(items.shape, device=self.device) >= history_dropout)
         items, rows, position = items[keep], rows[keep], position[keep]
         counts = torch.bincount(rows, minlength=len(user_idx))  # (B,)
-        batch = self._user_batch(
+        batch = self.pool_history(
             user_idx,
             self.user_inputs.gather(user_idx),
             items,
@@ -214,7 +214,7 @@ class TrainingContext:
             if exclude is not None:
                 not_target = recent_items != exclude[recent_rows]
                 recent_items, recent_rows = recent_items[not_target], recent_rows[not_target]
-            batch.update(self._recent_bag(recent_items, recent_rows, len(user_idx)))
+            batch.update(self.recent_bag(recent_items, recent_rows, len(user_idx)))
         return batch
 
     def _sampled_history(
@@ -231,7 +231,7 @@ class TrainingContext:
         drawn = (torch.rand(len(rows), device=self.device) * n).long().clamp(max=n - 1)
         return starts[rows] + torch.where(n > max_history, drawn, slot), rows
 
-    def _recent_bag(self, items: torch.Tensor, rows: torch.Tensor, n_rows: int) -> Batch:
+    def recent_bag(self, items: torch.Tensor, rows: torch.Tensor, n_rows: int) -> Batch:
         """Mean bags of recent items: ``recent_items``, ``recent_offsets``, ``recent_weights``."""
         counts = torch.bincount(rows, minlength=n_rows)  # (B,)
         return {
@@ -256,7 +256,7 @@ class TrainingContext:
             self.user_inputs.inputs,
             {k: torch.as_tensor(np.asarray(v), device=self.device) for k, v in features.items()},
         )
-        batch = self._user_batch(
+        batch = self.pool_history(
             torch.tensor([self.config.n_users], device=self.device),
             row.gather(torch.zeros(1, dtype=torch.int64, device=self.device)),
             items,
@@ -266,7 +266,7 @@ class TrainingContext:
         )
         if self.config.recent_history > 0:  # the last liked items count as the most recent
             recent = items[-self.config.recent_history :] if len(items) else items
-            batch.update(self._recent_bag(recent, torch.zeros_like(recent), 1))
+            batch.update(self.recent_bag(recent, torch.zeros_like(recent), 1))
         return batch
 
     def _unknown_user_features(self) -> dict[str, np.ndarray]:
@@ -282,7 +282,7 @@ class TrainingContext:
                 out[name][0, -1] = 1.0  # the missing flag (numeric: [z, missing]; vectors: last)
         return out
 
-    def _user_batch(
+    def pool_history(
         self,
         user_idx: torch.Tensor,
         user_features: Batch,

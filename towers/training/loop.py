@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +32,7 @@ from towers.data.features import FeatureTables
 from towers.data.interactions import Interactions
 from towers.model.config import TwoTowerConfig
 from towers.model.network import TwoTower
+from towers.training.folds import fold_steps, make_fold_batches
 from towers.training.inputs import Batch, TrainingContext
 from towers.training.steps import (
     make_batches,
@@ -96,21 +98,48 @@ class LocalBatches:
         batch_size: pairs per batch of this worker (the global batch / world size).
         seed: with the epoch, fixes the shuffle; every rank draws the same global order.
         shard: ``(rank, world_size)``; each rank takes its interleaved share.
+        config: the model's config (data sizes resolved); with ``negatives="user_full"`` the
+            batches are user rows (``towers.training.folds``), else training pairs.
     """
 
     def __init__(
-        self, data: TrainingData, batch_size: int, seed: int, shard: tuple[int, int] = (0, 1)
+        self,
+        data: TrainingData,
+        batch_size: int,
+        seed: int,
+        shard: tuple[int, int] = (0, 1),
+        config: TwoTowerConfig | None = None,
     ) -> None:
         self.data, self.batch_size, self.seed, self.shard = data, batch_size, seed, shard
+        self.config = config
 
     def _interactions(self, phase: str) -> Interactions:
         return self.data.full_train if phase == REFIT else self.data.train
 
+    def _user_rows(self) -> bool:
+        cfg = self.config
+        return cfg is not None and cfg.negatives == "user_full" and cfg.loss != "pointwise"
+
+    def _history_lengths(self, phase: str) -> np.ndarray:
+        train = self._interactions(phase)
+        return np.bincount(train.user_idx, minlength=train.n_users)
+
     def steps_per_epoch(self, phase: str) -> int:
+        if self._user_rows():
+            folds = self.config.history_folds  # type: ignore[union-attr]
+            # batch_size is this worker's share: fold_steps divides the global one by world.
+            global_batch = self.batch_size * self.shard[1]
+            return fold_steps(self._history_lengths(phase), folds, global_batch, self.shard[1])
         per_rank = len(self._interactions(phase)) // self.shard[1]
         return max(1, math.ceil(per_rank / self.batch_size))
 
     def batches(self, phase: str, epoch: int) -> list[Batch]:
+        if self._user_rows():
+            folds = self.config.history_folds  # type: ignore[union-attr]
+            global_batch = self.batch_size * self.shard[1]
+            return make_fold_batches(
+                self._history_lengths(phase), folds, global_batch, self.seed, epoch, self.shard
+            )
         return make_batches(
             self._interactions(phase), self.batch_size, self.seed, epoch, self.shard
         )
@@ -303,7 +332,7 @@ def fit(
     torch.manual_seed(config.seed)
     model = TwoTower(config).to(device)
     data = TrainingData(features, train, valid, rating_scale)
-    source = LocalBatches(data, config.batch_size, config.seed)
+    source = LocalBatches(data, config.batch_size, config.seed, config=config)
     on_epoch = None if log is None else (lambda end: log(end.row))
     result = train_loop(model, data, source, refit=refit, epochs=epochs, on_epoch=on_epoch)
     if result.state.phase != REFIT and result.best_model is not None:

@@ -30,8 +30,16 @@ from towers.data.interactions import Interactions
 from towers.metrics.ranking import ranking_metrics
 from towers.metrics.top_k import top_k_excluding
 from towers.model.config import TwoTowerConfig
-from towers.model.losses import full_softmax, pointwise_bce, rating_mse, sampled_softmax
+from towers.model.losses import (
+    full_softmax,
+    full_softmax_rows,
+    pointwise_bce,
+    rating_mse,
+    sampled_softmax,
+    sampled_softmax_rows,
+)
 from towers.model.network import TwoTower
+from towers.training.folds import fold_user_batch
 from towers.training.inputs import Batch, TrainingContext
 from towers.training.lazy_adam import LazyAdam
 
@@ -106,6 +114,8 @@ def batch_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Te
     """
     core = unwrap(model)
     cfg = core.config
+    if "fold" in batch:  # user rows of the user_full softmax (towers/training/folds.py)
+        return user_rows_loss(model, batch, ctx)
     user_idx, item_idx = batch["user_idx"], batch["item_idx"]  # (B,), (B,)
     target = ctx.scale_rating(batch["rating"])  # (B,) in [0, 1]
     full = cfg.loss != "pointwise" and cfg.negatives == "full"
@@ -143,6 +153,36 @@ def batch_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Te
     if cfg.loss == "hybrid":
         predicted = core.predict_rating(user_emb, pos_emb, user_idx, item_idx)  # (B,)
         loss = loss + cfg.rating_weight * rating_mse(predicted, target)
+    return loss
+
+
+def user_rows_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Tensor:
+    """The ``user_full`` loss of one batch of user rows: each row's fold of targets against the
+    whole catalog (the user's training items masked), its other folds pooled as the history."""
+    core = unwrap(model)
+    cfg = core.config
+    user_batch = fold_user_batch(ctx, batch, cfg.history_dropout, cfg.max_history)
+    rows, items = user_batch["target_rows"], user_batch["target_items"]  # (T,), (T,)
+    raw = user_batch["target_ratings"]  # (T,)
+    weights = None if cfg.has_ratings else raw  # implicit data: each target counts its weight
+    positives = user_batch["positive_rows"], user_batch["positive_items"]
+    if ctx.n_items <= cfg.row_negatives:  # the whole catalog, exactly
+        user_emb, item_emb = model(user_batch, ctx.item_batch())  # (R, D), (N, D)
+        target_emb = item_emb[items]  # (T, D)
+        loss = full_softmax_rows(user_emb, item_emb, rows, items, *positives, weights)
+    else:  # row_negatives uniform draws shared by the batch, the catalog sum rescaled
+        drawn = torch.randint(ctx.n_items, (cfg.row_negatives,), device=items.device)  # (M,)
+        candidates = torch.cat([items, drawn])  # (T + M,)
+        user_emb, item_emb = model(user_batch, ctx.item_batch(candidates))
+        target_emb = item_emb[: len(items)]  # (T, D)
+        negative_emb = item_emb[len(items) :]  # (M, D)
+        loss = sampled_softmax_rows(
+            user_emb, rows, target_emb, negative_emb, drawn, ctx.n_items, *positives, weights
+        )
+    if cfg.loss == "hybrid":
+        user_idx = user_batch["user_idx"][rows]  # (T,)
+        predicted = core.predict_rating(user_emb[rows], target_emb, user_idx, items)
+        loss = loss + cfg.rating_weight * rating_mse(predicted, ctx.scale_rating(raw))
     return loss
 
 
@@ -188,7 +228,7 @@ def train_epoch(
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        n = len(batch["user_idx"])
+        n = int(batch["pairs"]) if "pairs" in batch else len(batch["user_idx"])
         total_loss += float(loss.detach()) * n
         samples += n
         if on_step is not None:

@@ -69,20 +69,25 @@ def test_config_rejects_bad_values() -> None:
 
 
 def test_auto_negatives_and_sparse_tables_follow_the_catalog_size() -> None:
-    from towers.model.config import FULL_SOFTMAX_MAX_ITEMS
+    from towers.model.config import FULL_SOFTMAX_MAX_ITEMS, USER_FULL_MAX_ITEMS
 
     unsized = TwoTowerConfig()
     assert (unsized.negatives, unsized.sparse_embeddings) == ("auto", None)  # not known yet
     small = TwoTowerConfig(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS)
     assert (small.negatives, small.sparse_embeddings) == ("full", False)  # ML-100K's setting
     large = replace(small, n_items=FULL_SOFTMAX_MAX_ITEMS + 1, negatives="auto")
-    assert (large.negatives, large.sparse_embeddings) == ("mixed", False)  # sparse was resolved
-    large = TwoTowerConfig(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS + 1)
-    assert (large.negatives, large.sparse_embeddings) == ("mixed", True)
-    decayed = TwoTowerConfig(n_users=10, n_items=60_000, weight_decay=1e-4)
+    assert (large.negatives, large.sparse_embeddings) == ("user_full", False)
+    # A full softmax touches every item row each step: dense tables, however large.
+    large = TwoTowerConfig(n_users=10, n_items=USER_FULL_MAX_ITEMS)
+    assert (large.negatives, large.sparse_embeddings) == ("user_full", False)
+    huge = TwoTowerConfig(n_users=10, n_items=USER_FULL_MAX_ITEMS + 1)
+    assert (huge.negatives, huge.sparse_embeddings) == ("mixed", True)
+    decayed = TwoTowerConfig(n_users=10, n_items=USER_FULL_MAX_ITEMS + 1, weight_decay=1e-4)
     assert (decayed.negatives, decayed.sparse_embeddings) == ("mixed", False)  # AdamW: dense
     chosen = TwoTowerConfig(n_users=10, n_items=60_000, negatives="full", sparse_embeddings=False)
     assert (chosen.negatives, chosen.sparse_embeddings) == ("full", False)  # a choice is kept
+    with pytest.raises(ValueError, match="history_folds"):
+        TwoTowerConfig(history_folds=1)
     # What a stored config says is what ran, and it loads back the same.
     assert TwoTowerConfig.from_dict(json.loads(json.dumps(large.to_dict()))) == large
     assert TwoTowerConfig.from_preset("default").sized_for(make_features()).negatives == "full"
