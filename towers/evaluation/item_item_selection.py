@@ -12,8 +12,8 @@ useful λ grows with the mean item count ``d``. The validation optimum measured 
 (ML-100K temporal), 7.5–25·d (ML-100K random) and 2.5–8.5·d (Amazon Beauty temporal): the
 search starts at the ladder value nearest 4·d, tries the next one up, and climbs in the
 better direction until validation NDCG@10 falls (or the ladder's ends, ``d/100`` and
-``1000·d``, or the point or time budget). Each point is one ``O(n³)`` inverse (31 s at 12k
-items here), so the climb — usually 3–4 points — is what keeps the search affordable.
+``1000·d``, or the point or time budget). Each point is one ``O(n³)`` inverse (~25 s of one core
+at 12k items), so the climb (3 points on Beauty and ML-100K) is what keeps the search affordable.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from towers.recommenders.item_item import (
     EASE_MAX_ITEMS,
     ItemKNN,
     binary_matrix,
-    gram_matrix,
     item_neighbors,
 )
 
@@ -127,7 +126,7 @@ def tune_ease(
     """EASE's λ chosen on ``valid`` (see the module docstring for the ladder and the climb).
 
     Args:
-        train: interactions the models are fitted on (one Gram matrix shared by every λ).
+        train: interactions the models are fitted on.
         valid: held-out interactions each λ is scored on with ``evaluate_model``.
         l2_grid: ascending λ values; default :func:`l2_ladder` of the mean item count.
         metric: ranking metric to maximise.
@@ -140,15 +139,16 @@ def tune_ease(
         every metric and its fit and evaluation seconds.
     """
     cutoffs = _cutoffs(metric, ks)
-    gram = gram_matrix(binary_matrix(train))  # (I, I) float32, kept for every λ
-    mean_count = float(gram.diagonal().mean()) if train.n_items else 1.0
+    # Each λ rebuilds the Gram matrix and inverts it in place: one (I, I) array at a time, not
+    # two (the sparse product costs seconds where the inverse costs minutes).
+    mean_count = binary_matrix(train).nnz / max(train.n_items, 1)  # the Gram's mean diagonal
     grid = sorted(l2_grid) if l2_grid is not None else l2_ladder(mean_count)
     rows: dict[int, dict[str, Any]] = {}
 
     def evaluate(position: int) -> float:
         started = time.perf_counter()
         log.info("EASE λ=%g (%d of at most %d)", grid[position], len(rows) + 1, MAX_L2_POINTS)
-        model = EASE(grid[position]).fit_from_gram(train, gram)
+        model = EASE(grid[position]).fit(train)
         fitted = time.perf_counter()
         values = evaluate_model(model, train, valid, ks=cutoffs, with_ratings=False)
         rows[position] = {

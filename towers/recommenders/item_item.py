@@ -6,10 +6,12 @@ matrix ``W``: ``score(u) = x_u W`` with ``x_u`` the user's 0/1 row of the traini
 
 * :class:`EASE` (Steck 2019, "Embarrassingly Shallow Autoencoders"): the closed form
   ``P = (XᵀX + λI)⁻¹``, ``B = I - P · diag(1 / diag(P))`` (so ``diag(B) = 0``). ``W = B`` is a
-  dense ``n × n`` float32 matrix, which is what limits it: the Gram matrix and its inverse are
-  computed in place (LAPACK ``spotrf``/``spotri``), one ``n × n`` float32 array (``4 n²`` bytes:
-  0.59 GB at 12,101 items, 1.6 GB at 20,000, 6.7 GB at 40,981), and the λ search keeps the Gram
-  matrix beside it (twice that). Time is ``O(n³)``: see :data:`EASE_MAX_ITEMS`.
+  dense ``n × n`` float32 matrix: the Gram matrix is built in row blocks and inverted in place
+  (LAPACK ``spotrf``/``spotri``), so a fit holds one ``n × n`` float32 array (``4 n²`` bytes:
+  0.59 GB at 12,101 items, 1.6 GB at 20,000, 6.7 GB at 40,981), and so does the λ search, which
+  rebuilds the Gram matrix for each λ. Time is ``O(n³)`` and is what limits it: see
+  :data:`EASE_MAX_ITEMS`. float32 is accurate enough: against float64 at λ = 5 (below any λ
+  chosen) on Beauty, ``B`` differs by 1e-6 and validation NDCG@10 by 2e-5.
 * :class:`ItemKNN`: each item's ``n_neighbors`` most similar items by the cosine of their 0/1
   user columns with shrinkage, ``sim(i, j) = |U_i ∩ U_j| / (sqrt(|U_i| |U_j|) + shrink)``, kept
   in a sparse ``n × n`` matrix; a user's score of item ``j`` sums ``sim(i, j)`` over the history
@@ -35,11 +37,11 @@ from towers.recommenders.base import Recommender
 from towers.recommenders.neighbor_search import MIN_SIMILARITY, _top_n_sorted
 from towers.storage.formats import read_model_dir, write_model_dir
 
-# Largest catalog EASE is used for (ItemKNN above). Memory: the λ search holds the float32 Gram
-# matrix and the matrix being inverted, 2 × 4 n² bytes = 3.2 GB at 20,000 items, comfortable on a
-# 24 GiB machine (40,981 items would need 13.4 GB). Time: one in-place Cholesky inverse is
-# O(n³); on this 2-core machine with one BLAS thread it took 31 s at 12,101 items (Beauty) and
-# would take ~2.5 min at 20,000 and ~22 min at 40,981 (measured, docs/QUALITY.md).
+# Largest catalog EASE is used for (ItemKNN above). Memory, one float32 n × n array, would allow
+# ~40k items on a 24 GiB machine (6.7 GB); time decides: a fit is O(n³), ~25 s of one core at
+# 12,101 items (Beauty; 23–36 s wall on this 2-core machine, 35–63 s under load), so ~2 min at
+# 20,000 and ~16 min at 40,981 (n³ from Beauty; a Gowalla fit, 40,981 items, had not finished
+# after 8 CPU-minutes). The λ search fits 3–4 times, ~8 min of one core at this limit.
 EASE_MAX_ITEMS = 20_000
 # Cells of one block of the dense Gram or similarity matrix built at a time (float32: 32 MB).
 BLOCK_CELLS = 8_000_000
