@@ -99,6 +99,50 @@ def ray_session():
     ray_constants.ENABLE_RAY_CLUSTER = default  # drivers joining other clusters resolve as usual
 
 
+SERVE_MODULES: set[str] = set()  # the collected modules with a test that uses ``serve_port``
+SERVE_STARTED: list[int] = []  # the port, once ``serve_port`` has started Serve
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_session) -> int:
+    """Serve (its controller and HTTP proxy) on the session's Ray, started once on a free
+    127.0.0.1 port: every Serve module deploys its app onto it. Not shut down here: the
+    session's ``ray.shutdown`` stops it with the rest of Ray (``serve.shutdown`` first would
+    only add its own ~10 s)."""
+    import socket
+
+    from ray import serve
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    SERVE_STARTED.append(port)
+    return port
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    SERVE_MODULES.update(i.nodeid.split("::")[0] for i in session.items if uses_serve(i))
+
+
+def uses_serve(item: pytest.Item) -> bool:
+    return "serve_port" in getattr(item, "fixturenames", ())
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After the last test of a run of Serve modules, deletes every Serve app, so no replica
+    holds the session's CPUs or memory while Ray Train tests or other clusters run; the next
+    Serve module deploys its app again."""
+    module = item.nodeid.split("::")[0]
+    following = None if nextitem is None else nextitem.nodeid.split("::")[0]
+    if not SERVE_STARTED or module not in SERVE_MODULES or following in SERVE_MODULES:
+        return
+    from ray import serve
+
+    for app in serve.status().applications:
+        serve.delete(app, _blocking=False)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """moto's S3 server on loopback for the whole session, with ``AWS_*`` pointing at it in this

@@ -18,7 +18,6 @@ from tests.integration.test_serving_ray import (
     CONFIG,
     ClientThreads,
     deploy,
-    free_port,
     wait_for,
     with_two_tower,
 )
@@ -70,9 +69,7 @@ def shop_run(ray_session, tmp_path_factory):
     return storage, folder / "new_items.parquet"
 
 
-def test_new_items_are_indexed_rolled_out_and_recommended(shop_run):
-    from ray import serve
-
+def test_new_items_are_indexed_rolled_out_and_recommended(shop_run, serve_port):
     storage, new_table = shop_run
     manifest = build_index.run(
         build_index.BuildIndexConfig(
@@ -83,14 +80,11 @@ def test_new_items_are_indexed_rolled_out_and_recommended(shop_run):
     items, embeddings = artifacts.load_index_catalog(storage, "index_new")
     assert items["item_id"].tolist()[-len(NEW) :] == list(NEW) and len(embeddings) == 92
 
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = yaml.safe_load(CONFIG.read_text())
     config["applications"][0]["args"]["storage"] = storage.uri
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deploy(config)
-        http = httpx.Client(base_url=base, timeout=30)
+    base = f"http://127.0.0.1:{serve_port}"
+    deploy(config)  # on the session's Serve, in place of the app deployed before
+    with httpx.Client(base_url=base, timeout=30) as http:
         wait_for(lambda: http.get("/healthz").status_code == 200, 120)
         users = http.get("/users", params={"k": 6}).json()["user_ids"]
         assert http.get(f"/similar/{NEW[0]}").status_code == 404  # not yet in the catalog
@@ -128,5 +122,3 @@ def test_new_items_are_indexed_rolled_out_and_recommended(shop_run):
         answer = http.get(f"/recommend/{user_id}", params={"k": k}).json()
         assert not set(NEW) & {i["item_id"] for i in answer["items"]}
         assert len(answer["items"]) == k
-    finally:
-        serve.shutdown()

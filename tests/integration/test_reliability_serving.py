@@ -1,10 +1,9 @@
 # ruff: noqa: F811  (fixtures imported from test_serving_ray are parameters of the tests here)
 """Serving faults and bad input on the real Serve app: a killed replica, broken versions, fuzzing.
 
-The app is the one of ``tests/integration/test_serving_ray.py`` (its fixtures, imported here, deploy
-``serving/config.yaml`` on the session's Ray with artifacts fitted for this module), with the
-TwoTower and Ingress deployments at two fixed replicas each. Under steady load from client
-threads:
+The app is the Serve modules' shared one (``tests/integration/conftest.py``: ``serving/config.yaml``
+on the session's Serve with artifacts fitted once per session), with the TwoTower and Ingress
+deployments at two fixed replicas each. Under steady load from client threads:
 
 * one TwoTower replica's actor is killed with ``ray.kill`` while it holds requests: Serve
   starts a replacement and at least 99.9% of the requests succeed (the requests lost with the
@@ -44,13 +43,11 @@ from tests.unit.serving.test_reliability_fuzz import (
 )
 from towers.storage.root import Storage
 
-from .test_serving_ray import (  # noqa: F401  (fixtures, found by name)
+from .test_serving_ray import (  # noqa: F401  (the http fixture, found by name)
     ClientThreads,
     deploy,
     http,
     known_ids,
-    run_storage,
-    serve_app,
     wait_for,
     with_two_tower,
 )
@@ -98,8 +95,8 @@ def two_running(deployment: str) -> bool:
 
 @pytest.fixture(scope="module")
 def two_replica_app(serve_app, http):
-    """The app with two replicas of TwoTower and of Ingress (left so: Serve stops at the end of
-    the module)."""
+    """The app with two replicas of TwoTower and of Ingress (left so: the next module applies
+    its own config)."""
     base_url, config = serve_app
     deploy(two_replicas(config))
     wait_for(lambda: two_running(TWO_TOWER) and two_running(INGRESS), 120)

@@ -1,16 +1,16 @@
 """The real Serve app on the session's Ray: every endpoint and bad input over HTTP, and roll-outs.
 
-One app for the module, deployed from ``serving/config.yaml`` (its storage pointed at artifacts
-fitted here) the way ``serve run``/``serve deploy`` apply a config, behind Serve's HTTP proxy on a
-free 127.0.0.1 port; Serve is shut down at the end. The roll-out test keeps clients requesting
-while the TwoTower ``user_config`` is edited and the config re-applied: a good version, one whose
-index belongs to another model, and a missing one; every request must succeed.
+The app is the Serve modules' shared one (``tests/integration/conftest.py``):
+``serving/config.yaml`` applied the way ``serve run``/``serve deploy`` apply a config, its storage
+pointed at artifacts fitted once per session, with two replicas of each model deployment and of
+the ingress, behind Serve's HTTP proxy on a free 127.0.0.1 port. The roll-out test keeps clients
+requesting while the TwoTower ``user_config`` is edited and the config re-applied: a good version,
+one whose index belongs to another model, and a missing one; every request must succeed.
 """
 
 from __future__ import annotations
 
 import copy
-import shutil
 import socket
 import threading
 import time
@@ -20,11 +20,9 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from serving.app import build_app
 from tests.unit.serving.test_serving import BAD_REQUESTS
-from towers.artifacts import publish_small_run
 from towers.storage.root import Storage
 
 pytestmark = [pytest.mark.serve, pytest.mark.ray]
@@ -36,15 +34,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def run_storage(tiny_storage, tmp_path_factory) -> Storage:
-    storage = Storage(tmp_path_factory.mktemp("serve-run"))
-    shutil.copytree(tiny_storage.path("data"), storage.path("data"))
-    publish_small_run(storage, epochs=2, embedding_dim=16, seed=0)
-    publish_small_run(storage, 1, 16, 1, model_artifact="model_v2", index_artifact="index_v2")
-    return storage
 
 
 def deploy(config: dict[str, Any]) -> None:
@@ -62,24 +51,6 @@ def with_two_tower(config: dict[str, Any], **user_config: Any) -> dict[str, Any]
         if deployment["name"] == "TwoTower":
             deployment["user_config"].update(user_config)
     return config
-
-
-@pytest.fixture(scope="module")
-def serve_app(ray_session, run_storage):
-    """``(base_url, config)`` of the running app; Serve is shut down after the module."""
-    from ray import serve
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    config = yaml.safe_load(CONFIG.read_text())
-    config["applications"][0]["args"]["storage"] = run_storage.uri
-    deploy(config)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: httpx.get(f"{base_url}/healthz").status_code == 200, 120)
-        yield base_url, config
-    finally:
-        serve.shutdown()
 
 
 def wait_for(condition, timeout_s: float) -> None:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from ray_jobs import pipeline
-from tests.integration.test_serving_ray import CONFIG, deploy, free_port, wait_for
+from tests.integration.test_serving_ray import CONFIG, deploy, wait_for
 from towers.data.shop import ShopSpec, write_shop
 from towers.data.synthetic import SyntheticSpec, generate
 from towers.storage.root import Storage
@@ -57,17 +57,6 @@ def interactions_only(folder: Path) -> dict[str, str]:
 
 
 SHAPES = {f.__name__: f for f in (movielens_like, shop, interactions_only)}
-
-
-@pytest.fixture(scope="module")
-def serve_port(ray_session):
-    """One Serve instance for the module; each shape deploys its app onto it."""
-    from ray import serve
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield port
-    serve.shutdown()
 
 
 @pytest.fixture(scope="module", params=list(SHAPES))

@@ -3,12 +3,19 @@
 After a 2xx every replica answers with the event (the EventStore waits for their feeds); a new
 user becomes known; a replay is ignored; bad events store nothing; and the EventStore replica,
 SIGKILLed while clients post, comes back with every event it acknowledged.
+
+The app is the Serve modules' shared one (``tests/integration/conftest.py``: two replicas of each
+deployment but the EventStore), its event log under the shared storage root. This module runs
+before the ones that kill replicas of that app (the file names' order): a killed model replica
+stays a follower of the feed until an append has waited ``events_ack_timeout_s`` for it, which
+would turn the first ``applied`` here false. The events posted here stay in the log for the
+modules after this one, so none is posted for the first user, the one
+``tests/integration/test_serving_ray.py`` asks for.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import time
@@ -16,10 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.integration.test_serving_ray import CONFIG, deploy, free_port, wait_for
-from towers.artifacts import publish_small_run
+from tests.integration.test_serving_ray import wait_for
 from towers.storage.events import EventLog
 from towers.storage.root import Storage
 
@@ -28,31 +33,9 @@ MODELS = ("two_tower", "user_knn")
 
 
 @pytest.fixture(scope="module")
-def events_app(ray_session, tiny_storage, tmp_path_factory):
-    """``(base_url, storage)``: the app from ``serving/config.yaml`` with two TwoTower and two
-    UserKNN replicas and its event log under the storage root; Serve shut down afterwards."""
-    from ray import serve
-
-    storage = Storage(tmp_path_factory.mktemp("events-serve"))
-    shutil.copytree(tiny_storage.path("data"), storage.path("data"))
-    publish_small_run(storage, epochs=1, embedding_dim=8, seed=0)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    config = yaml.safe_load(CONFIG.read_text())
-    app = config["applications"][0]
-    app["args"]["storage"] = storage.uri
-    for deployment in app["deployments"]:
-        if deployment["name"] in ("TwoTower", "UserKNN"):
-            deployment.pop("autoscaling_config", None)
-            deployment["num_replicas"] = 2
-            deployment["ray_actor_options"]["num_cpus"] = 0.25
-    deploy(config)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: httpx.get(f"{base_url}/healthz").json()["status"] == "ok", 120)
-        yield base_url, storage
-    finally:
-        serve.shutdown()
+def events_app(serve_app, run_storage):
+    """``(base_url, storage)``: the shared app and its storage root."""
+    return serve_app[0], run_storage
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +110,7 @@ def event_store_pid(base_url: str) -> int:
 
 def test_the_event_store_killed_mid_stream_loses_no_acknowledged_event(http, events_app):
     base_url, storage = events_app
-    users, item = ids(storage, "users"), ids(storage, "items")[5]
+    users, item = ids(storage, "users")[1:], ids(storage, "items")[5]  # not the first user
     acknowledged: list[str] = []
     stop, lock = threading.Event(), threading.Lock()
 
