@@ -2,8 +2,10 @@
 
 :class:`TwoTowerConfig` holds the data sizes (filled by ``sized_for``), the tower shapes, the loss
 and the optimisation settings, each with a comment on its default; ``PRESETS`` names the two
-settings the project reports (``default``, tuned on ML-100K's validation split, and ``paper``, the
-paper's own). ``towers.model.network`` builds the towers from it.
+settings the project reports (``default`` and ``paper``, the paper's own). What depends on the data
+is resolved from it once the catalog size is known (``sized_for``) and stored: the negatives,
+sparse tables, and the towers' shape (``DEEP_TOWERS``, tuned on ML-100K's validation split, up to
+2,500 items; ``WIDE_TOWERS`` above). ``towers.model.network`` builds the towers from it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,32 @@ NEGATIVES = ("auto", "full", "user_full", "in_batch", "mixed")
 # negatives above, whose step cost does not grow with the catalog.
 FULL_SOFTMAX_MAX_ITEMS = 2_500
 USER_FULL_MAX_ITEMS = 100_000
+# The towers' shape by catalog size (docs/QUALITY.md has the runs behind both). Up to
+# FULL_SOFTMAX_MAX_ITEMS items (ML-100K), deep towers: each item has many interactions, and two
+# ReLU layers with dropout over a 64-d history pool generalise best (tuned on ML-100K's
+# validation part). Above it, the sparse catalogs of shops and check-ins (Amazon Beauty, Gowalla:
+# ~10-30 interactions an item): the user is the mean of their items' own embeddings (the item
+# tower's table, as in YouTube-DNN and SimpleX), both towers end in one linear map, nothing is
+# dropped, the space is 256-d, and Adam steps at 3e-2: there the model must hold many specific
+# item-item relations, and capacity and faster table updates mattered more than regularisation.
+DEEP_TOWERS: dict[str, Any] = dict(
+    embedding_dim=64,
+    id_dim=64,
+    hidden_dims=(256, 256),
+    dropout=0.3,
+    share_history_embeddings=False,
+    history_dropout=0.2,
+    lr=3e-3,
+)
+WIDE_TOWERS: dict[str, Any] = dict(
+    embedding_dim=256,
+    id_dim=256,
+    hidden_dims=(),
+    dropout=0.0,
+    share_history_embeddings=True,
+    history_dropout=0.0,
+    lr=3e-2,
+)
 LR_SCHEDULES = ("cosine", "constant")
 
 
@@ -38,12 +66,14 @@ class TwoTowerConfig:
     item_profiles: tuple[tuple[str, int], ...] = ()  # item features pooled over the history
     has_ratings: bool = True  # explicit ratings; False (implicit data) drops rating losses/inputs
     # --- Towers. The defaults are the tuned ML-100K setting (the "default" preset).
-    embedding_dim: int = 64  # D: output width of both towers, the retrieval space
-    id_dim: int = 64  # width of the user-id, item-id and history embeddings
+    # Fields typed "| None" default to None: set by the catalog size once it is known, to
+    # DEEP_TOWERS (small catalogs) or WIDE_TOWERS (large sparse ones); see TOWERS_BY_CATALOG.
+    embedding_dim: int | None = None  # D: output width of both towers, the retrieval space
+    id_dim: int | None = None  # width of the user-id, item-id and history embeddings
     feature_dim: int = 16  # width of each demographic / genre / year embedding
-    hidden_dims: tuple[int, ...] = (256, 256)  # dense ReLU layers of each tower before the output
+    hidden_dims: tuple[int, ...] | None = None  # dense ReLU layers of each tower before the output
     item_hidden_dims: tuple[int, ...] | None = None  # the item tower's, when not hidden_dims
-    dropout: float = 0.3  # dropout after every hidden layer
+    dropout: float | None = None  # dropout after every hidden layer
     use_user_id: bool = False  # a per-user id embedding: it overfits ML-100K, history suffices
     use_item_id: bool = True  # a per-item id embedding (items never trained share "unknown")
     item_id_dropout: float = 0.0  # train-time chance an item id becomes "unknown": the tower then
@@ -51,11 +81,13 @@ class TwoTowerConfig:
     user_id_dropout: float = 0.1  # train-time chance an id becomes "unknown" (with use_user_id)
     use_features: bool = True  # the schema's user and item features (demographics, genres, ...)
     use_history: bool = True  # mean of the user's training items' embeddings (off in the paper)
-    share_history_embeddings: bool = False  # history bags read the item tower's id table
+    share_history_embeddings: bool | None = None  # history bags read the item tower's id table
     # (co-occurring items pulled together, more signal per item on sparse data) instead of their own
-    history_dropout: float = 0.2  # train-time chance each history item is dropped from the pool
+    history_dropout: float | None = None  # train-time chance a history item leaves the pool
     max_history: int = 64  # > 0: training pools a random ~max_history of a user's items (speed)
     recent_history: int = 0  # > 0: also pool the user's N most recent items (own table)
+    history_decay: float = 1.0  # < 1: the history bag weighs the user's k-th newest item by
+    # decay^k (recent interests count more; the paper's future work); 1: the plain mean
     use_profiles: bool = True  # mean of the history's small-vocabulary item features (genres)
     use_rating_history: bool = True  # history pooled by centred rating (+ mean rating): tastes
     rating_history_dropout: float = 0.1  # train-time chance a row's ratings are hidden (cold start)
@@ -80,7 +112,7 @@ class TwoTowerConfig:
     rating_weight: float = 30.0  # hybrid: weight of the rating MSE (ratings scaled to [0, 1])
     rating_hidden: int = 64  # hybrid: hidden width of the rating head MLP
     # --- Optimisation (towers/training/).
-    lr: float = 3e-3  # peak Adam learning rate (the paper uses 1e-3, constant)
+    lr: float | None = None  # peak Adam learning rate (the paper uses 1e-3, constant)
     weight_decay: float = 0.0  # decoupled weight decay; > 0 switches Adam to AdamW
     # Catalog- and user-sized tables with sparse gradients and LazyAdam: a step's cost then no
     # longer grows with the catalog (with negatives="mixed"; docs/SCALE.md). None: on above
@@ -114,14 +146,20 @@ class TwoTowerConfig:
             )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"TwoTowerConfig.lr_schedule must be one of {LR_SCHEDULES}")
+        if not 0.0 < self.history_decay <= 1.0:
+            raise ValueError(
+                f"TwoTowerConfig.history_decay must be in (0, 1], got {self.history_decay}"
+            )
         if self.temperature <= 0:
             raise ValueError(f"TwoTowerConfig.temperature must be > 0, got {self.temperature}")
         rates = ("dropout", "user_id_dropout", "item_id_dropout", "history_dropout")
         for name in (*rates, "rating_history_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
+            rate = getattr(self, name)
+            if rate is not None and not 0.0 <= rate < 1.0:
                 raise ValueError(f"TwoTowerConfig.{name} must be in [0, 1)")
         # JSON round trips turn tuples into lists; keep the dataclass hashable and comparable.
-        object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
+        if self.hidden_dims is not None:
+            object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
         if self.item_hidden_dims is not None:
             item_hidden = tuple(int(h) for h in self.item_hidden_dims)
             object.__setattr__(self, "item_hidden_dims", item_hidden)
@@ -137,10 +175,17 @@ class TwoTowerConfig:
             )
 
     def _resolve_auto(self) -> None:
-        """Once the catalog size is known (``n_items > 0``), ``negatives="auto"`` and
-        ``sparse_embeddings=None`` become what they stand for, so a stored config says what ran."""
+        """Once the catalog size is known (``n_items > 0``), ``negatives="auto"``,
+        ``sparse_embeddings=None`` and the towers' None fields become what they stand for, so a
+        stored config says what ran."""
         if self.n_items <= 0:
             return
+        towers = DEEP_TOWERS if self.n_items <= FULL_SOFTMAX_MAX_ITEMS else WIDE_TOWERS
+        for name, value in towers.items():
+            if getattr(self, name) is None:
+                if name == "share_history_embeddings":  # only where there is a shared table
+                    value = value and self.use_item_id and self.use_history
+                object.__setattr__(self, name, value)
         if self.negatives == "auto":
             if self.n_items <= FULL_SOFTMAX_MAX_ITEMS:
                 negatives = "full"
@@ -148,8 +193,11 @@ class TwoTowerConfig:
                 negatives = "user_full" if self.n_items <= USER_FULL_MAX_ITEMS else "mixed"
             object.__setattr__(self, "negatives", negatives)
         if self.sparse_embeddings is None:
-            # Sparse rows pay off when a step touches few of them; a full softmax touches all.
-            sampled = self.negatives in ("mixed", "in_batch")
+            # Sparse rows pay off when a step touches few of them; a full softmax touches all
+            # (user_full samples its negatives above row_negatives items).
+            sampled = self.negatives in ("mixed", "in_batch") or (
+                self.negatives == "user_full" and self.n_items > self.row_negatives
+            )
             large = self.n_items > FULL_SOFTMAX_MAX_ITEMS
             sparse = large and sampled and self.weight_decay == 0
             object.__setattr__(self, "sparse_embeddings", sparse)

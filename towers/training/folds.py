@@ -181,6 +181,7 @@ def fold_user_batch(
         ctx.history_ratings[pool_pos],
         pool_rows,
         torch.cumsum(counts, 0) - counts,
+        ctx.history_recency[pool_pos],
     )
     if ctx.config.recent_history > 0:
         recent, recent_rows, _ = csr_gather(ctx.recent_indptr, user_idx)

@@ -61,6 +61,17 @@ def _recent_entries(
     return np.concatenate([[0], np.cumsum(per_user)]), recent
 
 
+def _history_recency(train: Interactions, csr: sp.csr_matrix, needed: bool) -> np.ndarray:
+    """``(nnz,)`` float32 recency rank of each CSR entry (0 = the user's newest), or zeros."""
+    if not needed:
+        return np.zeros(csr.nnz, np.float32)
+    ranks = sp.csr_matrix(  # same pattern built the same way as csr: .data lines up
+        (recency_ranks(train) + 1, (train.user_idx, train.item_idx)),
+        shape=(train.n_users, train.n_items),
+    )
+    return (ranks.data - 1).astype(np.float32)
+
+
 @dataclass
 class TrainingContext:
     """Tensors shared by every step of one worker, built once from features and training data.
@@ -80,6 +91,8 @@ class TrainingContext:
             ``config.recent_history`` most recent entries (ties broken by item; empty rows when
             the config pools no recent items).
         recent_positions: their positions in ``history_items``.
+        history_recency: ``(nnz,)`` float32 each entry's recency rank among its user's entries
+            (0 = the newest), for ``config.history_decay < 1``; zeros otherwise (not sorted).
         item_log_q: ``(n_items,)`` float32 log of each item's share of training pairs.
     """
 
@@ -94,6 +107,7 @@ class TrainingContext:
     history_ratings: torch.Tensor
     recent_indptr: torch.Tensor
     recent_positions: torch.Tensor
+    history_recency: torch.Tensor
     item_log_q: torch.Tensor
 
     @classmethod
@@ -132,6 +146,7 @@ class TrainingContext:
             history_ratings=t((csr.data - lo) / (hi - lo), dtype=torch.float32),
             recent_indptr=t(recent_indptr, dtype=torch.int64),
             recent_positions=t(recent, dtype=torch.int64),
+            history_recency=t(_history_recency(train, csr, config.history_decay < 1.0)),
             item_log_q=t(log_q, dtype=torch.float32),
         ).to(device)
 
@@ -204,6 +219,7 @@ class TrainingContext:
             self.history_ratings[position],
             rows,
             torch.cumsum(counts, 0) - counts,
+            self.history_recency[position],
         )
         if positives:
             every, every_rows, _ = csr_gather(self.history_indptr, user_idx)
@@ -263,6 +279,7 @@ class TrainingContext:
             torch.full((len(items),), 0.5, device=self.device),
             torch.zeros_like(items),
             torch.zeros(1, dtype=torch.int64, device=self.device),
+            torch.arange(len(items) - 1, -1, -1, device=self.device).float(),  # last = newest
         )
         if self.config.recent_history > 0:  # the last liked items count as the most recent
             recent = items[-self.config.recent_history :] if len(items) else items
@@ -290,11 +307,18 @@ class TrainingContext:
         ratings: torch.Tensor,
         rows: torch.Tensor,
         offsets: torch.Tensor,
+        recency: torch.Tensor | None = None,
     ) -> Batch:
-        """Pools the history entries ``items (H,)`` (``rows (H,)`` sorted) as per-row means."""
+        """Pools the history entries ``items (H,)`` (``rows (H,)`` sorted) as per-row means,
+        weighted by ``history_decay ** recency (H,)`` when the config decays the history."""
         zeros = torch.zeros(len(user_idx), device=self.device)
-        kept = zeros.index_add(0, rows, torch.ones_like(ratings))  # (B,)
-        weights = 1.0 / kept.clamp(min=1.0)[rows]  # (H,) each non-empty bag sums to 1
+        decay = self.config.history_decay
+        if decay < 1.0 and recency is not None:
+            raw = torch.pow(decay, recency.float())  # (H,)
+        else:
+            raw = torch.ones_like(ratings)  # (H,)
+        kept = zeros.index_add(0, rows, raw)  # (B,)
+        weights = raw / kept.clamp(min=1e-12)[rows]  # (H,) each non-empty bag sums to 1
         # The mean over the pooled entries only: the target's own rating must not leak into it.
         mean_rating = zeros.index_add(0, rows, weights * ratings)  # (B,) in [0, 1]
         rating_weights = weights * (ratings - mean_rating[rows])  # (H,)

@@ -162,7 +162,7 @@ def test_train_flags_for_the_large_catalog_path():
     assert "NCCL has none" in SPARSE_ONE_WORKER
     large = SimpleNamespace(features=random_features(50, 3_000), has_ratings=True)
     one = TrainConfig(num_workers=1).model_config(large)
-    assert (one.negatives, one.sparse_embeddings) == ("user_full", False)  # auto, > 2,500 items
+    assert (one.negatives, one.sparse_embeddings) == ("user_full", False)  # auto; 3,000 <= 4,096
     one = TrainConfig(num_workers=1, negatives="mixed").model_config(large)
     two = TrainConfig(num_workers=2, negatives="mixed").model_config(large)
     assert (one.negatives, one.sparse_embeddings) == ("mixed", True)  # sampled: sparse rows

@@ -77,9 +77,12 @@ def test_auto_negatives_and_sparse_tables_follow_the_catalog_size() -> None:
     assert (small.negatives, small.sparse_embeddings) == ("full", False)  # ML-100K's setting
     large = replace(small, n_items=FULL_SOFTMAX_MAX_ITEMS + 1, negatives="auto")
     assert (large.negatives, large.sparse_embeddings) == ("user_full", False)
-    # A full softmax touches every item row each step: dense tables, however large.
+    # A full softmax touches every item row each step: dense tables; above row_negatives items
+    # user_full draws its negatives, and a step touches few rows: sparse tables.
+    exact = TwoTowerConfig(n_users=10, n_items=4_000, row_negatives=4_000)
+    assert (exact.negatives, exact.sparse_embeddings) == ("user_full", False)
     large = TwoTowerConfig(n_users=10, n_items=USER_FULL_MAX_ITEMS)
-    assert (large.negatives, large.sparse_embeddings) == ("user_full", False)
+    assert (large.negatives, large.sparse_embeddings) == ("user_full", True)
     huge = TwoTowerConfig(n_users=10, n_items=USER_FULL_MAX_ITEMS + 1)
     assert (huge.negatives, huge.sparse_embeddings) == ("mixed", True)
     decayed = TwoTowerConfig(n_users=10, n_items=USER_FULL_MAX_ITEMS + 1, weight_decay=1e-4)
@@ -250,3 +253,23 @@ def test_shared_history_embeddings_read_the_item_id_table() -> None:
     assert float(grad[unused].abs().sum()) == 0.0
     with pytest.raises(ValueError, match="share_history_embeddings needs"):
         TwoTowerConfig(share_history_embeddings=True, use_item_id=False)
+
+
+def test_towers_follow_the_catalog_size_unless_chosen() -> None:
+    """Deep towers (ML-100K's tuned setting) up to FULL_SOFTMAX_MAX_ITEMS items, wide linear
+    towers over the item table above; a value given explicitly is kept either way."""
+    from towers.model.config import DEEP_TOWERS, FULL_SOFTMAX_MAX_ITEMS, WIDE_TOWERS
+
+    unsized = TwoTowerConfig()
+    assert unsized.embedding_dim is None and unsized.lr is None  # not known yet
+    small = TwoTowerConfig(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS)
+    assert {k: getattr(small, k) for k in DEEP_TOWERS} == DEEP_TOWERS
+    large = TwoTowerConfig(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS + 1)
+    assert {k: getattr(large, k) for k in WIDE_TOWERS} == WIDE_TOWERS
+    chosen = TwoTowerConfig(n_users=10, n_items=50_000, lr=1e-3, hidden_dims=(32,))
+    assert (chosen.lr, chosen.hidden_dims, chosen.embedding_dim) == (1e-3, (32,), 256)
+    no_history = TwoTowerConfig(n_users=10, n_items=50_000, use_history=False)
+    assert no_history.share_history_embeddings is False  # nothing to share
+    assert TwoTowerConfig.from_dict(json.loads(json.dumps(large.to_dict()))) == large
+    model = TwoTower(TwoTowerConfig.from_preset("default").sized_for(make_features()))
+    assert model.config.hidden_dims == (256, 256)  # the test features' small catalog: deep

@@ -144,3 +144,38 @@ def test_user_rows_hybrid_loss_is_finite(data) -> None:
     loss = batch_loss(model, batch, ctx)
     loss.backward()
     assert torch.isfinite(loss) and model.rating_head.item_bias.weight.grad is not None
+
+
+def test_history_decay_weighs_the_newest_items_most() -> None:
+    """``history_decay=0.5``: the bag weighs a user's k-th newest item by 0.5^k (normalised)."""
+    from tests.features import random_features
+    from towers.data.interactions import Interactions
+
+    user = np.array([0, 0, 0, 1, 1])
+    item = np.array([3, 1, 2, 0, 4])
+    time = np.array([10.0, 30.0, 20.0, 5.0, 1.0])  # user 0: newest 1, then 2, then 3
+    train = Interactions(user, item, np.ones(5, np.float32), time, 2, 5)
+    features = random_features(2, 5, 0)
+    config = TwoTowerConfig.from_preset("default", **SMALL, history_decay=0.5).sized_for(features)
+    ctx = TrainingContext.build(features, train, config)
+    batch = ctx.user_batch(torch.tensor([0, 1]), positives=False)
+    weights = dict(
+        zip(batch["history_items"][batch["history_rows"] == 0].tolist(),
+            batch["history_weights"][batch["history_rows"] == 0].tolist(), strict=True)
+    )  # fmt: skip
+    assert weights == pytest.approx({1: 4 / 7, 2: 2 / 7, 3: 1 / 7})
+    # A cold-start user's liked items are in time order: the last one is the newest.
+    cold = ctx.cold_user_batch(None, [3, 2, 1])
+    assert cold["history_weights"].tolist() == pytest.approx([1 / 7, 2 / 7, 4 / 7])
+    plain = TrainingContext.build(features, train, replace_decay(config, 1.0))
+    assert plain.user_batch(torch.tensor([0]))["history_weights"].tolist() == pytest.approx(
+        [1 / 3] * 3
+    )
+    with pytest.raises(ValueError, match="history_decay"):
+        replace_decay(config, 0.0)
+
+
+def replace_decay(config: TwoTowerConfig, decay: float) -> TwoTowerConfig:
+    from dataclasses import replace
+
+    return replace(config, history_decay=decay)
