@@ -90,8 +90,15 @@ def local_head(tmp_path):
         # only processes started under this head's temp dir.
         for signal in ("-TERM", "-KILL"):
             subprocess.run(["pkill", signal, "-f", str(temp_dir)], capture_output=True)
-            time.sleep(3)
+            deadline = time.monotonic() + 3  # until they are gone, 3 s at most
+            while time.monotonic() < deadline and alive(temp_dir):
+                time.sleep(0.1)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def alive(temp_dir: Path) -> bool:
+    """Whether a process started under ``temp_dir`` is still running."""
+    return subprocess.run(["pgrep", "-f", str(temp_dir)], capture_output=True).returncode == 0
 
 
 def test_pipeline_via_ray_job_submit(local_head, tmp_path, ml100k_dir):
