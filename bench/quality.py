@@ -50,7 +50,8 @@ def run_row(
 ) -> dict[str, Any]:
     data = load_prepared(storage, split)
     config = TwoTowerConfig.from_preset(preset, **overrides)
-    config = config.sized_for(data.features, data.has_ratings)  # implicit data: no rating parts
+    # Implicit data: no rating parts; time-ordered data: a decayed history pool.
+    config = config.sized_for(data.features, data.has_ratings, data.time_ordered)
     start = time.perf_counter()
     scale = data.rating_scale
     model, history = fit(

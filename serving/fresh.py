@@ -92,7 +92,8 @@ def two_tower_top_k(
     """``(item_idx, scores)``, each ``(k,)``: the user tower over the training history plus the
     events' items, searched in the index with all of them excluded."""
     rec, known = service.recommender, service.catalog.find_user(user_id)
-    train = rec.seen_matrix()[known].indices if known is not None else np.zeros(0, np.int64)
+    # Oldest first, so that a decayed history pool weighs the newest items (events last) most.
+    train = rec.history_in_time_order(known) if known is not None else np.zeros(0, np.int64)
     fresh, _ = event_items(service.catalog, events)
     history = _latest_unique(np.concatenate([train, fresh]))  # (H,) oldest training first
     query = service.fresh_queries.get(user_id, events[-1].seq)

@@ -234,7 +234,7 @@ def publish_small_run(
     data = prepared.load_prepared(storage)
     config = TwoTowerConfig.from_preset(
         "default", epochs=epochs, embedding_dim=embedding_dim, seed=seed
-    ).sized_for(data.features, data.has_ratings)
+    ).sized_for(data.features, data.has_ratings, data.time_ordered)
     rec = TwoTowerRecommender(config, data.features, data.valid).fit(data.full_train)
     publish_two_tower(storage, rec, model_artifact)
     index = make_index("scann", rec.n_items, model_version=rec.version)

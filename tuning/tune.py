@@ -101,7 +101,7 @@ def trial(params: dict[str, Any]) -> None:
     overrides = {k: params[k] for k in ("lr", "embedding_dim", "temperature")}
     epochs = job["max_epochs"]
     config = TwoTowerConfig.from_preset(job["preset"], **overrides, epochs=epochs, patience=epochs)
-    config = config.sized_for(prepared.features, prepared.has_ratings)
+    config = config.sized_for(prepared.features, prepared.has_ratings, prepared.time_ordered)
     torch.manual_seed(config.seed)
     data = TrainingData(prepared.features, prepared.train, prepared.valid, prepared.rating_scale)
 

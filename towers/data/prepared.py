@@ -73,6 +73,17 @@ class PreparedData:
         return not self.schema.implicit
 
     @property
+    def time_ordered(self) -> bool:
+        """The held-out parts are each user's latest interactions: the ``temporal`` split, or a
+        given split whose data has timestamps (validation then carved as each user's latest).
+        A model for such data should weigh recent interests (``history_decay``); under the
+        ``random`` split the held-out items are a random draw, and recency tells nothing."""
+        if self.split not in ("temporal", "given"):
+            return False
+        stamps = self.train.timestamp
+        return bool(len(stamps) and stamps.min() != stamps.max())
+
+    @property
     def full_train(self) -> Interactions:
         """Train plus validation: what final models are fitted on."""
         return self.train.concat(self.valid)

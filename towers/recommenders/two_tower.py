@@ -212,6 +212,17 @@ class TwoTowerRecommender(Recommender):
             raise KeyError(f"unknown item index {bad[:5].tolist()} (known: 0..{self.n_items - 1})")
         return item_idx
 
+    def history_in_time_order(self, user_idx: int) -> np.ndarray:
+        """A training user's items, oldest first: the order in which
+        :meth:`user_embedding_cold_start` reads a liked-items list (its last item the newest, as
+        ``history_decay`` weighs it)."""
+        _, ctx = self._require_model()
+        user = int(self.check_users(np.array([user_idx]))[0])
+        start, end = int(ctx.history_indptr[user]), int(ctx.history_indptr[user + 1])
+        items = ctx.history_items[start:end].cpu().numpy()
+        recency = ctx.history_recency[start:end].cpu().numpy()  # 0 = newest (zeros: no decay)
+        return items[np.argsort(-recency, kind="stable")]
+
     def user_embedding_cold_start(
         self, features: Mapping[str, Any] | None, liked_item_idx: list[int] | np.ndarray
     ) -> np.ndarray:

@@ -160,7 +160,9 @@ def test_train_flags_for_the_large_catalog_path():
     with pytest.raises(ValueError, match="needs --num-workers 1"):
         TrainConfig(num_workers=2, sparse_embeddings=True)
     assert "NCCL has none" in SPARSE_ONE_WORKER
-    large = SimpleNamespace(features=random_features(50, 3_000), has_ratings=True)
+    large = SimpleNamespace(
+        features=random_features(50, 3_000), has_ratings=True, time_ordered=False
+    )
     one = TrainConfig(num_workers=1).model_config(large)
     assert (one.negatives, one.sparse_embeddings) == ("user_full", False)  # auto; 3,000 <= 4,096
     one = TrainConfig(num_workers=1, negatives="mixed").model_config(large)

@@ -273,3 +273,16 @@ def test_towers_follow_the_catalog_size_unless_chosen() -> None:
     assert TwoTowerConfig.from_dict(json.loads(json.dumps(large.to_dict()))) == large
     model = TwoTower(TwoTowerConfig.from_preset("default").sized_for(make_features()))
     assert model.config.hidden_dims == (256, 256)  # the test features' small catalog: deep
+
+
+def test_history_decay_follows_the_time_order_unless_chosen() -> None:
+    from towers.model.config import HISTORY_DECAY
+
+    features = make_features()
+    assert TwoTowerConfig().history_decay is None  # not known yet
+    timed = TwoTowerConfig().sized_for(features, time_ordered=True)
+    assert (timed.time_ordered, timed.history_decay) == (True, HISTORY_DECAY)
+    untimed = TwoTowerConfig().sized_for(features, time_ordered=False)
+    assert untimed.history_decay == 1.0  # no timestamps: no order to weigh by
+    chosen = TwoTowerConfig(history_decay=0.5).sized_for(features, time_ordered=True)
+    assert chosen.history_decay == 0.5

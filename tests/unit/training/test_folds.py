@@ -9,6 +9,7 @@ import torch
 from tests.unit.training.test_training import SMALL, block_data, setup
 from towers.model.config import TwoTowerConfig
 from towers.model.losses import full_softmax, full_softmax_rows, sampled_softmax_rows
+from towers.model.network import TwoTower
 from towers.training.folds import fold_entries, fold_steps, fold_user_batch, make_fold_batches
 from towers.training.inputs import TrainingContext
 from towers.training.loop import fit
@@ -179,3 +180,28 @@ def replace_decay(config: TwoTowerConfig, decay: float) -> TwoTowerConfig:
     from dataclasses import replace
 
     return replace(config, history_decay=decay)
+
+
+def test_a_known_users_history_in_time_order_embeds_as_the_user() -> None:
+    """The fresh-answer path re-embeds a training user from their items: in time order (oldest
+    first) with a decayed pool, that equals the user's own embedding."""
+    from tests.features import random_features
+    from towers.data.interactions import Interactions
+    from towers.recommenders.two_tower import TwoTowerRecommender
+    from towers.training.steps import embed_users
+
+    user = np.array([0, 0, 0, 1, 1])
+    item = np.array([3, 1, 2, 0, 4])
+    time = np.array([10.0, 30.0, 20.0, 5.0, 1.0])  # user 0, oldest first: 3, 2, 1
+    train = Interactions(user, item, np.ones(5, np.float32), time, 2, 5)
+    features = random_features(2, 5, 0)
+    config = TwoTowerConfig.from_preset(
+        "default", **SMALL, history_decay=0.5, use_rating_history=False, use_features=False
+    ).sized_for(features)
+    torch.manual_seed(0)
+    rec = TwoTowerRecommender.from_model(TwoTower(config).eval(), features, train)
+    assert rec.history_in_time_order(0).tolist() == [3, 2, 1]
+    _, ctx = rec._require_model()
+    own = embed_users(rec._require_model()[0], ctx, torch.tensor([0]))[0].numpy()
+    again = rec.user_embedding_cold_start(None, rec.history_in_time_order(0))
+    assert np.allclose(own, again, atol=1e-5)
