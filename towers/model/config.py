@@ -26,8 +26,10 @@ USER_FULL_MAX_ITEMS = 100_000
 # history_decay=None where the held-out parts are each user's latest interactions (a temporal
 # split; PreparedData.time_ordered): the k-th newest item weighs 0.8^k in the history pool. On
 # Amazon Beauty's temporal validation part, NDCG@10 after 3 epochs: 0.0416 at 1.0, 0.0469 at 0.8
-# (an EASE model scored with the same decayed histories: 0.0543 -> 0.0621; 0.6: 0.0603). Under
-# ML-100K's random split it costs (epoch 1: 0.1153 vs 0.1432): there it stays 1.
+# (an EASE model scored with the same decayed histories: 0.0543 -> 0.0621; 0.6: 0.0603). With the
+# wide towers only: the deep towers on ML-100K's temporal split gained nothing (best validation
+# NDCG@10 0.1077 vs 0.1090 without), and under its random split it costs (epoch 1: 0.1153 vs
+# 0.1432; that split is not time-ordered anyway).
 HISTORY_DECAY = 0.8
 # The towers' shape by catalog size (docs/QUALITY.md has the runs behind both). Up to
 # FULL_SOFTMAX_MAX_ITEMS items (ML-100K), deep towers: each item has many interactions, and two
@@ -94,7 +96,8 @@ class TwoTowerConfig:
     recent_history: int = 0  # > 0: also pool the user's N most recent items (own table)
     history_decay: float | None = None  # < 1: the history bag weighs the user's k-th newest
     # item by decay^k (recent interests count more; the paper's future work); 1: the plain mean;
-    # None: HISTORY_DECAY where the held-out parts are the latest (time_ordered), else 1
+    # None: HISTORY_DECAY with the wide towers where the held-out parts are the latest
+    # (time_ordered), else 1
     time_ordered: bool = False  # held-out parts are each user's latest interactions (sized_for)
     use_profiles: bool = True  # mean of the history's small-vocabulary item features (genres)
     use_rating_history: bool = True  # history pooled by centred rating (+ mean rating): tastes
@@ -188,9 +191,11 @@ class TwoTowerConfig:
         stored config says what ran."""
         if self.n_items <= 0:
             return
+        wide = self.n_items > FULL_SOFTMAX_MAX_ITEMS
         if self.history_decay is None:
-            object.__setattr__(self, "history_decay", HISTORY_DECAY if self.time_ordered else 1.0)
-        towers = DEEP_TOWERS if self.n_items <= FULL_SOFTMAX_MAX_ITEMS else WIDE_TOWERS
+            decay = HISTORY_DECAY if self.time_ordered and wide else 1.0
+            object.__setattr__(self, "history_decay", decay)
+        towers = WIDE_TOWERS if wide else DEEP_TOWERS
         for name, value in towers.items():
             if getattr(self, name) is None:
                 if name == "share_history_embeddings":  # only where there is a shared table

@@ -276,13 +276,16 @@ def test_towers_follow_the_catalog_size_unless_chosen() -> None:
 
 
 def test_history_decay_follows_the_time_order_unless_chosen() -> None:
-    from towers.model.config import HISTORY_DECAY
+    from towers.model.config import FULL_SOFTMAX_MAX_ITEMS, HISTORY_DECAY
 
-    features = make_features()
     assert TwoTowerConfig().history_decay is None  # not known yet
-    timed = TwoTowerConfig().sized_for(features, time_ordered=True)
+    wide = dict(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS + 1)
+    timed = TwoTowerConfig(**wide, time_ordered=True)
     assert (timed.time_ordered, timed.history_decay) == (True, HISTORY_DECAY)
-    untimed = TwoTowerConfig().sized_for(features, time_ordered=False)
-    assert untimed.history_decay == 1.0  # no timestamps: no order to weigh by
-    chosen = TwoTowerConfig(history_decay=0.5).sized_for(features, time_ordered=True)
+    assert TwoTowerConfig(**wide).history_decay == 1.0  # held-out parts not the latest
+    deep = TwoTowerConfig(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS, time_ordered=True)
+    assert deep.history_decay == 1.0  # the deep towers gained nothing from it (ML-100K)
+    chosen = TwoTowerConfig(**wide, history_decay=0.5, time_ordered=True)
     assert chosen.history_decay == 0.5
+    sized = TwoTowerConfig().sized_for(make_features(), time_ordered=True)
+    assert sized.time_ordered is True
