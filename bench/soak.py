@@ -108,7 +108,8 @@ class Soak:
 def soak(args: argparse.Namespace, storage: str, workdir: Path) -> Soak:
     script = workdir / "recommend.lua"
     ids = user_ids(storage)
-    script.write_text(LUA % {"ids": ",".join(map(str, ids)), "k": args.k, "model": "two_tower"})
+    values = {"ids": ",".join(map(str, ids)), "k": args.k, "model": "two_tower", "events": ""}
+    script.write_text(LUA % values)  # GET /recommend only: no events part in the script
     server = Server(args.target, args, storage, workdir)
     try:
         server.ready(ids[0], args.k, args.startup_timeout)
