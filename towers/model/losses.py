@@ -155,10 +155,7 @@ def full_softmax_rows(
     )  # (R, N): positives out of the sum
     log_negatives = torch.logsumexp(negatives, dim=1)  # (R,)
     per_target = torch.logaddexp(log_negatives[target_rows], target_logits) - target_logits  # (T,)
-    if weights is None:
-        return per_target.mean()
-    weights = weights.float()
-    return (weights * per_target).sum() / weights.sum().clamp(min=1e-12)
+    return weighted_mean(per_target, weights)
 
 
 def sampled_softmax_rows(
@@ -200,10 +197,7 @@ def sampled_softmax_rows(
     scale = math.log(n_items / len(negative_items))
     log_negatives = torch.logsumexp(logits, dim=1) + scale  # (R,)
     per_target = torch.logaddexp(log_negatives[target_rows], target_logits) - target_logits  # (T,)
-    if weights is None:
-        return per_target.mean()
-    weights = weights.float()
-    return (weights * per_target).sum() / weights.sum().clamp(min=1e-12)
+    return weighted_mean(per_target, weights)
 
 
 def weighted_cross_entropy(
@@ -213,9 +207,15 @@ def weighted_cross_entropy(
     ``sum w_r l_r / sum w_r`` (a row of weight 2 counts as two positives), else the mean."""
     if weights is None:
         return F.cross_entropy(logits, target)
-    per_row = F.cross_entropy(logits, target, reduction="none")  # (B,)
+    return weighted_mean(F.cross_entropy(logits, target, reduction="none"), weights)
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """``sum w v / sum w`` of ``(B,)`` values (a weight-2 value counts twice), or the mean."""
+    if weights is None:
+        return values.mean()
     weights = weights.float()
-    return (weights * per_row).sum() / weights.sum().clamp(min=1e-12)
+    return (weights * values).sum() / weights.sum().clamp(min=1e-12)
 
 
 def rating_mse(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
