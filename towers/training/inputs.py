@@ -42,34 +42,30 @@ def recency_ranks(train: Interactions) -> np.ndarray:
     return ranks
 
 
+def csr_recency(train: Interactions) -> np.ndarray:
+    """``(nnz,)`` recency rank of each entry of ``train.to_csr()`` (0 = the user's newest):
+    the same (user, item) pattern built the same way as the CSR, so ``.data`` lines up with its
+    ``indices``. One O(nnz log nnz) sort."""
+    ranks = sp.csr_matrix(
+        (recency_ranks(train) + 1, (train.user_idx, train.item_idx)),
+        shape=(train.n_users, train.n_items),
+    )
+    return ranks.data - 1
+
+
 def _recent_entries(
-    train: Interactions, csr: sp.csr_matrix, n_recent: int
+    csr: sp.csr_matrix, recency: np.ndarray | None, n_recent: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """CSR ``(indptr (U + 1,), positions in csr.indices)`` of each user's ``n_recent`` newest
-    entries, found once (O(nnz log nnz)) so that a step gathers ``O(batch x n_recent)`` of them;
-    empty rows when ``n_recent`` is 0 (nothing is sorted then)."""
-    if n_recent <= 0:
-        return np.zeros(train.n_users + 1, np.int64), np.zeros(0, np.int64)
-    # Same (user, item) pattern built the same way as csr: .data lines up with csr.indices.
-    recency = sp.csr_matrix(
-        (recency_ranks(train) + 1, (train.user_idx, train.item_idx)),
-        shape=(train.n_users, train.n_items),
-    )
-    recent = np.flatnonzero(recency.data - 1 < n_recent)  # (R,) positions
-    entry_user = np.repeat(np.arange(train.n_users), np.diff(csr.indptr))  # (nnz,)
-    per_user = np.bincount(entry_user[recent], minlength=train.n_users)
+    entries (``recency`` from :func:`csr_recency`), found once so that a step gathers
+    ``O(batch x n_recent)`` of them; empty rows when ``n_recent`` is 0."""
+    n_users = csr.shape[0]
+    if n_recent <= 0 or recency is None:
+        return np.zeros(n_users + 1, np.int64), np.zeros(0, np.int64)
+    recent = np.flatnonzero(recency < n_recent)  # (R,) positions
+    entry_user = np.repeat(np.arange(n_users), np.diff(csr.indptr))  # (nnz,)
+    per_user = np.bincount(entry_user[recent], minlength=n_users)
     return np.concatenate([[0], np.cumsum(per_user)]), recent
-
-
-def _history_recency(train: Interactions, csr: sp.csr_matrix, needed: bool) -> np.ndarray:
-    """``(nnz,)`` float32 recency rank of each CSR entry (0 = the user's newest), or zeros."""
-    if not needed:
-        return np.zeros(csr.nnz, np.float32)
-    ranks = sp.csr_matrix(  # same pattern built the same way as csr: .data lines up
-        (recency_ranks(train) + 1, (train.user_idx, train.item_idx)),
-        shape=(train.n_users, train.n_items),
-    )
-    return (ranks.data - 1).astype(np.float32)
 
 
 @dataclass
@@ -126,7 +122,10 @@ class TrainingContext:
             )
         rating_scale = rating_scale or infer_rating_scale(train)
         csr = train.to_csr()  # sorted by user, then item; values are raw ratings
-        recent_indptr, recent = _recent_entries(train, csr, config.recent_history)
+        # Recency ranks (one sort) only where something reads them: nothing by default.
+        needed = config.recent_history > 0 or (config.history_decay or 1.0) < 1.0
+        recency = csr_recency(train) if needed else None
+        recent_indptr, recent = _recent_entries(csr, recency, config.recent_history)
         lo, hi = rating_scale
         counts = np.bincount(train.item_idx, minlength=train.n_items).astype(np.float64)
         log_q = np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))
@@ -146,7 +145,9 @@ class TrainingContext:
             history_ratings=t((csr.data - lo) / (hi - lo), dtype=torch.float32),
             recent_indptr=t(recent_indptr, dtype=torch.int64),
             recent_positions=t(recent, dtype=torch.int64),
-            history_recency=t(_history_recency(train, csr, config.history_decay < 1.0)),
+            history_recency=t(
+                np.zeros(csr.nnz) if recency is None else recency, dtype=torch.float32
+            ),
             item_log_q=t(log_q, dtype=torch.float32),
         ).to(device)
 
