@@ -3,6 +3,7 @@
     python -m ray_jobs.train --storage runs/demo --num-workers 2
     python -m ray_jobs.train --storage s3://bucket/run --num-workers 8 --use-gpu
     python -m ray_jobs.train --storage runs/demo --preset paper --export-as model_paper
+    python -m ray_jobs.train --storage runs/demo --warm-start model     # from the last model
 
 Each worker runs the shared epoch loop (``towers.training.loop.train_loop``); this file holds only
 the Ray parts passed into it: the data shard (Ray Data, or a local shard), the DDP wrap
@@ -28,6 +29,7 @@ import torch
 from ray_jobs.curves import Curves
 from ray_jobs.faults import FaultMarker, FaultPlan, crash_after, kill_at
 from ray_jobs.train_config import MODEL_OVERRIDES, PLACEMENT_SETTINGS, TrainConfig
+from ray_jobs.warm_start import TrainJobConfig, warm_start
 from towers import artifacts
 from towers.data.prepared import PreparedData, load_prepared, split_file
 from towers.launch.cli import parse_config
@@ -44,9 +46,10 @@ from towers.recommenders.two_tower import TwoTowerRecommender
 from towers.storage.root import Storage
 from towers.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from towers.training.loop import REFIT, EpochEnd, LocalBatches, TrainingData, train_loop
+from towers.training.warm_start import Vocabularies
 
 log = logging.getLogger("train")
-__all__ = ["MODEL_OVERRIDES", "PLACEMENT_SETTINGS", "TrainConfig", "run"]
+__all__ = ["MODEL_OVERRIDES", "PLACEMENT_SETTINGS", "TrainConfig", "TrainJobConfig", "run"]
 
 
 class ShardBatches:
@@ -99,6 +102,7 @@ class ShardBatches:
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
     """One DDP rank: the shared epoch loop with Ray's shard, DDP wrap, report and checkpoint."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -119,6 +123,8 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             _, tensors, state = load_checkpoint(Path(folder))
         resume = (tensors, state)
         log.info("[rank %d] resumed from epoch %d (%s)", rank, state.epoch, state.phase)
+    # A warm start's weights (ray.put by the driver) seed both phases unless a checkpoint resumes.
+    initial = ray.get(loop["initial"]) if loop.get("initial") is not None else None
 
     # TensorBoard curves in the run folder when the storage is local (rank 0 writes them).
     run_folder = loop["storage_path"]
@@ -135,6 +141,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             ShardBatches(loop, data, faults),
             refit=loop["refit"],
             resume=resume,
+            initial=initial,
             prepare_model=ray.train.torch.prepare_model,  # DDP: gloo on CPU, NCCL on GPU
             on_epoch=report,
             on_progress=_log_progress if rank == 0 else None,
@@ -183,8 +190,14 @@ def _report(end: EpochEnd, rank: int, curves: Curves | None, world_size: int) ->
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfig]:
-    """Runs the ``TorchTrainer``; returns the Ray Train ``Result`` and the model config."""
+def fit_on_ray(
+    cfg: TrainConfig,
+    data: PreparedData,
+    warm: tuple[TwoTowerConfig, dict[str, torch.Tensor]] | None = None,
+) -> tuple[Any, TwoTowerConfig]:
+    """Runs the ``TorchTrainer``; returns the Ray Train ``Result`` and the model config.
+
+    ``warm``: a warm start's ``(config, initial weights)`` (:func:`warm_start`)."""
     import ray
     import ray.data
     import ray.train
@@ -206,7 +219,7 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
             f"--use-gpu asks for {cfg.num_workers} GPU(s) but the Ray cluster has "
             f"{ray.cluster_resources().get('GPU', 0):g}; drop --use-gpu or add GPU nodes"
         )
-    model_cfg = cfg.model_config(data)
+    model_cfg = cfg.model_config(data) if warm is None else warm[0]
     storage = Storage(cfg.storage)
     faults = FaultPlan.from_env()
     split = data.split
@@ -234,6 +247,7 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
         "progress_every_s": cfg.progress_every_s,
         "storage_path": storage.path(artifacts.TRAIN, run_name) if storage.is_local else "",
         "run_folder": f"{artifacts.TRAIN}/{run_name}",
+        "initial": None if warm is None else ray.put(warm[1]),
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -271,7 +285,11 @@ def fit_on_ray(cfg: TrainConfig, data: PreparedData) -> tuple[Any, TwoTowerConfi
 
 
 def export(
-    cfg: TrainConfig, data: PreparedData, checkpoint_dir: Path, world_size: int | None = None
+    cfg: TrainConfig,
+    data: PreparedData,
+    checkpoint_dir: Path,
+    world_size: int | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
     """Publishes ``<export_as>/`` from the final checkpoint: refit weights, else the best epoch."""
     _, _, state = load_checkpoint(checkpoint_dir)
@@ -285,6 +303,7 @@ def export(
         Storage(cfg.storage),
         rec,
         cfg.export_as,
+        vocabularies=Vocabularies.of_tables(data.users, data.items),
         preset=cfg.preset,
         split=data.split,
         dataset=data.manifest["dataset"],
@@ -295,6 +314,7 @@ def export(
         valid_metrics={k: v for k, v in best.items() if "@" in k or k == "rmse"},
         history=state.history,
         resumed_at=state.resumed_at,
+        **fields,
     )
 
 
@@ -304,13 +324,18 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     # Workers run in Ray's own working directory: hand them an absolute storage path.
     cfg = replace(cfg, split=data.split, storage=storage.absolute_uri)
     start = time.perf_counter()
-    result, model_cfg = fit_on_ray(cfg, data)
+    warm, fields = None, {}
+    if getattr(cfg, "warm_start", None):  # a TrainJobConfig's --warm-start
+        config, weights, fields = warm_start(cfg, data)  # type: ignore[arg-type]
+        warm = (config, weights)
+    result, model_cfg = fit_on_ray(cfg, data, warm)
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}") from result.error
     if result.checkpoint is None:
         raise RuntimeError("training reported no checkpoint")
     with result.checkpoint.as_directory() as folder:
-        manifest = export(cfg, data, Path(folder), (result.metrics or {}).get("world_size"))
+        world = (result.metrics or {}).get("world_size")
+        manifest = export(cfg, data, Path(folder), world, **fields)
     wall = time.perf_counter() - start
     print(
         f"exported {cfg.export_as}/ version {manifest['version']} (D={model_cfg.embedding_dim}, "
@@ -320,7 +345,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(parse_config(TrainConfig, argv))
+    run(parse_config(TrainJobConfig, argv))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from towers.model.config import TwoTowerConfig
 from towers.recommenders.two_tower import TwoTowerRecommender
 from towers.recommenders.user_knn import UserKNN
 from towers.storage.root import ArtifactError, Storage
+from towers.training.warm_start import Vocabularies, WarmStartError
 
 DATA = prepared.ARTIFACT
 TRAIN = "train"
@@ -54,6 +55,8 @@ TWO_TOWER_EXPORTS = {
 USER_EMBEDDINGS = "user_embeddings.npy"  # in index/: (n_users, D) known users' queries
 # In an index over a catalog grown after training (build_index --items): its items and vectors.
 CATALOG_ITEMS, ITEM_EMBEDDINGS = "items.parquet", "item_embeddings.npy"
+# In a model export: the raw ids of its rows (by user_idx / item_idx), which a warm start maps.
+USER_IDS, ITEM_IDS = "user_ids.parquet", "item_ids.parquet"
 KNN_GRID = "validation_grid.parquet"  # in knn/: one row per UserKNN grid point
 REPORT_JSON, REPORT_MD, REPORT_PLOT = "metrics.json", "metrics.md", "metrics_vs_k.png"
 
@@ -72,11 +75,20 @@ def publish_folder(
 
 
 def publish_two_tower(
-    storage: Storage, rec: TwoTowerRecommender, artifact: str = MODEL, **fields: Any
+    storage: Storage,
+    rec: TwoTowerRecommender,
+    artifact: str = MODEL,
+    vocabularies: Vocabularies | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
-    """Publishes ``rec`` (``TwoTowerRecommender.save``) with ``version`` and ``dim`` fields."""
+    """Publishes ``rec`` (``TwoTowerRecommender.save``) with ``version`` and ``dim`` fields, and
+    the raw ids of its rows when given (what ``--warm-start`` maps a grown vocabulary by)."""
     with tempfile.TemporaryDirectory() as tmp:
         rec.save(Path(tmp) / artifact)
+        if vocabularies is not None:
+            folder = Path(tmp) / artifact
+            pd.DataFrame({"user_id": vocabularies.users}).to_parquet(folder / USER_IDS)
+            pd.DataFrame({"item_id": vocabularies.items}).to_parquet(folder / ITEM_IDS)
         return publish_folder(
             storage,
             Path(tmp) / artifact,
@@ -94,6 +106,28 @@ def load_two_tower(
     manifest (which refuses an incomplete export with a clear message)."""
     with storage.checked_copy(artifact) as (folder, manifest):
         return TwoTowerRecommender.load(folder), manifest
+
+
+def load_warm_start(
+    storage: Storage, artifact: str
+) -> tuple[TwoTowerRecommender, Vocabularies | None]:
+    """``(model, vocabularies or None)`` of a two-tower export, for a warm start: None for an
+    export written before exports carried their ids. Raises ``WarmStartError`` naming the
+    artifact when it is missing, incomplete or not a two-tower model."""
+    try:
+        with storage.checked_copy(artifact) as (folder, _):
+            rec = TwoTowerRecommender.load(folder)
+            vocab = None
+            if (folder / USER_IDS).is_file() and (folder / ITEM_IDS).is_file():
+                users = pd.read_parquet(folder / USER_IDS)["user_id"].to_numpy()
+                vocab = Vocabularies(
+                    users, pd.read_parquet(folder / ITEM_IDS)["item_id"].to_numpy()
+                )
+    except (ArtifactError, FileNotFoundError, ValueError, KeyError) as err:
+        raise WarmStartError(
+            f"--warm-start {storage.uri}/{artifact}: not a two-tower model export ({err})"
+        ) from err
+    return rec, vocab
 
 
 # --- item index -------------------------------------------------------------------------------
@@ -236,7 +270,8 @@ def publish_small_run(
         "default", epochs=epochs, embedding_dim=embedding_dim, seed=seed
     ).sized_for(data.features, data.has_ratings, data.time_ordered)
     rec = TwoTowerRecommender(config, data.features, data.valid).fit(data.full_train)
-    publish_two_tower(storage, rec, model_artifact)
+    vocab = Vocabularies.of_tables(data.users, data.items)
+    publish_two_tower(storage, rec, model_artifact, vocabularies=vocab)
     index = make_index("scann", rec.n_items, model_version=rec.version)
     index.build(rec.item_embeddings(), np.arange(rec.n_items))
     users = rec.user_embeddings(np.arange(rec.n_users))

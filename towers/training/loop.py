@@ -172,6 +172,7 @@ def train_loop(
     refit: bool = False,
     epochs: int | None = None,
     resume: tuple[dict[str, Any], LoopState] | None = None,
+    initial: dict[str, torch.Tensor] | None = None,
     prepare_model: Callable[[nn.Module], nn.Module] | None = None,
     on_epoch: Callable[[EpochEnd], None] | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
@@ -187,6 +188,8 @@ def train_loop(
             ``best_epoch + 1`` epochs (needs validation data; ignored without).
         epochs: search-phase budget; default ``config.epochs`` (also the schedule's length).
         resume: ``(tensors, state)`` of a checkpoint (``towers.training.checkpoint``).
+        initial: weights a fresh model starts from instead of its own init, in both phases
+            (a warm start, ``towers.training.warm_start``); a ``resume`` takes precedence.
         prepare_model: wraps the model once it is restored (e.g. in DDP).
         on_epoch: called after every epoch, on every rank.
         on_progress: called inside an epoch at most every ``progress_every_s`` seconds with
@@ -210,6 +213,8 @@ def train_loop(
             scheduler.load_state_dict(tensors["scheduler"])
         best_model = tensors["best_model"] or None
         state.resumed_at.append(state.epoch)
+    elif initial is not None:
+        model.load_state_dict(initial)
     device = next(model.parameters()).device
     if prepare_model is not None:
         model = prepare_model(model)  # optimizer state refers to parameters by position
@@ -248,9 +253,11 @@ def train_loop(
         state.history.append(row)
         done = phase == SEARCH and (state.stale >= config.patience or epoch + 1 >= budget)
         if done and refit:
-            # Phase two from a fresh model: same seed, same init, a new optimizer and schedule.
+            # Phase two from a fresh model: same seed, same init (or the same warm start), a new
+            # optimizer and schedule.
             torch.manual_seed(config.seed)
-            unwrap(model).load_state_dict(TwoTower(config).to(device).state_dict())
+            fresh = TwoTower(config).to(device).state_dict() if initial is None else initial
+            unwrap(model).load_state_dict(fresh)
             optimizer = make_optimizer(model, config)
             scheduler = make_scheduler(optimizer, config, source.steps_per_epoch(REFIT))
             state.phase, state.epoch = REFIT, -1
@@ -321,8 +328,10 @@ def fit(
     rating_scale: tuple[float, float] | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
     refit: bool = False,
+    initial: dict[str, torch.Tensor] | None = None,
 ) -> tuple[TwoTower, list[dict[str, Any]]]:
-    """Trains a fresh model in this process (``train_loop`` over :class:`LocalBatches`).
+    """Trains a fresh model in this process (``train_loop`` over :class:`LocalBatches`), from
+    ``initial`` weights when given (a warm start).
 
     Returns:
         ``(model, history)``: the model in eval mode with the refit weights (``refit``), else the
@@ -334,7 +343,9 @@ def fit(
     data = TrainingData(features, train, valid, rating_scale)
     source = LocalBatches(data, config.batch_size, config.seed, config=config)
     on_epoch = None if log is None else (lambda end: log(end.row))
-    result = train_loop(model, data, source, refit=refit, epochs=epochs, on_epoch=on_epoch)
+    result = train_loop(
+        model, data, source, refit=refit, epochs=epochs, initial=initial, on_epoch=on_epoch
+    )
     if result.state.phase != REFIT and result.best_model is not None:
         model.load_state_dict(result.best_model)
     return model.eval(), result.state.history
