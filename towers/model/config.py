@@ -94,6 +94,9 @@ class TwoTowerConfig:
     history_dropout: float | None = None  # train-time chance a history item leaves the pool
     max_history: int = 64  # > 0: training pools a random ~max_history of a user's items (speed)
     recent_history: int = 0  # > 0: also pool the user's N most recent items (own table)
+    causal_folds: bool | None = None  # user_full on time-ordered data: a row pools only the items
+    # before its target fold (its first fold: those after), decayed from the fold; None: on where
+    # history_decay is (time-ordered data, wide towers)
     history_decay: float | None = None  # < 1: the history bag weighs the user's k-th newest
     # item by decay^k (recent interests count more; the paper's future work); 1: the plain mean;
     # None: HISTORY_DECAY with the wide towers where the held-out parts are the latest
@@ -195,6 +198,8 @@ class TwoTowerConfig:
         if self.history_decay is None:
             decay = HISTORY_DECAY if self.time_ordered and wide else 1.0
             object.__setattr__(self, "history_decay", decay)
+        if self.causal_folds is None:
+            object.__setattr__(self, "causal_folds", self.time_ordered and wide)
         towers = WIDE_TOWERS if wide else DEEP_TOWERS
         for name, value in towers.items():
             if getattr(self, name) is None:

@@ -138,6 +138,47 @@ def fold_entries(
     return positions, rows, rank % n_folds == fold[rows]
 
 
+def causal_fold_entries(
+    history_indptr: torch.Tensor,
+    history_recency: torch.Tensor,
+    user_idx: torch.Tensor,
+    fold: torch.Tensor,
+    history_folds: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rows' history entries with folds that are chunks of time (``causal_folds``).
+
+    Fold ``f`` of a user with ``n`` items in ``r`` folds holds the items of chronological index
+    ``c`` (0 = the oldest) with ``c * r // n == f``: the folds follow each other in time, so a row
+    can pool what came *before* its targets, as the held-out parts of a temporal split come
+    after the training history. The first fold has nothing before it; its row pools the items
+    after it instead, so every item is still a target once per epoch.
+
+    Args:
+        history_indptr: ``(U + 1,)`` CSR row pointers of the training history.
+        history_recency: ``(nnz,)`` each entry's recency rank among its user's (0 = newest).
+        user_idx: ``(R,)`` the rows' users.
+        fold: ``(R,)`` each row's target fold, in ``[0, min(n_u, history_folds))``.
+        history_folds: the config's ``history_folds``.
+
+    Returns:
+        ``positions (H,)``, ``rows (H,)`` (sorted), ``is_target (H,)``, ``pooled (H,)`` (in the
+        row's history bag) and ``recency (H,)``: for pooled entries, their distance in items
+        from the target fold (0 = adjacent), what ``history_decay`` weighs.
+    """
+    positions, rows, _ = csr_gather(history_indptr, user_idx)
+    lengths = (history_indptr[user_idx + 1] - history_indptr[user_idx])[rows]  # (H,)
+    n_folds = lengths.clamp(max=history_folds).clamp(min=1)  # (H,)
+    chrono = lengths - 1 - history_recency[positions].long()  # (H,) 0 = the oldest
+    f = fold[rows]  # (H,)
+    start = (f * lengths + n_folds - 1) // n_folds  # first chronological index of fold f
+    end = ((f + 1) * lengths + n_folds - 1) // n_folds  # one past its last
+    is_target = (chrono >= start) & (chrono < end)
+    first = f == 0
+    pooled = torch.where(first, chrono >= end, chrono < start)
+    recency = torch.where(first, chrono - end, start - 1 - chrono).float()
+    return positions, rows, is_target, pooled, recency
+
+
 def fold_user_batch(
     ctx: TrainingContext,
     batch: Batch,
@@ -156,20 +197,31 @@ def fold_user_batch(
         ``positive_rows (M,)`` and ``positive_items (M,)`` (every training item of every row).
     """
     user_idx = batch["user_idx"].to(ctx.device)
-    positions, rows, is_target = fold_entries(
-        ctx.history_indptr,
-        user_idx,
-        batch["fold"].to(ctx.device),
-        batch["fold_seed"].to(ctx.device),
-        ctx.config.history_folds,
-    )
+    fold = batch["fold"].to(ctx.device)
+    if ctx.config.causal_folds:
+        positions, rows, is_target, keep, recency = causal_fold_entries(
+            ctx.history_indptr, ctx.history_recency, user_idx, fold, ctx.config.history_folds
+        )
+    else:
+        positions, rows, is_target = fold_entries(
+            ctx.history_indptr,
+            user_idx,
+            fold,
+            batch["fold_seed"].to(ctx.device),
+            ctx.config.history_folds,
+        )
+        keep, recency = ~is_target, ctx.history_recency[positions]
     items = ctx.history_items[positions]  # (H,)
-    keep = ~is_target
     if history_dropout > 0:
         keep = keep & (torch.rand(items.shape, device=ctx.device) >= history_dropout)
     if max_history > 0:
-        # A uniform subset of at most max_history pooled entries per row: rank by a random key.
-        key = torch.rand(items.shape, device=ctx.device, dtype=torch.float64)
+        # At most max_history pooled entries per row: a uniform subset (ranked by a random key),
+        # or with causal folds the ones nearest the targets.
+        if ctx.config.causal_folds:
+            near = recency.clamp(min=0).double()  # (H,) the non-pooled ones sort last anyway
+            key = near / (float(near.max()) + 1.0) if len(near) else near
+        else:
+            key = torch.rand(items.shape, device=ctx.device, dtype=torch.float64)
         order = torch.argsort(rows.double() * 2.0 + keep.double() * -1.0 + key)
         kept_sorted = keep[order]
         first = torch.searchsorted(rows[order], rows[order])  # row start in the sorted order
@@ -177,7 +229,7 @@ def fold_user_batch(
         sampled = torch.zeros_like(keep)
         sampled[order] = kept_sorted & (rank < max_history)
         keep = sampled
-    pool_rows, pool_pos = rows[keep], positions[keep]
+    pool_rows, pool_pos, pool_recency = rows[keep], positions[keep], recency[keep]
     counts = torch.bincount(pool_rows, minlength=len(user_idx))  # (R,)
     out = ctx.pool_history(
         user_idx,
@@ -186,7 +238,7 @@ def fold_user_batch(
         ctx.history_ratings[pool_pos],
         pool_rows,
         torch.cumsum(counts, 0) - counts,
-        ctx.history_recency[pool_pos],
+        pool_recency,
     )
     if ctx.config.recent_history > 0:
         recent, recent_rows, _ = csr_gather(ctx.recent_indptr, user_idx)

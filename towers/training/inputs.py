@@ -123,7 +123,11 @@ class TrainingContext:
         rating_scale = rating_scale or infer_rating_scale(train)
         csr = train.to_csr()  # sorted by user, then item; values are raw ratings
         # Recency ranks (one sort) only where something reads them: nothing by default.
-        needed = config.recent_history > 0 or (config.history_decay or 1.0) < 1.0
+        needed = (
+            config.recent_history > 0
+            or (config.history_decay or 1.0) < 1.0
+            or bool(config.causal_folds)
+        )
         recency = csr_recency(train) if needed else None
         recent_indptr, recent = _recent_entries(csr, recency, config.recent_history)
         lo, hi = rating_scale

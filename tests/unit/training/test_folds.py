@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -177,8 +179,6 @@ def test_history_decay_weighs_the_newest_items_most() -> None:
 
 
 def replace_decay(config: TwoTowerConfig, decay: float) -> TwoTowerConfig:
-    from dataclasses import replace
-
     return replace(config, history_decay=decay)
 
 
@@ -205,3 +205,50 @@ def test_a_known_users_history_in_time_order_embeds_as_the_user() -> None:
     own = embed_users(rec._require_model()[0], ctx, torch.tensor([0]))[0].numpy()
     again = rec.user_embedding_cold_start(None, rec.history_in_time_order(0))
     assert np.allclose(own, again, atol=1e-5)
+
+
+def test_causal_folds_pool_what_came_before_the_targets() -> None:
+    """``causal_folds``: folds are chunks of time; a row pools the items before its targets
+    (the first fold: those after), decayed from the fold; every item is a target once."""
+    from tests.features import random_features
+    from towers.data.interactions import Interactions
+
+    rng = np.random.default_rng(0)
+    n = [7, 3, 1]
+    user = np.repeat(np.arange(3), n)
+    item = np.concatenate([rng.permutation(9)[:k] for k in n])
+    time = rng.permutation(len(user)).astype(np.float64)
+    train = Interactions(user, item, np.ones(len(user), np.float32), time, 3, 9)
+    features = random_features(3, 9, 0)
+    config = TwoTowerConfig.from_preset(
+        "default", **SMALL, negatives="user_full", history_folds=5, causal_folds=True,
+        history_decay=0.5, use_rating_history=False,
+    ).sized_for(features)  # fmt: skip
+    ctx = TrainingContext.build(features, train, config)
+    when = {(u, i): t for u, i, t in zip(user, item, time, strict=True)}
+    for u, k in enumerate(n):
+        seen = []
+        for f in range(min(k, 5)):
+            batch = {"user_idx": torch.tensor([u]), "fold": torch.tensor([f]),
+                     "fold_seed": torch.tensor([0])}  # fmt: skip
+            out = fold_user_batch(ctx, batch)
+            targets = [when[u, i] for i in out["target_items"].tolist()]
+            pooled = [when[u, i] for i in out["history_items"].tolist()]
+            seen += targets
+            if f > 0:
+                assert pooled and max(pooled) < min(targets)  # only the past
+                newest = pooled.index(max(pooled))
+                assert out["history_weights"][newest] == out["history_weights"].max()
+            else:
+                assert all(p > max(targets) for p in pooled)  # the first fold: the future
+        assert sorted(seen) == sorted(t for (v, _), t in when.items() if v == u)
+    # Without causal folds the same rows mix past and future (random folds).
+    mixed = TrainingContext.build(features, train, replace(config, causal_folds=False))
+    rows = {"user_idx": torch.zeros(5, dtype=torch.int64), "fold": torch.arange(5),
+            "fold_seed": torch.zeros(5, dtype=torch.int64)}  # fmt: skip
+    out = fold_user_batch(mixed, rows)
+    assert any(
+        max(when[0, i] for i in out["history_items"][out["history_rows"] == r].tolist())
+        > min(when[0, i] for i in out["target_items"][out["target_rows"] == r].tolist())
+        for r in range(1, 5)
+    )
