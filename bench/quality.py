@@ -51,7 +51,9 @@ def run_row(
     data = load_prepared(storage, split)
     config = TwoTowerConfig.from_preset(preset, **overrides)
     # Implicit data: no rating parts; time-ordered data: a decayed history pool.
-    config = config.sized_for(data.features, data.has_ratings, data.time_ordered)
+    config = config.sized_for(
+        data.features, data.has_ratings, data.time_ordered, n_train=len(data.train)
+    )
     start = time.perf_counter()
     scale = data.rating_scale
     model, history = fit(

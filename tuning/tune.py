@@ -57,11 +57,7 @@ class TuneJobConfig:
     resume: bool = help_field(False, "restore an interrupted search from STORAGE/tuning/ray")
 
     def __post_init__(self) -> None:
-        if self.max_epochs is None:
-            # The budget the chosen config will be trained with: a shorter search favours
-            # settings that learn fast, not the ones that end best (measured: docs/BENCHMARKS.md).
-            self.max_epochs = TwoTowerConfig.from_preset(self.preset).epochs
-        if self.num_samples < 1 or self.max_concurrent < 1 or self.max_epochs < 1:
+        if self.num_samples < 1 or self.max_concurrent < 1 or (self.max_epochs or 1) < 1:
             raise ValueError("--num-samples, --max-concurrent and --max-epochs must be >= 1")
         if self.workers_per_trial != 1:
             raise ValueError(
@@ -101,7 +97,9 @@ def trial(params: dict[str, Any]) -> None:
     overrides = {k: params[k] for k in ("lr", "embedding_dim", "temperature")}
     epochs = job["max_epochs"]
     config = TwoTowerConfig.from_preset(job["preset"], **overrides, epochs=epochs, patience=epochs)
-    config = config.sized_for(prepared.features, prepared.has_ratings, prepared.time_ordered)
+    config = config.sized_for(
+        prepared.features, prepared.has_ratings, prepared.time_ordered, len(prepared.train)
+    )
     torch.manual_seed(config.seed)
     data = TrainingData(prepared.features, prepared.train, prepared.valid, prepared.rating_scale)
 
@@ -120,6 +118,14 @@ def run(cfg: TuneJobConfig) -> dict[str, Any]:
 
     storage = Storage(cfg.storage)
     data = load_prepared(storage, cfg.split)  # fail fast, before Ray starts, if data/ is missing
+    if cfg.max_epochs is None:
+        # The budget the chosen config will be trained with: a shorter search favours settings
+        # that learn fast, not the ones that end best (measured: docs/BENCHMARKS.md).
+        cfg.max_epochs = int(
+            TwoTowerConfig.from_preset(cfg.preset)
+            .sized_for(data.features, data.has_ratings, data.time_ordered, len(data.train))
+            .epochs
+        )
     init_ray(cfg.max_concurrent)
     experiment = (
         storage.path(ARTIFACT, "ray") if storage.is_local else f"{cfg.storage}/{ARTIFACT}/ray"

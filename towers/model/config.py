@@ -31,6 +31,13 @@ USER_FULL_MAX_ITEMS = 100_000
 # NDCG@10 0.1077 vs 0.1090 without), and under its random split it costs (epoch 1: 0.1153 vs
 # 0.1432; that split is not time-ordered anyway).
 HISTORY_DECAY = 0.8
+# epochs=None: 20 for the deep towers (ML-100K's early stopping lands well inside it); for the wide
+# towers as many as make about WIDE_TRAIN_PAIRS training pairs, 2 to 20: an epoch's cost grows
+# with the pairs, and the wide towers' validation NDCG flattens after a few hundred thousand
+# steps' worth of pairs (Amazon Beauty, 143k pairs: 0.0601 after 5 epochs of a 12-epoch cosine,
+# 0.0616 at its best after 9). Beauty gets 7 epochs, Gowalla (730k pairs) 2.
+WIDE_TRAIN_PAIRS = 1_000_000
+MAX_EPOCHS = 20
 # The towers' shape by catalog size (docs/QUALITY.md has the runs behind both). Up to
 # FULL_SOFTMAX_MAX_ITEMS items (ML-100K), deep towers: each item has many interactions, and two
 # ReLU layers with dropout over a 64-d history pool generalise best (tuned on ML-100K's
@@ -73,6 +80,7 @@ class TwoTowerConfig:
     item_inputs: tuple[tuple[str, str, int], ...] = ()
     item_profiles: tuple[tuple[str, int], ...] = ()  # item features pooled over the history
     has_ratings: bool = True  # explicit ratings; False (implicit data) drops rating losses/inputs
+    n_train: int = 0  # training pairs (sized_for), for the epoch budget of epochs=None
     # --- Towers. The defaults are the tuned ML-100K setting (the "default" preset).
     # Fields typed "| None" default to None: set by the catalog size once it is known, to
     # DEEP_TOWERS (small catalogs) or WIDE_TOWERS (large sparse ones); see TOWERS_BY_CATALOG.
@@ -134,7 +142,7 @@ class TwoTowerConfig:
     sparse_embeddings: bool | None = None
     lr_schedule: str = "cosine"  # "cosine": per-step decay to 0 over `epochs`; "constant"
     batch_size: int = 1024  # training pairs per optimizer step, over all DDP workers together
-    epochs: int = 20  # maximum epochs, also the length of the cosine schedule
+    epochs: int | None = None  # maximum epochs, also the cosine schedule's length (None: by size)
     patience: int = 10  # early stopping: epochs without validation improvement
     early_stopping_metric: str = "ndcg@10"  # validation metric to maximise ("rmse": minimise)
     bf16: bool = False  # bf16 autocast on CUDA; ignored on CPU
@@ -200,6 +208,11 @@ class TwoTowerConfig:
             object.__setattr__(self, "history_decay", decay)
         if self.causal_folds is None:
             object.__setattr__(self, "causal_folds", self.time_ordered and wide)
+        if self.epochs is None:
+            epochs = MAX_EPOCHS
+            if wide and self.n_train > 0:
+                epochs = min(MAX_EPOCHS, max(2, round(WIDE_TRAIN_PAIRS / self.n_train)))
+            object.__setattr__(self, "epochs", epochs)
         towers = WIDE_TOWERS if wide else DEEP_TOWERS
         for name, value in towers.items():
             if getattr(self, name) is None:
@@ -231,6 +244,7 @@ class TwoTowerConfig:
         features: FeatureTables,
         has_ratings: bool | None = None,
         time_ordered: bool | None = None,
+        n_train: int | None = None,
     ) -> TwoTowerConfig:
         """Returns a copy with the data sizes and feature inputs taken from ``features``.
 
@@ -238,8 +252,11 @@ class TwoTowerConfig:
         go: the hybrid loss becomes its softmax half and the rating-pooled history is off. The
         pointwise loss needs ratings. ``time_ordered`` (None keeps ``self.time_ordered``): the
         held-out parts are each user's latest interactions (``PreparedData.time_ordered``).
+        ``n_train`` (None keeps ``self.n_train``): the training pairs, for ``epochs=None``.
         """
         implicit: dict[str, Any] = {}
+        if n_train is not None:
+            implicit["n_train"] = int(n_train)
         if time_ordered is not None:
             implicit["time_ordered"] = bool(time_ordered)
         if has_ratings is False or (has_ratings is None and not self.has_ratings):

@@ -337,7 +337,7 @@ def fit(
         ``(model, history)``: the model in eval mode with the refit weights (``refit``), else the
         best search epoch's (the last epoch's without ``valid``); one history row per epoch.
     """
-    config = config.sized_for(features)
+    config = config.sized_for(features, n_train=len(train))
     torch.manual_seed(config.seed)
     model = TwoTower(config).to(device)
     data = TrainingData(features, train, valid, rating_scale)

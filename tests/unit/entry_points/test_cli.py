@@ -161,10 +161,15 @@ def test_train_flags_for_the_large_catalog_path():
         TrainConfig(num_workers=2, sparse_embeddings=True)
     assert "NCCL has none" in SPARSE_ONE_WORKER
     large = SimpleNamespace(
-        features=random_features(50, 3_000), has_ratings=True, time_ordered=False
+        features=random_features(50, 3_000),
+        has_ratings=True,
+        time_ordered=False,
+        train=range(250_000),  # its length: the training pairs
     )
     one = TrainConfig(num_workers=1).model_config(large)
     assert (one.negatives, one.sparse_embeddings) == ("user_full", False)  # auto; 3,000 <= 4,096
+    assert one.epochs == 4  # wide towers: about WIDE_TRAIN_PAIRS pairs, 1M / 250k
+    assert TrainConfig(num_workers=1, epochs=9).model_config(large).epochs == 9
     one = TrainConfig(num_workers=1, negatives="mixed").model_config(large)
     two = TrainConfig(num_workers=2, negatives="mixed").model_config(large)
     assert (one.negatives, one.sparse_embeddings) == ("mixed", True)  # sampled: sparse rows

@@ -275,6 +275,24 @@ def test_towers_follow_the_catalog_size_unless_chosen() -> None:
     assert model.config.hidden_dims == (256, 256)  # the test features' small catalog: deep
 
 
+def test_epochs_follow_the_training_pairs_for_the_wide_towers() -> None:
+    """epochs=None: 20 for the deep towers; about WIDE_TRAIN_PAIRS pairs (2 to 20 epochs) for the
+    wide ones, 20 while the pairs are unknown; a given value is kept."""
+    from towers.model.config import FULL_SOFTMAX_MAX_ITEMS, MAX_EPOCHS, WIDE_TRAIN_PAIRS
+
+    assert TwoTowerConfig().epochs is None  # not known yet
+    wide = dict(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS + 1)
+    deep = dict(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS)
+    assert TwoTowerConfig(**deep, n_train=1_000).epochs == MAX_EPOCHS
+    assert TwoTowerConfig(**wide, n_train=WIDE_TRAIN_PAIRS // 7).epochs == 7
+    assert TwoTowerConfig(**wide, n_train=10 * WIDE_TRAIN_PAIRS).epochs == 2  # at least 2
+    assert TwoTowerConfig(**wide, n_train=1_000).epochs == MAX_EPOCHS  # at most 20
+    assert TwoTowerConfig(**wide).epochs == MAX_EPOCHS
+    assert TwoTowerConfig(**wide, n_train=1_000, epochs=3).epochs == 3
+    sized = TwoTowerConfig().sized_for(random_features(20, 3_000, 0), n_train=WIDE_TRAIN_PAIRS // 4)
+    assert (sized.n_train, sized.epochs) == (WIDE_TRAIN_PAIRS // 4, 4)
+
+
 def test_history_decay_follows_the_time_order_unless_chosen() -> None:
     from towers.model.config import FULL_SOFTMAX_MAX_ITEMS, HISTORY_DECAY
 
@@ -287,5 +305,10 @@ def test_history_decay_follows_the_time_order_unless_chosen() -> None:
     assert deep.history_decay == 1.0  # the deep towers gained nothing from it (ML-100K)
     chosen = TwoTowerConfig(**wide, history_decay=0.5, time_ordered=True)
     assert chosen.history_decay == 0.5
+    # Causal folds go with the decay: time-ordered data, wide towers, unless chosen.
+    assert (timed.causal_folds, deep.causal_folds, TwoTowerConfig(**wide).causal_folds) == (
+        True, False, False,
+    )  # fmt: skip
+    assert TwoTowerConfig(**wide, time_ordered=True, causal_folds=False).causal_folds is False
     sized = TwoTowerConfig().sized_for(make_features(), time_ordered=True)
     assert sized.time_ordered is True
