@@ -1,6 +1,7 @@
 """The whole pipeline: prepare → (tune) → train → evaluate → build index (→ serve).
 
     python -m ray_jobs.pipeline --dataset ml-100k --storage runs/demo [--tune] [--serve]
+    python -m ray_jobs.pipeline --storage runs/demo --update   # fold events, warm-start, roll out
     ray job submit --working-dir . -- python -m ray_jobs.pipeline --storage s3://bucket/run ...
 
 Each step is skipped when its artifact is complete *for the same inputs*: every artifact's
@@ -20,6 +21,7 @@ from typing import Any, Literal
 from ray_jobs import build_index, evaluate, prepare, train
 from ray_jobs.train_config import PlacementStrategy
 from towers import artifacts
+from towers.data.fold import EVENTS_SEQ
 from towers.launch.cli import help_field, parse_config
 from towers.storage.root import ArtifactError, Storage
 
@@ -66,6 +68,16 @@ class PipelineConfig:
     epochs: int | None = help_field(None, "override the presets' maximum epochs")
     serve: bool = help_field(False, "finish by serving HTTP on 127.0.0.1:8000 until Ctrl-C")
     port: int = help_field(8000, "HTTP port when --serve")
+    update: bool = help_field(
+        False,
+        "fold the events recorded since data/ was prepared (or last updated) into data/, "
+        "warm-start model_u<seq> from the newest model (--epochs default 3), index it, refit "
+        "UserKNN, evaluate, and roll them out to a Serve app on this Ray cluster "
+        "(ray_jobs/update.py)",
+    )
+    events_path: str | None = help_field(
+        None, "--update: the event log (default: events/events.sqlite under a local --storage)"
+    )
     force: bool = help_field(
         False,
         "rerun every step even when its outputs are complete, and replace a data/ "
@@ -149,6 +161,10 @@ class Steps:
 
 
 def run(cfg: PipelineConfig) -> dict[str, Any]:
+    if cfg.update:
+        from ray_jobs import update
+
+        return update.run(cfg)
     if cfg.serve:  # before minutes of work, not after
         from serving.server import require_free_port
 
@@ -161,6 +177,8 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     guard_data(steps.storage, prep_inputs, cfg.force)
     data = steps.step("prepare", artifacts.DATA, prep_inputs, lambda: prepare.run(prep_cfg))
     data_fp = data["inputs"]
+    if data.get(EVENTS_SEQ):  # events folded in by --update: every model downstream is stale
+        data_fp = f"{data_fp}+events{data[EVENTS_SEQ]}"
 
     model_versions = {}
     runs = [(artifacts.MODEL, "default", None)]

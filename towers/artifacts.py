@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 
 from towers.data import prepared
 from towers.index.base import IDS_FILE, MANIFEST, ItemIndex
@@ -59,6 +60,25 @@ CATALOG_ITEMS, ITEM_EMBEDDINGS = "items.parquet", "item_embeddings.npy"
 USER_IDS, ITEM_IDS = "user_ids.parquet", "item_ids.parquet"
 KNN_GRID = "validation_grid.parquet"  # in knn/: one row per UserKNN grid point
 REPORT_JSON, REPORT_MD, REPORT_PLOT = "metrics.json", "metrics.md", "metrics_vs_k.png"
+
+
+def updated(artifact: str, seq: int) -> str:
+    """The artifact an update publishes after folding events up to ``seq`` (``model_u42``)."""
+    return f"{artifact}_u{seq}"
+
+
+def latest_update(storage: Storage, artifact: str) -> str:
+    """The newest complete ``<artifact>_u<seq>`` (``pipeline --update``), else ``artifact``."""
+    found = []
+    for info in storage.fs.get_file_info(pafs.FileSelector(storage.path(), recursive=False)):
+        name = info.base_name
+        if name.startswith(f"{artifact}_u") and name[len(artifact) + 2 :].isdigit():
+            try:
+                storage.read_manifest(name, checksums=False)  # sizes: complete, not half-written
+            except ArtifactError:
+                continue
+            found.append((int(name[len(artifact) + 2 :]), name))
+    return max(found)[1] if found else artifact
 
 
 def publish_folder(

@@ -122,11 +122,8 @@ class EventLog:
 
     def since(self, seq: int = 0, limit: int | None = None) -> list[StoredEvent]:
         """Events after ``seq`` in commit order (at most ``limit``)."""
-        query = "SELECT seq, event_id, user_id, item_id, rating, timestamp FROM events"
-        query += " WHERE seq > ? ORDER BY seq" + (" LIMIT ?" if limit is not None else "")
-        args = (seq,) if limit is None else (seq, limit)
         with self._lock:
-            return [StoredEvent(*row) for row in self._db.execute(query, args)]
+            return _since(self._db, seq, limit)
 
     def last_seq(self) -> int:
         """The ``seq`` of the last stored event (0 when empty)."""
@@ -140,3 +137,23 @@ class EventLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _since(db: sqlite3.Connection, seq: int, limit: int | None) -> list[StoredEvent]:
+    query = "SELECT seq, event_id, user_id, item_id, rating, timestamp FROM events"
+    query += " WHERE seq > ? ORDER BY seq" + (" LIMIT ?" if limit is not None else "")
+    args = (seq,) if limit is None else (seq, limit)
+    return [StoredEvent(*row) for row in db.execute(query, args)]
+
+
+def read_events(path: str | Path, since: int = 0) -> list[StoredEvent]:
+    """Events after ``since`` from the log at ``path``, opened read-only: a reader beside the
+    ``EventStore`` that writes it (``ray_jobs.pipeline --update``). A missing file: none."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return _since(db, since, None)
+    finally:
+        db.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from towers.storage.events import EventLog, StoredEvent
+from towers.storage.events import EventLog, StoredEvent, read_events
 
 
 def rows(*ids: str, user: int | str = 1) -> list[tuple]:
@@ -48,3 +48,16 @@ def test_reopened_log_has_every_committed_event_with_its_types(tmp_path):
     assert reopened.append(rows("a")).duplicates == 1  # the unique index survived too
     journal = reopened._db.execute("PRAGMA journal_mode").fetchone()[0]
     assert journal == "wal" and reopened._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_read_events_reads_beside_the_writer(tmp_path):
+    """``read_events`` (``pipeline --update``) opens the log read-only while it is open for
+    writing, reads what was committed after a seq, and finds nothing where there is no log."""
+    path = tmp_path / "events.sqlite"
+    log = EventLog(path)
+    log.append(rows("a", "b", "c"))
+    assert [e.event_id for e in read_events(path, since=1)] == ["b", "c"]
+    log.append(rows("d"))
+    assert [e.seq for e in read_events(path)] == [1, 2, 3, 4]
+    assert read_events(tmp_path / "none.sqlite") == []
+    assert not (tmp_path / "none.sqlite").exists()

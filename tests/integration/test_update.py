@@ -1,0 +1,87 @@
+"""``pipeline --update`` on a running Serve app: events posted over HTTP are folded into data/,
+a model is warm-started from the served one, indexed, UserKNN refitted, and both are rolled out
+while clients keep requesting — with no failed request — after which a user first seen through
+events is a training user of the served model.
+
+Its own app and storage (seconds of training on the tiny data set), deployed over the shared
+one as ``tests/integration/test_new_items.py`` does; the file sorts after the other Serve
+modules, and a module after it would deploy the shared app again (``serve_app``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import httpx
+import pytest
+
+from ray_jobs import pipeline
+from tests.integration.conftest import shared_config
+from tests.integration.test_new_items import Load
+from tests.integration.test_serving_ray import wait_for
+from towers import artifacts
+from towers.artifacts import publish_small_run
+from towers.data.prepared import load_prepared
+from towers.storage.root import Storage
+
+pytestmark = [pytest.mark.ray, pytest.mark.serve, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def update_run(ray_session, tiny_storage, tmp_path_factory) -> Storage:
+    storage = Storage(tmp_path_factory.mktemp("update-run"))
+    shutil.copytree(tiny_storage.path("data"), storage.path("data"))
+    publish_small_run(storage, epochs=2, embedding_dim=16, seed=0)
+    return storage
+
+
+def test_update_rolls_a_warm_started_model_out_under_load(update_run, serve_port):
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    storage = update_run
+    config = shared_config(storage)
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] != "EventStore":
+            deployment["num_replicas"] = 1  # room on the session's 4 CPUs for Ray Train
+    base = f"http://127.0.0.1:{serve_port}"
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))  # waited below
+    users = storage.read_parquet("data/users.parquet")["user_id"].tolist()
+    items = storage.read_parquet("data/items.parquet")["item_id"].tolist()
+    newcomer = max(users) + 1
+    health = lambda: http.get("/healthz").json()["models"]  # noqa: E731
+    with httpx.Client(base_url=base, timeout=30) as http:
+        wait_for(lambda: http.get("/healthz").status_code == 200, 300)
+        served = health()["two_tower"]["model_version"]
+        events = [
+            {"event_id": f"u{i}", "user_id": newcomer, "item_id": items[i], "rating": 5.0}
+            for i in range(3)
+        ] + [{"event_id": "k0", "user_id": users[1], "item_id": items[7], "rating": 4.0}]
+        posted = http.post("/events", json={"events": events})
+        assert posted.status_code == 200 and posted.json()["accepted"] == 4, posted.text
+        with Load(base, [str(u) for u in users[:6]]) as load:
+            time.sleep(1.0)
+            summary = pipeline.run(
+                pipeline.PipelineConfig(storage=storage.uri, update=True, num_workers=1, epochs=1)
+            )
+            time.sleep(1.0)
+        assert set(load.outcomes) == {"200"} and load.outcomes["200"] > 20, load.outcomes
+        assert summary["rolled_out"] and summary["model"] == "model_u4"
+        now = health()
+        assert now["two_tower"]["model_version"] == summary["version"] != served
+        assert now["two_tower"]["artifact"] == "model_u4"
+        assert now["user_knn"]["artifact"] == "knn_u4"
+        answer = http.get(f"/recommend/{newcomer}", params={"k": 5})
+        assert answer.status_code == 200
+        assert not {i["item_id"] for i in answer.json()["items"]} & set(items[:3])
+
+    data = load_prepared(storage)
+    assert data.n_users == len(users) + 1 and data.manifest["events_seq"] == 4
+    manifest = storage.read_manifest("model_u4")
+    assert manifest["warm_from"] == served and manifest["history"][0]["phase"] == "search"
+    rec, _ = artifacts.load_two_tower(storage, "model_u4")
+    assert rec.n_users == data.n_users  # the newcomer has a row of its own now
+    # Nothing new: the update says so and publishes nothing.
+    again = pipeline.run(pipeline.PipelineConfig(storage=storage.uri, update=True))
+    assert again["events"] == 0
