@@ -30,6 +30,7 @@ from towers.recommenders.popularity import PopularityRecommender
 from towers.recommenders.user_knn import UserKNN
 from towers.storage.events import read_events
 from towers.storage.root import Storage
+from towers.training.warm_start import Vocabularies
 
 KS = (5, 10, 20)
 
@@ -40,6 +41,7 @@ def run(cfg: Any) -> dict[str, Any]:
     start = time.perf_counter()
     path = resolve_events_path(storage.uri, cfg.events_path)
     events = read_events(path, folded_seq(storage))
+    add_vocabularies(storage, artifacts.latest_update(storage, artifacts.MODEL), cfg.split)
     manifest = fold_events(storage, events)
     seq = folded_seq(storage)
     names = {kind: artifacts.updated(kind, seq) for kind in ("model", "index", "knn")}
@@ -99,6 +101,23 @@ def run(cfg: Any) -> dict[str, Any]:
         "timings": timings,
         **names,
     }
+
+
+def add_vocabularies(storage: Storage, artifact: str, split: str | None) -> bool:
+    """Publishes the raw ids of an export written before exports carried them, when it was
+    trained on ``data/`` as it is now (same sizes), so the warm start can map its rows once the
+    fold grows ``data/``: the same weights and version, two files more. Returns whether it did."""
+    if not storage.exists(artifact) or storage.exists(artifact, artifacts.USER_IDS):
+        return False
+    rec, manifest = artifacts.load_two_tower(storage, artifact)
+    data = load_prepared(storage, split)
+    if (rec.n_users, rec.n_items) != (data.n_users, data.n_items):
+        return False  # the warm start says what differs
+    own = ("files", "sha256", "created_at", "schema_version", "artifact", "version", "dim")
+    fields = {k: v for k, v in manifest.items() if k not in own}
+    vocab = Vocabularies.of_tables(data.users, data.items)
+    artifacts.publish_two_tower(storage, rec, artifact, vocabularies=vocab, **fields)
+    return True
 
 
 def _roll_out(names: dict[str, str], version: str, storage: Storage) -> bool:

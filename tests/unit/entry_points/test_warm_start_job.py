@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from ray_jobs import train
@@ -53,3 +55,23 @@ def test_help_says_epochs_and_adam(capsys):
         parse_config(train.TrainJobConfig, ["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--warm-start" in out and "Adam restarts" in out and "defaults to 3" in out
+
+
+def test_an_export_without_ids_gets_them_before_a_fold(tiny_storage, tiny_data, tmp_path):
+    """``--update`` on a model exported before exports carried their ids: trained on data/ as
+    it is, its ids are published (same version), so the warm start maps it after the fold."""
+    from ray_jobs.update import add_vocabularies
+    from towers.storage.root import Storage
+
+    storage = Storage(tmp_path)
+    shutil.copytree(tiny_storage.path("data"), storage.path("data"))
+    config = TwoTowerConfig.from_preset("default", epochs=1, embedding_dim=16)
+    config = config.sized_for(tiny_data.features, tiny_data.has_ratings)
+    rec = TwoTowerRecommender(config, tiny_data.features).fit(tiny_data.train)
+    artifacts.publish_two_tower(storage, rec, "model", inputs="abc")  # no ids: as before
+    assert add_vocabularies(storage, "model", "random")
+    manifest = storage.read_manifest("model")  # complete, every file checked
+    assert manifest["version"] == rec.version and manifest["inputs"] == "abc"
+    _, vocab = artifacts.load_warm_start(storage, "model")
+    assert vocab is not None and list(vocab.users) == list(tiny_data.users["user_id"])
+    assert not add_vocabularies(storage, "model", "random")  # once
