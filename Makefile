@@ -39,8 +39,13 @@ lock:
 	rm -rf .lock-venv
 	@echo "wrote $(LOCK): $$(grep -vc '^#' $(LOCK)) packages"
 
+# The unit tests on UNIT_JOBS processes (pytest-xdist; whole files per process, so at most one
+# starts a session Ray), then the Ray, Serve and end-to-end tests in one process: they share one
+# session Ray instance and Serve application.
+UNIT_JOBS ?= 2
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(UNIT_JOBS) --dist loadfile tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m "not ray and not serve and not slow and not network" $(PYTEST_ARGS)
