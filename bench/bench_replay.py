@@ -35,6 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from serving.fresh import latest_positions
 from towers.data.errors import DataError
 from towers.data.interactions import Interactions
 from towers.data.prepared import PreparedData, load_prepared
@@ -85,17 +86,21 @@ def live_two_tower_scores(
     names = [f.name for f in data.features.users.features]
     rows = data.users.set_index("user_idx")
     order = np.lexsort((applied.timestamp, applied.user_idx))
-    by_user = np.split(applied.item_idx[order], np.cumsum(np.bincount(applied.user_idx[order],
-                       minlength=data.n_users))[:-1])  # fmt: skip
+    cuts = np.cumsum(np.bincount(applied.user_idx[order], minlength=data.n_users))[:-1]
+    by_user = np.split(applied.item_idx[order], cuts)
+    rated_by_user = np.split(applied.rating[order].astype(np.float64), cuts)
     queries = []
     for user in users:
-        history = np.concatenate([rec.history_in_time_order(int(user)), by_user[user]])
-        history = np.array(list(dict.fromkeys(history[::-1].tolist()))[::-1], np.int64)
+        items, ratings = rec.rated_history_in_time_order(int(user))
+        items = np.concatenate([items, by_user[user]])
+        keep = latest_positions(items)  # an item once, at its latest position, latest rating
+        history = items[keep]
+        ratings = np.concatenate([ratings, rated_by_user[user]])[keep]
         values = {n: _plain(rows.at[int(user), n]) for n in names}
         try:
-            queries.append(rec.user_embedding_cold_start(values, history))
+            queries.append(rec.user_embedding_cold_start(values, history, ratings))
         except DataError:  # a value the fitted encoders refuse: the features unknown
-            queries.append(rec.user_embedding_cold_start(None, history))
+            queries.append(rec.user_embedding_cold_start(None, history, ratings))
     return np.stack(queries) @ rec.item_embeddings().T  # (U, N)
 
 

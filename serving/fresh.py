@@ -7,8 +7,9 @@ dictionary lookup); a user with events is answered here, from their training his
 a user first seen through events) extended by the events' items:
 
 * two-tower: the user tower embeds that history at request time through the cold-start path
-  (``TwoTowerRecommender.user_embedding_cold_start``: the user's features and the pooled items),
-  cached until the user's next event;
+  (``TwoTowerRecommender.user_embedding_cold_start``: the user's features, the pooled items
+  and their ratings, an event's rating replacing an older one of the same item, as a training
+  user's history is pooled), cached until the user's next event;
 * UserKNN: the user's row (training ratings, an event's rating replacing an older one of the
   same item) is scored by ``UserKNN.score_history``, also cached until the next event.
 
@@ -81,9 +82,11 @@ def event_items(catalog: Any, events: Sequence[StoredEvent]) -> tuple[np.ndarray
     return np.array([i for i, _ in kept], np.int64), np.array([r for _, r in kept], np.float64)
 
 
-def _latest_unique(items: np.ndarray) -> np.ndarray:
-    """``items`` with repeats removed, each kept at its last position (order = recency)."""
-    return np.array(list(dict.fromkeys(items[::-1].tolist()))[::-1], np.int64)
+def latest_positions(items: np.ndarray) -> np.ndarray:
+    """Positions of ``items`` with repeats removed, each item kept at its last position, in
+    order (order = recency)."""
+    last = {item: pos for pos, item in enumerate(items.tolist())}
+    return np.array(sorted(last.values()), np.int64)
 
 
 def two_tower_top_k(
@@ -93,17 +96,24 @@ def two_tower_top_k(
     events' items, searched in the index with all of them excluded."""
     rec, known = service.recommender, service.catalog.find_user(user_id)
     # Oldest first, so that a decayed history pool weighs the newest items (events last) most.
-    train = rec.history_in_time_order(known) if known is not None else np.zeros(0, np.int64)
-    fresh, _ = event_items(service.catalog, events)
-    history = _latest_unique(np.concatenate([train, fresh]))  # (H,) oldest training first
+    if known is not None:
+        train, train_ratings = rec.rated_history_in_time_order(known)
+    else:
+        train, train_ratings = np.zeros(0, np.int64), np.zeros(0)
+    fresh, fresh_ratings = event_items(service.catalog, events)
+    # (H,) oldest training item first; an event's rating replaces an older one of the item.
+    keep = latest_positions(np.concatenate([train, fresh]))
+    history = np.concatenate([train, fresh])[keep]
+    ratings = np.concatenate([train_ratings, fresh_ratings])[keep]
     query = service.fresh_queries.get(user_id, events[-1].seq)
     if query is None:
-        pooled = history[history < rec.n_items]  # items added after training have no bag row
+        known_item = history < rec.n_items  # items added after training have no bag row
+        pooled, pooled_ratings = history[known_item], ratings[known_item]
         features = service.user_rows[known] if known is not None else None
         try:
-            query = rec.user_embedding_cold_start(features, pooled)  # (D,)
+            query = rec.user_embedding_cold_start(features, pooled, pooled_ratings)  # (D,)
         except DataError:  # a stored value the fitted encoders refuse: the features unknown
-            query = rec.user_embedding_cold_start(None, pooled)
+            query = rec.user_embedding_cold_start(None, pooled, pooled_ratings)
         service.fresh_queries.put(user_id, events[-1].seq, query)
     items, scores = service._search(query[None, :], k, [history])
     return items[0], scores[0]

@@ -216,15 +216,26 @@ class TwoTowerRecommender(Recommender):
         """A training user's items, oldest first: the order in which
         :meth:`user_embedding_cold_start` reads a liked-items list (its last item the newest, as
         ``history_decay`` weighs it)."""
+        return self.rated_history_in_time_order(user_idx)[0]
+
+    def rated_history_in_time_order(self, user_idx: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(items, ratings)`` of a training user, oldest first; ratings on the raw scale (what
+        :meth:`user_embedding_cold_start` takes back)."""
         _, ctx = self._require_model()
         user = int(self.check_users(np.array([user_idx]))[0])
         start, end = int(ctx.history_indptr[user]), int(ctx.history_indptr[user + 1])
         items = ctx.history_items[start:end].cpu().numpy()
+        lo, hi = ctx.rating_scale
+        ratings = ctx.history_ratings[start:end].cpu().numpy().astype(np.float64) * (hi - lo) + lo
         recency = ctx.history_recency[start:end].cpu().numpy()  # 0 = newest (zeros: no decay)
-        return items[np.argsort(-recency, kind="stable")]
+        order = np.argsort(-recency, kind="stable")
+        return items[order], ratings[order]
 
     def user_embedding_cold_start(
-        self, features: Mapping[str, Any] | None, liked_item_idx: list[int] | np.ndarray
+        self,
+        features: Mapping[str, Any] | None,
+        liked_item_idx: list[int] | np.ndarray,
+        ratings: np.ndarray | None = None,
     ) -> np.ndarray:
         """Embeds a user who is not in the training data.
 
@@ -233,6 +244,8 @@ class TwoTowerRecommender(Recommender):
                 "occupation": "engineer"}``); absent ones, unseen values and None are unknown.
                 A name the schema lacks raises ``DataError``.
             liked_item_idx: items the user liked (may be empty); they form the history bag.
+            ratings: the user's ratings of those items (raw scale), for the rating-pooled
+                history of models that have one; None: unknown (a new user's likes).
 
         Returns:
             ``(D,)`` float32 user embedding, comparable with :meth:`item_embeddings`.
@@ -240,7 +253,8 @@ class TwoTowerRecommender(Recommender):
         model, ctx = self._require_model()
         assert self.features is not None
         encoded = None if features is None else self.features.encode_user(features)
-        batch = ctx.cold_user_batch(encoded, self._check_items(liked_item_idx).tolist())
+        liked = self._check_items(liked_item_idx).tolist()
+        batch = ctx.cold_user_batch(encoded, liked, ratings)
         with torch.no_grad():
             return model.user_embeddings(batch)[0].float().cpu().numpy()
 

@@ -262,15 +262,26 @@ class TrainingContext:
         }
 
     def cold_user_batch(
-        self, features: dict[str, np.ndarray] | None, liked_items: list[int]
+        self,
+        features: dict[str, np.ndarray] | None,
+        liked_items: list[int],
+        ratings: np.ndarray | None = None,
     ) -> Batch:
         """A batch of one user who is not in the training data (the "unknown user" id row).
 
-        Their ratings are unknown: every liked item gets the mid-scale rating 0.5, so the
+        ``ratings`` (raw scale, one per liked item) feed the rating-pooled history as a training
+        user's do. Without them every liked item gets the mid-scale rating 0.5, so the
         rating-centred pool is empty and the mean-rating input is 0, exactly as for the training
         rows whose ratings the model hides (``rating_history_dropout``).
         """
         items = torch.as_tensor(list(liked_items), dtype=torch.int64, device=self.device)
+        if ratings is None:
+            scaled = torch.full((len(items),), 0.5, device=self.device)
+        else:
+            if len(ratings) != len(items):
+                raise ValueError(f"{len(ratings)} ratings for {len(items)} liked items")
+            raw = torch.as_tensor(np.asarray(ratings, np.float32), device=self.device)
+            scaled = self.scale_rating(raw).clamp(0.0, 1.0)
         if features is None:  # every feature unknown: the encoders' reserved values
             features = self._unknown_user_features()
         row = TableTensors(
@@ -281,7 +292,7 @@ class TrainingContext:
             torch.tensor([self.config.n_users], device=self.device),
             row.gather(torch.zeros(1, dtype=torch.int64, device=self.device)),
             items,
-            torch.full((len(items),), 0.5, device=self.device),
+            scaled,
             torch.zeros_like(items),
             torch.zeros(1, dtype=torch.int64, device=self.device),
             torch.arange(len(items) - 1, -1, -1, device=self.device).float(),  # last = newest

@@ -252,3 +252,34 @@ def test_causal_folds_pool_what_came_before_the_targets() -> None:
         > min(when[0, i] for i in out["target_items"][out["target_rows"] == r].tolist())
         for r in range(1, 5)
     )
+
+
+def test_a_known_users_rated_history_embeds_as_the_user() -> None:
+    """With a rating-pooled history (the deep towers on explicit data), the fresh-answer path
+    re-embeds a training user from their items *and ratings* as their own embedding; without
+    the ratings (a new user's likes) the embedding differs."""
+    from tests.features import random_features
+    from towers.data.interactions import Interactions
+    from towers.recommenders.two_tower import TwoTowerRecommender
+    from towers.training.steps import embed_users
+
+    user = np.array([0, 0, 0, 1, 1])
+    item = np.array([3, 1, 2, 0, 4])
+    rating = np.array([5.0, 1.0, 4.0, 3.0, 2.0], np.float32)
+    time = np.array([10.0, 30.0, 20.0, 5.0, 1.0])
+    train = Interactions(user, item, rating, time, 2, 5)
+    features = random_features(2, 5, 0)
+    config = TwoTowerConfig.from_preset(
+        "default", **SMALL, use_rating_history=True, use_features=False
+    ).sized_for(features)
+    assert config.use_rating_history and config.has_ratings
+    torch.manual_seed(0)
+    rec = TwoTowerRecommender.from_model(TwoTower(config).eval(), features, train, (1.0, 5.0))
+    items, ratings = rec.rated_history_in_time_order(0)  # no decay: no order kept, item order
+    assert (items.tolist(), ratings.tolist()) == ([1, 2, 3], pytest.approx([1.0, 4.0, 5.0]))
+    model, ctx = rec._require_model()
+    own = embed_users(model, ctx, torch.tensor([0]))[0].numpy()
+    assert np.allclose(own, rec.user_embedding_cold_start(None, items, ratings), atol=1e-5)
+    assert not np.allclose(own, rec.user_embedding_cold_start(None, items), atol=1e-3)
+    with pytest.raises(ValueError, match="2 ratings for 3 liked items"):
+        rec.user_embedding_cold_start(None, items, ratings[:2])
