@@ -26,6 +26,13 @@ def test_replay_prints_every_method(tiny_storage, tmp_path, capsys):
     )
     assert all(0 <= rows[-1][name] <= 1 for name in bench_replay.EVENT_USERS)  # NaN: no such user
     assert "Adam" not in text and "chunk 2:" in text  # progress lines
+    # --live-only: the same frozen and live values, nothing retrained (nan).
+    live = tmp_path / "live.json"
+    bench_replay.main([*args, "--live-only", "--out", str(live)])
+    only = json.loads(live.read_text())["rows"]
+    keep = ("frozen", "live", "knn_frozen", "knn_live")
+    assert [[r[n] for n in keep] for r in only] == [[r[n] for n in keep] for r in rows]
+    assert all(r[n] != r[n] for r in only for n in ("warm", "full", "knn_refit", "t_full"))
 
 
 def test_help_runs(capsys):
