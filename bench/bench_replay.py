@@ -214,6 +214,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _mean(values: list[float]) -> float:
+    """The mean over the chunks that have the value (``*_ev``: chunks with users with events;
+    nan where none has it, or the method was not run)."""
+    kept = [v for v in values if v == v]
+    return float(np.mean(kept)) if kept else float("nan")
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The table: NDCG@10 per chunk and method (all users, then the users with events only),
     then the mean; training seconds."""
@@ -227,7 +234,7 @@ def markdown(result: dict[str, Any]) -> str:
         users = f"{row['users']} ({row['users_with_events']})"
         cells = [str(row["chunk"]), users, *(f"{row[n]:.4f}" for n in names)]
         lines.append("| " + " | ".join(cells + [f"{row[t]:.1f}" for t in times]) + " |")
-    mean = {n: float(np.mean([r[n] for r in rows])) for n in (*names, *times)}
+    mean = {n: _mean([r[n] for r in rows]) for n in (*names, *times)}
     cells = ["mean", "", *(f"**{mean[n]:.4f}**" for n in names)]
     lines.append("| " + " | ".join(cells + [f"{mean[t]:.1f}" for t in times]) + " |")
     return "\n".join(lines)
