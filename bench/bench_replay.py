@@ -35,7 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from serving.fresh import latest_positions
+from serving.fresh import extend_history
 from towers.data.errors import DataError
 from towers.data.interactions import Interactions
 from towers.data.prepared import PreparedData, load_prepared
@@ -91,11 +91,9 @@ def live_two_tower_scores(
     rated_by_user = np.split(applied.rating[order].astype(np.float64), cuts)
     queries = []
     for user in users:
-        items, ratings = rec.rated_history_in_time_order(int(user))
-        items = np.concatenate([items, by_user[user]])
-        keep = latest_positions(items)  # an item once, at its latest position, latest rating
-        history = items[keep]
-        ratings = np.concatenate([ratings, rated_by_user[user]])[keep]
+        history, ratings = extend_history(
+            *rec.rated_history_in_time_order(int(user)), by_user[user], rated_by_user[user]
+        )
         values = {n: _plain(rows.at[int(user), n]) for n in names}
         try:
             queries.append(rec.user_embedding_cold_start(values, history, ratings))

@@ -82,11 +82,15 @@ def event_items(catalog: Any, events: Sequence[StoredEvent]) -> tuple[np.ndarray
     return np.array([i for i, _ in kept], np.int64), np.array([r for _, r in kept], np.float64)
 
 
-def latest_positions(items: np.ndarray) -> np.ndarray:
-    """Positions of ``items`` with repeats removed, each item kept at its last position, in
-    order (order = recency)."""
-    last = {item: pos for pos, item in enumerate(items.tolist())}
-    return np.array(sorted(last.values()), np.int64)
+def extend_history(
+    items: np.ndarray, ratings: np.ndarray, new_items: np.ndarray, new_ratings: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(items, ratings)`` oldest first, extended by the newer ones: an item once, at its last
+    position (order = recency), with its latest rating."""
+    all_items = np.concatenate([items, new_items])
+    last = {item: pos for pos, item in enumerate(all_items.tolist())}
+    keep = np.array(sorted(last.values()), np.int64)
+    return all_items[keep], np.concatenate([ratings, new_ratings])[keep]
 
 
 def two_tower_top_k(
@@ -100,11 +104,8 @@ def two_tower_top_k(
         train, train_ratings = rec.rated_history_in_time_order(known)
     else:
         train, train_ratings = np.zeros(0, np.int64), np.zeros(0)
-    fresh, fresh_ratings = event_items(service.catalog, events)
     # (H,) oldest training item first; an event's rating replaces an older one of the item.
-    keep = latest_positions(np.concatenate([train, fresh]))
-    history = np.concatenate([train, fresh])[keep]
-    ratings = np.concatenate([train_ratings, fresh_ratings])[keep]
+    history, ratings = extend_history(train, train_ratings, *event_items(service.catalog, events))
     query = service.fresh_queries.get(user_id, events[-1].seq)
     if query is None:
         known_item = history < rec.n_items  # items added after training have no bag row
