@@ -168,12 +168,16 @@ def sampled_softmax_rows(
     positive_rows: torch.Tensor,
     positive_items: torch.Tensor,
     weights: torch.Tensor | None = None,
+    log_expected: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:func:`full_softmax_rows` with the catalog sum estimated from ``M`` uniform draws.
+    """:func:`full_softmax_rows` with the catalog sum estimated from ``M`` sampled candidates.
 
-    The sum over a row's negatives is ``(n_items / M) x`` the sum over the drawn items that
-    are not among the row's positives (uniform draws: the logQ correction is this one
-    constant), so the loss estimates the full softmax's at ``M / n_items`` of its cost.
+    Each candidate's term is divided by the number of times it is expected among a step's
+    candidates, so the sum over the candidates that are not among the row's positives estimates
+    the sum over the catalog's. For ``M`` uniform draws that count is ``M / n_items`` for every
+    item (the logQ correction is one constant) and the loss estimates the full softmax's at
+    ``M / n_items`` of its cost; candidates that are also drawn by popularity (the batch's
+    targets) pass their own ``log_expected``.
 
     Args:
         user_emb: ``(R, D)`` row embeddings (already divided by the temperature, if any).
@@ -185,6 +189,8 @@ def sampled_softmax_rows(
         positive_rows: ``(P,)`` rows of the (row, item) pairs that are not negatives.
         positive_items: ``(P,)`` their items.
         weights: ``(T,)`` per-target weights, or None.
+        log_expected: ``(M,)`` log of each candidate's expected count among a step's
+            candidates, or None for ``M`` uniform draws (``log(M / n_items)``).
 
     Returns:
         Scalar (weighted) mean over the ``T`` targets.
@@ -194,8 +200,10 @@ def sampled_softmax_rows(
     known = torch.zeros(len(user_emb), n_items, dtype=torch.bool, device=logits.device)
     known[positive_rows, positive_items] = True  # (R, N): a bitmap is cheaper than sorting keys
     logits = logits.masked_fill(known[:, negative_items], MASKED)  # (R, M) known positives out
-    scale = math.log(n_items / len(negative_items))
-    log_negatives = torch.logsumexp(logits, dim=1) + scale  # (R,)
+    if log_expected is None:
+        log_negatives = torch.logsumexp(logits, dim=1) + math.log(n_items / len(negative_items))
+    else:
+        log_negatives = torch.logsumexp(logits - log_expected.float(), dim=1)  # (R,)
     per_target = torch.logaddexp(log_negatives[target_rows], target_logits) - target_logits  # (T,)
     return weighted_mean(per_target, weights)
 

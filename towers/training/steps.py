@@ -175,10 +175,15 @@ def user_rows_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torc
         candidates = torch.cat([items, drawn])  # (T + M,)
         user_emb, item_emb = model(user_batch, ctx.item_batch(candidates))
         target_emb = item_emb[: len(items)]  # (T, D)
-        negative_emb = item_emb[len(items) :]  # (M, D)
+        if cfg.row_batch_negatives:  # the batch's targets too, each term divided by its count
+            negatives, negative_emb = candidates, item_emb  # (T + M,), (T + M, D)
+            log_expected = ctx.candidate_log_q(candidates, len(items), len(drawn))
+        else:
+            negatives, negative_emb, log_expected = drawn, item_emb[len(items) :], None
         loss = sampled_softmax_rows(
-            user_emb, rows, target_emb, negative_emb, drawn, ctx.n_items, *positives, weights
-        )
+            user_emb, rows, target_emb, negative_emb, negatives, ctx.n_items, *positives,
+            weights, log_expected,
+        )  # fmt: skip
     if cfg.loss == "hybrid":
         user_idx = user_batch["user_idx"][rows]  # (T,)
         predicted = core.predict_rating(user_emb[rows], target_emb, user_idx, items)

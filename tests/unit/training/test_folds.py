@@ -112,6 +112,14 @@ def test_row_softmax_equals_the_pairwise_full_softmax_with_positives_masked() ->
         users, target_rows, items[target_items], items, drawn, 9, positive_rows, positive_items
     )
     assert sampled.item() == pytest.approx(rows_loss.item(), rel=1e-5)
+    # The catalog twice and three targets again, each term divided by its count: the same sum.
+    twice_over = torch.cat([drawn, drawn, torch.tensor([1, 3, 3])])
+    counts = torch.bincount(twice_over, minlength=9).float()
+    counted = sampled_softmax_rows(
+        users, target_rows, items[target_items], items[twice_over], twice_over, 9,
+        positive_rows, positive_items, log_expected=counts[twice_over].log(),
+    )  # fmt: skip
+    assert counted.item() == pytest.approx(rows_loss.item(), rel=1e-5)
     weights = torch.tensor([2.0, 1, 1, 1, 1, 1])  # a weight-2 target counts twice
     twice = full_softmax_rows(
         users, items, target_rows[[0, 0, 1, 2, 3, 4, 5]], target_items[[0, 0, 1, 2, 3, 4, 5]],
@@ -123,14 +131,18 @@ def test_row_softmax_equals_the_pairwise_full_softmax_with_positives_masked() ->
     assert weighted.item() == pytest.approx(twice.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize(("row_negatives", "bar"), [(4096, 0.8), (64, 0.5)])
-def test_fit_with_user_rows_learns_the_blocks(data, row_negatives, bar) -> None:
+@pytest.mark.parametrize(
+    ("row_negatives", "batch_negatives", "bar"),
+    [(4096, False, 0.8), (64, False, 0.5), (64, True, 0.5)],
+)
+def test_fit_with_user_rows_learns_the_blocks(data, row_negatives, batch_negatives, bar) -> None:
     """Exact rows (the catalog fits) and sampled rows (64 draws of 200 items, a noisier
-    estimate) both learn the blocks; random ranking reaches Recall@10 ~0.05."""
+    estimate; with or without the batch's targets as negatives) all learn the blocks; random
+    ranking reaches Recall@10 ~0.05."""
     train, test, features = data
     config = TwoTowerConfig.from_preset(
         "default", **SMALL, epochs=25, lr=5e-3, loss="softmax", negatives="user_full",
-        row_negatives=row_negatives,
+        row_negatives=row_negatives, row_batch_negatives=batch_negatives,
     )  # fmt: skip
     model, history = fit(config, train, None, features)
     assert history[-1]["loss"] < history[0]["loss"]
