@@ -131,12 +131,12 @@ class TwoTowerConfig:
     # folds, one row per fold (a user with fewer items: one row per item, leave-one-out)
     row_negatives: int = 4096  # user_full: the whole catalog up to this many items; above, this
     # many uniform draws per step, shared by the batch (the catalog sum rescaled by n_items / M)
-    row_batch_negatives: bool = True  # user_full with drawn negatives: the batch's targets
+    row_batch_negatives: bool = False  # user_full with drawn negatives: the batch's targets
     # (drawn by popularity: the hard negatives a uniform draw rarely holds) join the draws, each
-    # candidate's term divided by its expected count. Validation NDCG@10 after a 3-epoch run on
-    # Gowalla 0.0844 -> 0.0867 (16,384 draws instead: the same gain after the first epoch, at
-    # 4x the softmax's cost); Amazon Beauty's 7-epoch default, best epoch 0.0593 -> 0.0594
-    # (every epoch within 0.002)
+    # candidate's term divided by its expected count. Off: on Gowalla it lifted validation
+    # NDCG@10 after a 3-epoch run 0.0844 -> 0.0867, but the 2-epoch default's test Recall@20 /
+    # NDCG@20 stayed 0.1526 / 0.1253 (0.1527 / 0.1259 without); Beauty's validation 0.0593 ->
+    # 0.0594 (docs/QUALITY.md)
     rating_weight: float = 30.0  # hybrid: weight of the rating MSE (ratings scaled to [0, 1])
     rating_hidden: int = 64  # hybrid: hidden width of the rating head MLP
     # --- Optimisation (towers/training/).
