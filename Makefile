@@ -40,12 +40,14 @@ lock:
 	@echo "wrote $(LOCK): $$(grep -vc '^#' $(LOCK)) packages"
 
 # The unit tests on UNIT_JOBS processes (pytest-xdist; whole files per process, so at most one
-# starts a session Ray), then the Ray, Serve and end-to-end tests in one process: they share one
-# session Ray instance and Serve application.
+# starts a session Ray), then the Ray, Serve and end-to-end tests in two processes at once
+# (tests/run_integration.py): one for the modules that start Ray clusters of their own (marked
+# own_cluster), one for all the others, which share one session Ray instance and Serve
+# application. Fails if either fails; both outputs are printed.
 UNIT_JOBS ?= 2
 test: install
 	$(PY) -m pytest -n $(UNIT_JOBS) --dist loadfile tests/unit $(PYTEST_ARGS)
-	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+	$(PY) -m tests.run_integration $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m "not ray and not serve and not slow and not network" $(PYTEST_ARGS)

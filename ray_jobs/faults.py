@@ -6,8 +6,10 @@ Set ``TWO_TOWER_FAULTS`` in the environment of the process that starts training,
 what an OOM kill looks like to Ray Train) or ``TWO_TOWER_FAULTS=pause_at=1:2`` (every rank stops
 at epoch 1, step 2, once, for up to ``PAUSE_S``: a test kills a whole node meanwhile, see
 ``tests/integration/test_multinode.py``). The driver reads it and hands the plan to the workers;
-without it nothing is injected. A marker beside the run's checkpoints (``fault_injected``, on
-any storage root, object storage included) says a fault fired and keeps it from firing again.
+without it nothing is injected. Faults combine (``crash_after_epoch=0,kill_worker_at=1:2``: a
+crash, then a kill in the restarted group). A marker beside the run's checkpoints
+(``fault_injected``, on any storage root, object storage included) holds a line per fault that
+fired and keeps each from firing again.
 """
 
 from __future__ import annotations
@@ -52,9 +54,14 @@ class FaultPlan:
         return cls(**values)
 
 
+# The first word of a fault's line in the marker: which fault fired.
+CRASHED, KILLED, PAUSED = "crashed", "killed", "paused"
+
+
 @dataclass(frozen=True)
 class FaultMarker:
-    """``train/<run>/fault_injected`` under a storage root: written when a fault fires."""
+    """``train/<run>/fault_injected`` under a storage root: a line per fault that fired, each
+    starting with its kind (:data:`CRASHED`, :data:`KILLED`, :data:`PAUSED`)."""
 
     storage: str
     run_folder: str  # e.g. "train/model-1764590000"
@@ -63,11 +70,22 @@ class FaultMarker:
     def rel(self) -> str:
         return f"{self.run_folder}/{MARKER}"
 
-    def fired(self) -> bool:
-        return Storage(self.storage).exists(self.rel)
+    def lines(self) -> list[str]:
+        storage = Storage(self.storage)
+        if not storage.exists(self.rel):
+            return []
+        return storage.read_bytes(self.rel).decode().splitlines()
 
-    def write(self, text: str) -> None:
-        Storage(self.storage).write_bytes(self.rel, text.encode())
+    def fired(self, kind: str) -> bool:
+        """Whether a fault of ``kind`` fired already in this run (any attempt)."""
+        return any(line.split(" ", 1)[0] == kind for line in self.lines())
+
+    def write(self, line: str) -> None:
+        """Adds ``line`` (every rank that raises writes the same one: kept once)."""
+        lines = self.lines()
+        if line not in lines:
+            text = "".join(f"{x}\n" for x in [*lines, line])
+            Storage(self.storage).write_bytes(self.rel, text.encode())
 
 
 def kill_at(
@@ -79,9 +97,10 @@ def kill_at(
     pause = bool(plan.pause_at)
     for step, batch in enumerate(batches):
         here = f"{epoch}:{step}"
-        due = (kill and here == plan.kill_worker_at) or (pause and here == plan.pause_at)
-        if due and not marker.fired():
-            _fire(plan, here, rank, world, marker)
+        if pause and here == plan.pause_at and not marker.fired(PAUSED):
+            _fire(PAUSED, here, rank, world, marker)
+        if kill and here == plan.kill_worker_at and not marker.fired(KILLED):
+            _fire(KILLED, here, rank, world, marker)
         yield batch
 
 
@@ -90,25 +109,25 @@ def crash_after(plan: FaultPlan, epoch: int, loop: dict[str, Any]) -> None:
     controller has had time to register the epoch's checkpoint: crashing sooner made the
     restarted group start afresh and crash again (a flaky test, seen once under load)."""
     marker = FaultMarker(loop["storage"], loop["run_folder"])
-    if plan.crash_after_epoch != epoch or marker.fired():
+    if plan.crash_after_epoch != epoch or marker.fired(CRASHED):
         return
     time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
-    marker.write(f"crashed after epoch {epoch}\n")
+    marker.write(f"{CRASHED} after epoch {epoch}")
     raise RuntimeError(f"fault injection: crashing after epoch {epoch}")
 
 
-def _fire(plan: FaultPlan, here: str, rank: int, world: int, marker: FaultMarker) -> None:
+def _fire(kind: str, here: str, rank: int, world: int, marker: FaultMarker) -> None:
     # Ray Train's controller registers reported checkpoints when it polls the workers
     # (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default). A real mid-epoch death comes long
     # after the last report; dying sooner would (correctly) redo one more epoch.
     time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
     epoch, step = here.split(":")
-    if plan.pause_at == here:
+    if kind == PAUSED:
         if rank == world - 1:
-            marker.write(f"paused {world} ranks at epoch {epoch} step {step}\n")
+            marker.write(f"{PAUSED} {world} ranks at epoch {epoch} step {step}")
         print(f"fault injection: rank {rank} pauses at {here}", flush=True)
         time.sleep(PAUSE_S)
         return
-    marker.write(f"killed pid {os.getpid()} at epoch {epoch} step {step}\n")
+    marker.write(f"{KILLED} pid {os.getpid()} at epoch {epoch} step {step}")
     print(f"fault injection: SIGKILL to pid {os.getpid()} at {here}", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)

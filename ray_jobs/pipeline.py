@@ -62,6 +62,9 @@ class PipelineConfig:
         "PACK", "Ray Train workers' placement: SPREAD puts them on different nodes where it can"
     )
     use_gpu: bool = help_field(False, "train on GPUs (one per worker)")
+    data_loader: Literal["ray_data", "local"] = help_field(
+        "ray_data", "training's loader (ray_jobs.train --data-loader; local: no Ray Data)"
+    )
     tune: bool = help_field(False, "run the Ray Tune search and train the tuned config too")
     tune_samples: int = help_field(16, "Tune trials when --tune")
     paper: bool = help_field(True, "also train the paper's preset, to report its finding")
@@ -216,6 +219,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             cpus_per_worker=cfg.cpus_per_worker,
             placement_strategy=cfg.placement_strategy,
             use_gpu=cfg.use_gpu,
+            data_loader=cfg.data_loader,
             export_as=artifact,
             **overrides,
         )

@@ -63,6 +63,7 @@ def run(cfg: Any) -> dict[str, Any]:
             cpus_per_worker=cfg.cpus_per_worker,
             placement_strategy=cfg.placement_strategy,
             use_gpu=cfg.use_gpu,
+            data_loader=cfg.data_loader,
             epochs=cfg.epochs,
         )
     )

@@ -121,6 +121,30 @@ def serve_port(ray_session) -> int:
     return port
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--own-clusters",
+        choices=("all", "only", "skip"),
+        default="all",
+        help="only the tests marked own_cluster, or all but them (make test runs the two sets "
+        "at once: tests/run_integration.py)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--own-clusters only|skip`` deselects the tests not marked ``own_cluster``, or those."""
+    mode = config.getoption("own_clusters")
+    if mode == "all":
+        return
+    kept, deselected = [], []
+    for item in items:
+        own = item.get_closest_marker("own_cluster") is not None
+        (kept if own == (mode == "only") else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     SERVE_MODULES.update(i.nodeid.split("::")[0] for i in session.items if uses_serve(i))
 

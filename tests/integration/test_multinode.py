@@ -39,6 +39,7 @@ pytestmark = [
     pytest.mark.ray,
     pytest.mark.slow,
     pytest.mark.multinode,
+    pytest.mark.own_cluster,
     pytest.mark.s3,
     pytest.mark.timeout(900),
 ]

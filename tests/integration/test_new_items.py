@@ -31,10 +31,12 @@ NEW = ("p-new-0", "p-new-1")
 
 
 class Load(ClientThreads):
-    """Clients asking for known users' top-k until stopped; every outcome counted."""
+    """Clients asking for known users' top-k until stopped, each waiting ``pause_s`` between
+    requests (none unless given; settable while running); every outcome counted."""
 
-    def __init__(self, base_url: str, users: list[str]) -> None:
+    def __init__(self, base_url: str, users: list[str], pause_s: float = 0.0) -> None:
         self.outcomes: dict[str, int] = {}
+        self.pause_s = pause_s
         super().__init__([(base_url, f"/recommend/{u}?k=10") for u in users])
 
     def run(self, base_url: str, path: str) -> None:
@@ -46,6 +48,8 @@ class Load(ClientThreads):
                     outcome = type(err).__name__
                 with self.lock:
                     self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+                if self.pause_s:
+                    self.stop.wait(self.pause_s)
 
 
 @pytest.fixture(scope="module")

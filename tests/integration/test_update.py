@@ -17,6 +17,8 @@ import httpx
 import pytest
 
 from ray_jobs import pipeline
+from serving import rollout
+from serving.rollout import roll_out
 from tests.integration.conftest import shared_config
 from tests.integration.test_new_items import Load
 from tests.integration.test_serving_ray import wait_for
@@ -26,6 +28,7 @@ from towers.data.prepared import load_prepared
 from towers.storage.root import Storage
 
 pytestmark = [pytest.mark.ray, pytest.mark.serve, pytest.mark.slow]
+PACED_S = 0.5  # each client's wait between requests until the roll-out starts
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def update_run(ray_session, tiny_storage, tmp_path_factory) -> Storage:
     return storage
 
 
-def test_update_rolls_a_warm_started_model_out_under_load(update_run, serve_port):
+def test_update_rolls_a_warm_started_model_out_under_load(update_run, serve_port, monkeypatch):
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
@@ -60,13 +63,29 @@ def test_update_rolls_a_warm_started_model_out_under_load(update_run, serve_port
         ] + [{"event_id": "k0", "user_id": users[1], "item_id": items[7], "rating": 4.0}]
         posted = http.post("/events", json={"events": events})
         assert posted.status_code == 200 and posted.json()["accepted"] == 4, posted.text
-        with Load(base, [str(u) for u in users[:6]]) as load:
+        # Requests all through the update, paced until the roll-out starts (back to back, six
+        # clients starved the warm start's training of the two cores), back to back from then.
+        with Load(base, [str(u) for u in users[:6]], pause_s=PACED_S) as load:
+            at_rollout: dict[str, int] = {}
+
+            def under_full_load(*args, **kwargs):
+                with load.lock:
+                    at_rollout.update(load.outcomes)
+                    load.pause_s = 0.0
+                return roll_out(*args, **kwargs)
+
+            monkeypatch.setattr(rollout, "roll_out", under_full_load)  # what update.py calls
             time.sleep(1.0)
-            summary = pipeline.run(
-                pipeline.PipelineConfig(storage=storage.uri, update=True, num_workers=1, epochs=1)
+            # The local loader: Ray Data's adds ~10 s here and is tested with the pipeline in
+            # test_your_data.py, test_job_submit.py and test_multinode.py.
+            update = pipeline.PipelineConfig(
+                storage=storage.uri, update=True, num_workers=1, epochs=1, data_loader="local"
             )
+            summary = pipeline.run(update)
             time.sleep(1.0)
-        assert set(load.outcomes) == {"200"} and load.outcomes["200"] > 20, load.outcomes
+        print(f"requests: {at_rollout} before the roll-out started, {load.outcomes} in all")
+        assert set(load.outcomes) == {"200"} and at_rollout.get("200", 0) > 20, load.outcomes
+        assert load.outcomes["200"] - at_rollout["200"] > 20  # during and after the roll-out
         assert summary["rolled_out"] and summary["model"] == "model_u4"
         now = health()
         assert now["two_tower"]["model_version"] == summary["version"] != served

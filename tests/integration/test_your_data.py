@@ -57,6 +57,10 @@ def interactions_only(folder: Path) -> dict[str, str]:
 
 
 SHAPES = {f.__name__: f for f in (movielens_like, shop, interactions_only)}
+# Training's loader per shape: Ray Data's streamed shards add ~10 s to a run of this size, so one
+# shape keeps them (implicit data through Ray Data; explicit data goes through it in
+# test_job_submit.py and test_multinode.py), the others read locally.
+LOADERS = {"movielens_like": "local", "shop": "ray_data", "interactions_only": "local"}
 
 
 @pytest.fixture(scope="module", params=list(SHAPES))
@@ -65,8 +69,11 @@ def served(request, serve_port, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     files = {k: str(folder / v) for k, v in SHAPES[request.param](folder).items()}
     storage = Storage(folder / "run")
+    loader = LOADERS[request.param]
     pipeline.run(
-        pipeline.PipelineConfig(storage=storage.uri, **files, num_workers=1, epochs=2, paper=False)
+        pipeline.PipelineConfig(
+            storage=storage.uri, **files, num_workers=1, epochs=2, paper=False, data_loader=loader
+        )
     )
     config = yaml.safe_load(CONFIG.read_text())
     config["applications"][0]["args"]["storage"] = storage.uri

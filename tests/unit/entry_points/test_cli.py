@@ -144,6 +144,22 @@ def test_fault_plan_comes_from_the_environment_only(monkeypatch):
         FaultPlan.from_env()
 
 
+def test_fault_marker_keeps_each_fault_from_firing_again(tmp_path):
+    """One run can take several faults (a crash, then a kill in the restarted group): the
+    marker holds a line per fault that fired, and a fault is held back by its own line only."""
+    from ray_jobs.faults import CRASHED, KILLED, PAUSED, FaultMarker
+
+    marker = FaultMarker(str(tmp_path), "train/model-1")
+    assert not marker.fired(CRASHED) and marker.lines() == []
+    for _ in range(2):  # every rank that raises writes the same line
+        marker.write(f"{CRASHED} after epoch 0")
+    assert marker.fired(CRASHED) and not marker.fired(KILLED)
+    marker.write(f"{KILLED} pid 7 at epoch 1 step 2")
+    assert marker.fired(KILLED) and not marker.fired(PAUSED)
+    text = (tmp_path / "train" / "model-1" / "fault_injected").read_text()
+    assert text == "crashed after epoch 0\nkilled pid 7 at epoch 1 step 2\n"
+
+
 def test_train_flags_for_the_large_catalog_path():
     """``--negatives`` / ``--sparse-embeddings`` parse as a choice and an optional switch; sparse
     tables are a one-worker setting (gloo's sparse all-reduce crashed DDP at scale)."""
