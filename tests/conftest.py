@@ -15,6 +15,10 @@ from towers.storage.root import Storage
 
 # Tests never reach GroupLens; the one test of the RecBole fallback is marked `network`.
 os.environ.setdefault("RAY_TWO_TOWER_OFFLINE", "1")
+# Ray Train's controller takes its workers' reports and notices their end or failure when it
+# polls them, at least this far apart (Ray's default 2 s left ~2-6 s idle per tiny run); every
+# Ray started from here (the session's, the own clusters', their jobs) inherits it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 TINY_SPEC = SyntheticSpec(n_users=120, n_items=200, n_interactions=6_000, seed=7)
 
