@@ -54,23 +54,6 @@ def test_two_workers_match_one_worker(tiny_storage, two_workers):
     assert 0 <= one["history"][0]["samples"] - two["history"][0]["samples"] < 2
 
 
-def test_sparse_tables_and_mixed_negatives_on_ray_train(tiny_storage):
-    """The large-catalog path (what ``negatives="auto"`` picks above 2,500 items, on one worker):
-    sparse id-table gradients, LazyAdam, mixed negatives, through Ray Train and the export."""
-    out = run_train(
-        tiny_storage, num_workers=1, cpus_per_worker=2, negatives="mixed",
-        sparse_embeddings=True, export_as="model_sparse", epochs=4,
-    )  # fmt: skip
-    losses = [h["loss"] for h in out["history"]]
-    assert losses[-1] < losses[0]  # it learns
-    rec = TwoTowerRecommender.load(tiny_storage.path("model_sparse"))
-    assert (rec.config.negatives, rec.config.sparse_embeddings) == ("mixed", True)
-    assert rec.model.item_tower.item_id.sparse  # the tables really had sparse gradients
-    items, scores = rec.recommend(np.arange(5), k=10)
-    assert items.shape == (5, 10) and np.isfinite(scores).all()
-    assert out["history"][-1]["ndcg@10"] > out["history"][0]["ndcg@10"]
-
-
 def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     """``{tag: [(step, value)]}`` of the TensorBoard event files in ``folder``, read by
     TensorBoard's own reader."""
@@ -119,27 +102,32 @@ def test_worker_killed_mid_epoch_resumes_and_matches(tiny_storage, two_workers, 
     assert abs(ndcg_got - ndcg_ref) <= KILL_NDCG_ATOL
 
 
-def test_ray_data_loader_and_refit_export(ray_session, tiny_storage, tiny_data):
-    manifest = train.run(
-        train.TrainConfig(
-            storage=tiny_storage.uri,
-            epochs=2,
-            batch_size=256,
-            num_workers=2,
-            refit=True,
-            data_loader="ray_data",
-            export_as="model_refit",
-            max_failures=0,
-        )
-    )
+def test_sparse_tables_mixed_negatives_ray_data_and_refit_export(
+    ray_session, tiny_storage, tiny_data
+):
+    """One fit (one worker, both CPUs) for what needs no second worker: the large-catalog path
+    (what ``negatives="auto"`` picks above 2,500 items, on one worker: sparse id-table
+    gradients, LazyAdam, mixed negatives), Ray Data's streamed split (train, then train ∪ valid
+    for the refit), and the refit's export. Ray Data's shards over two DDP workers are the
+    pipeline's in test_multinode.py (and one worker's in test_job_submit.py)."""
+    manifest = run_train(
+        tiny_storage, num_workers=1, cpus_per_worker=2, negatives="mixed",
+        sparse_embeddings=True, export_as="model_refit", epochs=4, refit=True,
+        data_loader="ray_data",
+    )  # fmt: skip
     assert manifest["refit"] is True
-    phases = [h["epoch"] for h in manifest["history"]]
-    assert phases[:2] == [0, 1] and len(phases) == 2 + manifest["best_epoch"] + 1
+    search = [h for h in manifest["history"] if h["phase"] == "search"]
+    assert [h["epoch"] for h in search] == [0, 1, 2, 3]
+    assert len(manifest["history"]) == len(search) + manifest["best_epoch"] + 1
+    assert search[-1]["loss"] < search[0]["loss"]  # it learns
+    assert search[-1]["ndcg@10"] > search[0]["ndcg@10"]
     rec = TwoTowerRecommender.load(tiny_storage.path("model_refit"))
+    assert (rec.config.negatives, rec.config.sparse_embeddings) == ("mixed", True)
+    assert rec.model.item_tower.item_id.sparse  # the tables really had sparse gradients
     # The refit model was fitted on train ∪ valid: validation items count as seen.
     assert rec.seen_matrix().nnz == len(tiny_data.full_train)
-    items, _ = rec.recommend(np.arange(5), k=10)
-    assert items.shape == (5, 10)
+    items, scores = rec.recommend(np.arange(5), k=10)
+    assert items.shape == (5, 10) and np.isfinite(scores).all()
     tiny_storage.read_manifest("model_refit", version=rec.version, dim=rec.config.embedding_dim)
 
 
