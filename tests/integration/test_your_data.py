@@ -1,5 +1,6 @@
 """Your own data end to end: three shapes of data set through the pipeline (prepare → train →
-evaluate → build_index) on the session's Ray, then served by the real Serve app over HTTP.
+evaluate → build_index) on the session's Ray, then served by the real Serve app over HTTP: the
+three runs at once, each as its own app of ``serving/config.yaml`` under ``/<shape>``.
 
 - ``movielens_like``: explicit ratings, user demographics, genres as ``|``-joined CSV text;
 - ``shop``: implicit, string ids, a category, a brand, a numeric price and text tags (Parquet);
@@ -63,29 +64,48 @@ SHAPES = {f.__name__: f for f in (movielens_like, shop, interactions_only)}
 LOADERS = {"movielens_like": "local", "shop": "ray_data", "interactions_only": "local"}
 
 
-@pytest.fixture(scope="module", params=list(SHAPES))
-def served(request, serve_port, tmp_path_factory):
-    """``(shape, storage, http client)``: the pipeline's run for the shape, served."""
-    folder = tmp_path_factory.mktemp(request.param)
-    files = {k: str(folder / v) for k, v in SHAPES[request.param](folder).items()}
-    storage = Storage(folder / "run")
-    loader = LOADERS[request.param]
-    pipeline.run(
-        pipeline.PipelineConfig(
-            storage=storage.uri, **files, num_workers=1, epochs=2, paper=False, data_loader=loader
-        )
-    )
+@pytest.fixture(scope="module")
+def runs(serve_port, tmp_path_factory) -> dict[str, Storage]:
+    """``{shape: storage}``: the pipeline's run for each shape, then all three served at once,
+    one Serve app per shape under ``/<shape>`` (one deploy: their replicas start side by side,
+    and no app is replaced by the next shape's)."""
+    storages, apps = {}, []
+    for shape, write in SHAPES.items():
+        folder = tmp_path_factory.mktemp(shape)
+        files = {k: str(folder / v) for k, v in write(folder).items()}
+        storages[shape] = storage = Storage(folder / "run")
+        pipeline.run(
+            pipeline.PipelineConfig(
+                storage=storage.uri, **files, num_workers=1, epochs=2, paper=False,
+                data_loader=LOADERS[shape],
+            )
+        )  # fmt: skip
+        [app] = yaml.safe_load(CONFIG.read_text())["applications"]
+        app.update(name=shape, route_prefix=f"/{shape}")
+        app["args"]["storage"] = storage.uri
+        for deployment in app["deployments"]:  # three apps on the session's 4 CPUs
+            deployment["ray_actor_options"]["num_cpus"] = min(
+                0.25, deployment["ray_actor_options"]["num_cpus"]
+            )
+        apps.append(app)
     config = yaml.safe_load(CONFIG.read_text())
-    config["applications"][0]["args"]["storage"] = storage.uri
-    deploy(config)  # replaces the previous shape's app
-    with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=30) as client:
+    deploy({**config, "applications": apps})  # in place of the apps deployed before
+    return storages
+
+
+@pytest.fixture(scope="module", params=list(SHAPES))
+def served(request, runs, serve_port):
+    """``(shape, storage, http client)``: the shape's run, served under ``/<shape>``."""
+    shape, storage = request.param, runs[request.param]
+    base_url = f"http://127.0.0.1:{serve_port}/{shape}"
+    with httpx.Client(base_url=base_url, timeout=30) as client:
 
         def this_run() -> bool:
             models = client.get("/healthz").json()["models"]
             return all(m.get("storage") == storage.uri for m in models.values())
 
         wait_for(this_run, 120)
-        yield request.param, storage, client
+        yield shape, storage, client
 
 
 def ids(storage: Storage) -> tuple[list, list]:
