@@ -62,7 +62,7 @@ def load_two_tower_service(default_storage: str, settings: ModelSettings) -> Two
                 f"{uri}: {settings.model_artifact}/manifest.json says version "
                 f"{manifest['version']!r}, the weights are {rec.version!r}"
             )
-        dim = rec.config.embedding_dim
+        dim = rec.config.retrieval_dim
         index, ids, user_emb = artifacts.load_index(
             storage, settings.index_artifact, rec.version, dim
         )

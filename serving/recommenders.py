@@ -192,9 +192,9 @@ class TwoTowerService(ModelService):
                 f"the catalog has {catalog.n_users} x {catalog.n_items}: artifacts of different "
                 "runs"
             )
-        dim = recommender.config.embedding_dim
+        dim = recommender.config.retrieval_dim
         if index.dim != dim:
-            raise ValueError(f"index dimension {index.dim} != model embedding_dim {dim}")
+            raise ValueError(f"index dimension {index.dim} != model's retrieval dimension {dim}")
         if user_embeddings is not None and user_embeddings.shape != (catalog.n_users, dim):
             raise ValueError(
                 f"user_embeddings {user_embeddings.shape} != ({catalog.n_users}, {dim})"

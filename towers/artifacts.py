@@ -114,7 +114,7 @@ def publish_two_tower(
             Path(tmp) / artifact,
             artifact,
             version=rec.version,
-            dim=rec.config.embedding_dim,
+            dim=rec.config.retrieval_dim,
             **fields,
         )
 
@@ -297,4 +297,4 @@ def publish_small_run(
     users = rec.user_embeddings(np.arange(rec.n_users))
     publish_index(storage, index, index_artifact, user_embeddings=users, model=model_artifact)
     publish_user_knn(storage, UserKNN(n_neighbors=20).fit(data.full_train), knn_artifact)
-    return {"two_tower": rec.version, "dim": str(embedding_dim)}
+    return {"two_tower": rec.version, "dim": str(rec.config.retrieval_dim)}

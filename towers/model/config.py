@@ -116,6 +116,9 @@ class TwoTowerConfig:
     normalize: bool = True  # L2-normalise both towers (cosine); logits are cos / temperature
     temperature: float = 0.07  # softmax temperature for normalised embeddings (initial if learned)
     learn_temperature: bool = False  # learn the temperature (as log 1/T, clamped at 1/T <= 100)
+    item_bias: bool = False  # a learned per-item term added to the logit (cos / T + b_i): what
+    # cosine scores cannot say (an item's pull on everyone); served as one more coordinate (the
+    # user side's is 1), so a maximum-inner-product index ranks by it unchanged
     # --- Loss (towers/model/losses.py).
     loss: str = "hybrid"  # "pointwise" (paper BCE), "softmax" (retrieval), "hybrid" (softmax+MSE)
     negatives: str = "auto"  # "full": every catalog item; "in_batch": the batch's other items;
@@ -244,6 +247,11 @@ class TwoTowerConfig:
     @property
     def has_rating_head(self) -> bool:
         return self.loss == "hybrid"
+
+    @property
+    def retrieval_dim(self) -> int:
+        """Width of the served user and item vectors: D, plus the item-bias coordinate."""
+        return int(self.embedding_dim or 0) + int(self.item_bias)
 
     def sized_for(
         self,

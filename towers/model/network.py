@@ -306,6 +306,10 @@ class TwoTower(nn.Module):
         else:
             self.register_buffer("log_inv_temperature", log_inv_temp)
         self.rating_head = RatingHead(config) if config.has_rating_head else None
+        self.item_bias = None
+        if config.item_bias:  # + "unknown item" (0: items never trained get no pull)
+            self.item_bias = nn.Embedding(config.n_items + 1, 1, sparse=config.sparse_embeddings)
+            nn.init.zeros_(self.item_bias.weight)
 
     @property
     def inv_temperature(self) -> torch.Tensor:
@@ -317,6 +321,8 @@ class TwoTower(nn.Module):
         user_emb = self.user_tower(user_batch, shared)  # (B, D)
         if self.config.normalize:
             user_emb = F.normalize(user_emb, dim=-1) * self.inv_temperature
+        if self.item_bias is not None:  # the coordinate that reads each item's bias
+            user_emb = torch.cat([user_emb, user_emb.new_ones(len(user_emb), 1)], dim=-1)
         return user_emb
 
     def item_embeddings(self, item_batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -324,6 +330,9 @@ class TwoTower(nn.Module):
         item_emb = self.item_tower(item_batch)  # (N, D)
         if self.config.normalize:
             item_emb = F.normalize(item_emb, dim=-1)
+        if self.item_bias is not None:
+            bias = self.item_bias(item_batch["item_id_row"])  # (N, 1)
+            item_emb = torch.cat([item_emb, bias.to(item_emb.dtype)], dim=-1)  # (N, D + 1)
         return item_emb
 
     def forward(
@@ -345,6 +354,8 @@ class TwoTower(nn.Module):
         """
         if self.rating_head is None:
             return torch.sigmoid((user_emb * item_emb).sum(-1))
+        if self.item_bias is not None:  # the head reads the towers' own D coordinates
+            user_emb, item_emb = user_emb[:, :-1], item_emb[:, :-1]
         if self.config.normalize:
             user_emb = user_emb / self.inv_temperature  # back to unit length, like item_emb
         # Unknown users (index n_users) share the "unknown" bias row.

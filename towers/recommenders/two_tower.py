@@ -189,7 +189,7 @@ class TwoTowerRecommender(Recommender):
                 batch = {"item_idx": known[rows].clamp(min=0), "item_id_row": id_row[rows]}
                 batch.update(encoded.gather(rows))
                 parts.append(model.item_embeddings(batch).float().cpu())
-        dim = self.config.embedding_dim
+        dim = self.config.retrieval_dim
         return (torch.cat(parts) if parts else torch.zeros(0, dim)).numpy().astype(np.float32)
 
     def user_embeddings(self, user_idx: np.ndarray) -> np.ndarray:

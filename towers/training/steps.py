@@ -265,7 +265,7 @@ def embed_users(
         core.user_embeddings(ctx.user_batch(user_idx[s : s + chunk], positives=False)).float()
         for s in range(0, len(user_idx), chunk)
     ]
-    return torch.cat(parts) if parts else torch.zeros(0, core.config.embedding_dim)
+    return torch.cat(parts) if parts else torch.zeros(0, core.config.retrieval_dim)
 
 
 @torch.no_grad()

@@ -41,6 +41,7 @@ ROW_TABLES: dict[str, tuple[str, bool]] = {
     "user_tower.rated_history.weight": ("items", False),
     "rating_head.user_bias.weight": ("users", True),
     "rating_head.item_bias.weight": ("items", True),
+    "item_bias.weight": ("items", True),
 }
 # Config fields a warm start takes from the data rather than from the old model.
 DATA_SIZES = ("n_users", "n_items")
@@ -64,6 +65,7 @@ ARCHITECTURE = (
     "item_profiles",
     "has_ratings",
     "learn_temperature",
+    "item_bias",
 )
 
 

@@ -126,6 +126,33 @@ def test_normalised_embeddings_carry_the_temperature() -> None:
     torch.testing.assert_close(user_emb.norm(dim=-1), torch.full((4,), 10.0))
 
 
+def test_item_bias_is_one_more_coordinate_of_the_served_vectors() -> None:
+    """``item_bias``: the served score is cos / T + b_i, so an inner-product index ranks by it."""
+    model, ctx = build(temperature=0.1, embedding_dim=8, item_bias=True)
+    plain, _ = build(temperature=0.1, embedding_dim=8)
+    assert model.config.retrieval_dim == 9 and plain.config.retrieval_dim == 8
+    with torch.no_grad():
+        model.item_bias.weight[:N_ITEMS].normal_()
+    model.eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "item_bias.weight"})
+    plain.eval()
+    users = torch.tensor([0, 3, N_USERS - 1])
+    user_emb, item_emb = model(ctx.user_batch(users), ctx.item_batch())  # (3, 9), (N, 9)
+    cos_user, cos_item = plain(ctx.user_batch(users), ctx.item_batch())  # (3, 8), (N, 8)
+    rows = ctx.item_batch()["item_id_row"]  # (N,) items never trained share "unknown"
+    assert (rows == N_ITEMS).any() and (rows < N_ITEMS).any()
+    bias = model.item_bias.weight[rows, 0]  # (N,)
+    torch.testing.assert_close(user_emb @ item_emb.T, cos_user @ cos_item.T + bias)
+    assert user_emb.shape == (3, 9) and torch.all(user_emb[:, -1] == 1)
+    torch.testing.assert_close(model.item_bias.weight[N_ITEMS], torch.zeros(1))  # unknown item
+    # The rating head reads the towers' own D coordinates, not the bias.
+    hybrid, hctx = build(embedding_dim=8, item_bias=True, loss="hybrid")
+    hybrid.eval()
+    u, i = hybrid(hctx.user_batch(torch.tensor([0, 1])), hctx.item_batch(torch.tensor([2, 5])))
+    rating = hybrid.predict_rating(u, i, torch.tensor([0, 1]), torch.tensor([2, 5]))
+    assert rating.shape == (2,) and torch.isfinite(rating).all()
+
+
 def test_learned_temperature_is_a_parameter() -> None:
     learned, _ = build(learn_temperature=True)
     fixed, _ = build(learn_temperature=False)

@@ -132,17 +132,20 @@ def test_row_softmax_equals_the_pairwise_full_softmax_with_positives_masked() ->
 
 
 @pytest.mark.parametrize(
-    ("row_negatives", "batch_negatives", "bar"),
-    [(4096, False, 0.8), (64, False, 0.5), (64, True, 0.5)],
-)
-def test_fit_with_user_rows_learns_the_blocks(data, row_negatives, batch_negatives, bar) -> None:
+    ("row_negatives", "batch_negatives", "item_bias", "bar"),
+    [(4096, False, False, 0.8), (64, False, False, 0.5), (64, True, False, 0.5),
+     (64, False, True, 0.5)],
+)  # fmt: skip
+def test_fit_with_user_rows_learns_the_blocks(
+    data, row_negatives, batch_negatives, item_bias, bar
+) -> None:
     """Exact rows (the catalog fits) and sampled rows (64 draws of 200 items, a noisier
-    estimate; with or without the batch's targets as negatives) all learn the blocks; random
-    ranking reaches Recall@10 ~0.05."""
+    estimate; with or without the batch's targets as negatives, with or without an item bias in
+    the logit) all learn the blocks; random ranking reaches Recall@10 ~0.05."""
     train, test, features = data
     config = TwoTowerConfig.from_preset(
         "default", **SMALL, epochs=25, lr=5e-3, loss="softmax", negatives="user_full",
-        row_negatives=row_negatives, row_batch_negatives=batch_negatives,
+        row_negatives=row_negatives, row_batch_negatives=batch_negatives, item_bias=item_bias,
     )  # fmt: skip
     model, history = fit(config, train, None, features)
     assert history[-1]["loss"] < history[0]["loss"]

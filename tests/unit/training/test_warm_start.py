@@ -25,8 +25,11 @@ from towers.training.warm_start import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-# Every row table on: user ids, own history tables, the rating-pooled history, the rating head.
-ALL_TABLES = dict(SMALL, use_user_id=True, recent_history=2, share_history_embeddings=False)
+# Every row table on: user ids, own history tables, the rating-pooled history, the rating head,
+# the retrieval logit's item bias.
+ALL_TABLES = dict(
+    SMALL, use_user_id=True, recent_history=2, share_history_embeddings=False, item_bias=True
+)
 
 
 def model_for(n_users: int, n_items: int, seed: int = 0, **overrides) -> TwoTower:
