@@ -347,7 +347,7 @@ class TwoTowerRecommender(Recommender):
                 f"{folder}/config.json: format {meta.get('format')!r} v{meta.get('format_version')}"
                 f", expected {FORMAT!r} v{FORMAT_VERSION}"
             )
-        config = TwoTowerConfig.from_dict(meta["model_config"])
+        config = TwoTowerConfig.from_stored(meta["model_config"])
         model = TwoTower(config)
         model.load_state_dict(load_file(str(folder / "weights.safetensors")))
         if weights_version(model) != meta["version"]:

@@ -56,7 +56,7 @@ def load_checkpoint(folder: Path) -> tuple[TwoTowerConfig, dict[str, Any], LoopS
             raise FileNotFoundError(f"checkpoint {folder} lacks {name}")
     meta = json.loads((folder / CONFIG_FILE).read_text())
     tensors = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-    return TwoTowerConfig.from_dict(meta["model_config"]), tensors, LoopState(**meta["loop"])
+    return TwoTowerConfig.from_stored(meta["model_config"]), tensors, LoopState(**meta["loop"])
 
 
 def model_from_checkpoint(folder: Path, weights: str = "final") -> TwoTower:

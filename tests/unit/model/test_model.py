@@ -55,6 +55,16 @@ def test_config_json_round_trip() -> None:
     assert isinstance(again.hidden_dims, tuple) and isinstance(again.user_inputs, tuple)
 
 
+def test_stored_configs_keep_what_they_ran_with() -> None:
+    """A config stored before ``item_bias`` existed ran without it; today's default is on."""
+    stored = TwoTowerConfig().to_dict()
+    assert stored["item_bias"] is True
+    assert TwoTowerConfig.from_stored(stored) == TwoTowerConfig()
+    del stored["item_bias"]
+    assert TwoTowerConfig.from_stored(stored).item_bias is False
+    assert TwoTowerConfig.from_preset("paper").item_bias is False  # the paper's plain dot product
+
+
 def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="unknown preset"):
         TwoTowerConfig.from_preset("nope")
@@ -111,7 +121,8 @@ def test_forward_shapes_and_dtypes(preset: str) -> None:
     model.eval()
     users = torch.tensor([0, 3, N_USERS - 1])
     user_emb, item_emb = model(ctx.user_batch(users), ctx.item_batch())
-    assert user_emb.shape == (3, 8) and item_emb.shape == (N_ITEMS, 8)
+    dim = 8 + (preset == "default")  # the default's item-bias coordinate
+    assert user_emb.shape == (3, dim) and item_emb.shape == (N_ITEMS, dim)
     assert user_emb.dtype == item_emb.dtype == torch.float32
     assert torch.isfinite(user_emb).all() and torch.isfinite(item_emb).all()
     some_items = model.item_embeddings(ctx.item_batch(torch.tensor([4, 2])))
@@ -119,7 +130,7 @@ def test_forward_shapes_and_dtypes(preset: str) -> None:
 
 
 def test_normalised_embeddings_carry_the_temperature() -> None:
-    model, ctx = build(temperature=0.1, embedding_dim=8)
+    model, ctx = build(temperature=0.1, embedding_dim=8, item_bias=False)
     model.eval()
     user_emb, item_emb = model(ctx.user_batch(torch.arange(4)), ctx.item_batch())
     torch.testing.assert_close(item_emb.norm(dim=-1), torch.ones(N_ITEMS))
@@ -129,7 +140,7 @@ def test_normalised_embeddings_carry_the_temperature() -> None:
 def test_item_bias_is_one_more_coordinate_of_the_served_vectors() -> None:
     """``item_bias``: the served score is cos / T + b_i, so an inner-product index ranks by it."""
     model, ctx = build(temperature=0.1, embedding_dim=8, item_bias=True)
-    plain, _ = build(temperature=0.1, embedding_dim=8)
+    plain, _ = build(temperature=0.1, embedding_dim=8, item_bias=False)
     assert model.config.retrieval_dim == 9 and plain.config.retrieval_dim == 8
     with torch.no_grad():
         model.item_bias.weight[:N_ITEMS].normal_()
@@ -235,7 +246,7 @@ def test_recent_history_pools_the_newest_items_without_the_target() -> None:
     cold = ctx.cold_user_batch(None, [4, 5, 6])
     assert cold["recent_items"].tolist() == [5, 6]  # the last liked items are the recent ones
     model.eval()
-    assert model.user_embeddings(batch).shape == (2, model.config.embedding_dim)
+    assert model.user_embeddings(batch).shape == (2, model.config.retrieval_dim)
 
 
 def test_user_without_history_and_cold_start() -> None:

@@ -83,7 +83,7 @@ def fitted() -> TwoTowerRecommender:
 def test_scores_are_user_times_item_embeddings(fitted: TwoTowerRecommender) -> None:
     users = np.array([0, 5, 7])
     item_emb = fitted.item_embeddings()
-    assert item_emb.shape == (fitted.n_items, 16) and item_emb.dtype == np.float32
+    assert item_emb.shape == (fitted.n_items, 16 + 1) and item_emb.dtype == np.float32  # + bias
     user_emb = fitted.user_embeddings(users)
     scores = fitted.score(users)
     assert scores.shape == (3, fitted.n_items) and scores.dtype == np.float32
@@ -104,7 +104,8 @@ def test_item_rows_embed_like_the_catalog_and_new_items_from_features(
     )
     twins = items.iloc[[3, 3, 20]]  # new items: two with item 3's features, one with item 20's
     new = fitted.embed_item_rows(twins, np.array([-1, -1, -1]))
-    assert new.shape == (3, 16) and np.isfinite(new).all()
+    assert new.shape == (3, 17) and np.isfinite(new).all()
+    assert np.all(new[:, -1] == 0)  # new items: the "unknown" row's bias, no pull of their own
     np.testing.assert_allclose(new[0], new[1], rtol=1e-6)  # the same features, the same vector
     assert not np.allclose(new[0], new[2], atol=1e-3)  # other features, another vector
     assert not np.allclose(new[0], fitted.item_embeddings()[3], atol=1e-3)  # no id of its own
@@ -134,11 +135,11 @@ def test_cold_start_follows_liked_items(fitted_softmax: TwoTowerRecommender) -> 
     liked = [16, 17, 18]  # block 2
     described = {"age": 30, "gender": "F", "occupation": "x"}
     emb = fitted.user_embedding_cold_start(described, liked)
-    assert emb.shape == (16,) and emb.dtype == np.float32
+    assert emb.shape == (17,) and emb.dtype == np.float32
     items, scores = fitted.recommend_cold_start(described, liked, 5)
     assert not set(items.tolist()) & set(liked)
     assert np.sum(items // 8 == 2) >= 4 and np.all(np.diff(scores) <= 0)  # 5 unseen in block 2
-    assert fitted.user_embedding_cold_start(None, []).shape == (16,)
+    assert fitted.user_embedding_cold_start(None, []).shape == (17,)
     with pytest.raises(KeyError):
         fitted.user_embedding_cold_start(None, [fitted.n_items])
     with pytest.raises(DataError, match="shoe_size"):  # a feature the schema does not have
