@@ -314,16 +314,19 @@ def test_towers_follow_the_catalog_size_unless_chosen() -> None:
 
 
 def test_epochs_follow_the_training_pairs_for_the_wide_towers() -> None:
-    """epochs=None: 20 for the deep towers; about WIDE_TRAIN_PAIRS pairs (2 to 20 epochs) for the
+    """epochs=None: 20 for the deep towers; about WIDE_TRAIN_PAIRS pairs (4 to 20 epochs) for the
     wide ones, 20 while the pairs are unknown; a given value is kept."""
-    from towers.model.config import FULL_SOFTMAX_MAX_ITEMS, MAX_EPOCHS, WIDE_TRAIN_PAIRS
+    from towers.model.config import FULL_SOFTMAX_MAX_ITEMS, MAX_EPOCHS, MIN_WIDE_EPOCHS
+    from towers.model.config import WIDE_TRAIN_PAIRS
 
     assert TwoTowerConfig().epochs is None  # not known yet
     wide = dict(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS + 1)
     deep = dict(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS)
     assert TwoTowerConfig(**deep, n_train=1_000).epochs == MAX_EPOCHS
     assert TwoTowerConfig(**wide, n_train=WIDE_TRAIN_PAIRS // 7).epochs == 7
-    assert TwoTowerConfig(**wide, n_train=10 * WIDE_TRAIN_PAIRS).epochs == 2  # at least 2
+    assert MIN_WIDE_EPOCHS == 4  # every item a target at least four times
+    assert TwoTowerConfig(**wide, n_train=WIDE_TRAIN_PAIRS // 3).epochs == 4  # by the pairs: 3
+    assert TwoTowerConfig(**wide, n_train=10 * WIDE_TRAIN_PAIRS).epochs == 4
     assert TwoTowerConfig(**wide, n_train=1_000).epochs == MAX_EPOCHS  # at most 20
     assert TwoTowerConfig(**wide).epochs == MAX_EPOCHS
     assert TwoTowerConfig(**wide, n_train=1_000, epochs=3).epochs == 3
