@@ -21,7 +21,7 @@ from serving import rollout
 from serving.rollout import roll_out
 from tests.integration.conftest import shared_config
 from tests.integration.test_new_items import Load
-from tests.integration.test_serving_ray import wait_for
+from tests.integration.test_serving_ray import deploy, wait_for
 from towers import artifacts
 from towers.artifacts import publish_small_run
 from towers.data.prepared import load_prepared
@@ -40,16 +40,15 @@ def update_run(ray_session, tiny_storage, tmp_path_factory) -> Storage:
 
 
 def test_update_rolls_a_warm_started_model_out_under_load(update_run, serve_port, monkeypatch):
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
     storage = update_run
     config = shared_config(storage)
     for deployment in config["applications"][0]["deployments"]:
         if deployment["name"] != "EventStore":
             deployment["num_replicas"] = 1  # room on the session's 4 CPUs for Ray Train
     base = f"http://127.0.0.1:{serve_port}"
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))  # waited below
+    # Blocking: until the app is RUNNING, the replicas of the app it replaces may still hold
+    # requests (after test_serving_ray, each client's first request then timed out with a 504).
+    deploy(config)
     users = storage.read_parquet("data/users.parquet")["user_id"].tolist()
     items = storage.read_parquet("data/items.parquet")["item_id"].tolist()
     newcomer = max(users) + 1
