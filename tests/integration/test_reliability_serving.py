@@ -200,7 +200,7 @@ def broken_versions(storage: Storage) -> dict[str, str]:
         Path(storage.path("model_nofile", "weights.safetensors")).unlink()
     if not storage.exists("index_dim8"):
         # The index of model/ with its user embeddings replaced by 8-dimensional ones and
-        # republished: a complete artifact whose arrays do not fit the 16-dimensional model.
+        # republished: a complete artifact whose arrays do not fit the model's 17 dimensions.
         shutil.copytree(storage.path("index"), storage.path("index_dim8"))
         user_emb = Path(storage.path("index_dim8", "user_embeddings.npy"))
         n_users = np.load(user_emb, allow_pickle=False).shape[0]
@@ -212,10 +212,11 @@ def broken_versions(storage: Storage) -> dict[str, str]:
         shutil.copytree(storage.path("index"), storage.path("index_dim32"))
         manifest = storage.read_manifest("index")
         storage.write_json("index_dim32/manifest.json", {**manifest, "dim": 32})
+    dim = storage.read_manifest("model")["dim"]  # 16 + the item-bias coordinate
     return {
         "model_nofile": "lacks file weights.safetensors",
-        "index_dim8": "user_embeddings (120, 8) != (120, 16)",
-        "index_dim32": "has dimension 32, the model 16",
+        "index_dim8": f"user_embeddings (120, 8) != (120, {dim})",
+        "index_dim32": f"has dimension 32, the model {dim}",
     }
 
 

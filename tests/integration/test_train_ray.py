@@ -128,7 +128,7 @@ def test_sparse_tables_mixed_negatives_ray_data_and_refit_export(
     assert rec.seen_matrix().nnz == len(tiny_data.full_train)
     items, scores = rec.recommend(np.arange(5), k=10)
     assert items.shape == (5, 10) and np.isfinite(scores).all()
-    tiny_storage.read_manifest("model_refit", version=rec.version, dim=rec.config.embedding_dim)
+    tiny_storage.read_manifest("model_refit", version=rec.version, dim=rec.config.retrieval_dim)
 
 
 def test_use_gpu_without_gpus_fails_clearly(ray_session, tiny_storage):
