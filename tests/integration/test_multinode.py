@@ -3,12 +3,15 @@
 One cluster for the module (``tests/integration/cluster.py``): a head and a worker node, 2
 logical CPUs each, token authentication on; moto's S3 server as the storage root. In order:
 
-1. ``prepare → train → evaluate → build_index`` submitted with ``ray job submit`` to the cluster,
-   ``--storage s3://…``, training spread over both nodes; nothing is written outside the storage
-   root (the job's working dir and every node's scratch ``TMPDIR`` are left as they were);
-2. training loses the worker node mid-epoch (raylet and workers SIGKILLed): Ray Train's elastic
-   worker group (``--min-workers 1``) restarts on the remaining node from the last checkpoint in
-   object storage and finishes; its final metric is compared with an uninterrupted run;
+1. ``prepare → train → evaluate → build_index`` on MovieLens-100K submitted with ``ray job
+   submit`` to the cluster (what a user does on a cluster, or on one machine after ``ray start
+   --head``), ``--storage s3://…``, training spread over both nodes; nothing is written outside
+   the storage root (the job's working dir and every node's scratch ``TMPDIR`` are left as they
+   were);
+2. training (on a small synthetic set in its own root: seconds per epoch) loses the worker node
+   mid-epoch (raylet and workers SIGKILLed): Ray Train's elastic worker group (``--min-workers
+   1``) restarts on the remaining node from the last checkpoint in object storage and finishes;
+   its final metric is compared with an uninterrupted run;
 3. a replacement worker node joins; Serve runs two replicas of each deployment, one per node;
    that node is killed under load; the share of requests answered (a client that retries a 5xx
    once) and Serve's replacement time are measured.
@@ -44,8 +47,7 @@ pytestmark = [
     pytest.mark.timeout(900),
 ]
 ROOT = Path(__file__).resolve().parents[2]
-SYNTHETIC = ["--synthetic-users", "120", "--synthetic-items", "200"]
-SYNTHETIC += ["--synthetic-interactions", "6000"]
+SYNTHETIC = {"synthetic_users": 120, "synthetic_items": 200, "synthetic_interactions": 6000}
 ARTIFACTS = {"data", "train", "model", "reports", "knn", "index"}
 # The node-loss run ends within this of the uninterrupted run's validation NDCG@10 (the same
 # tolerance as a killed worker in tests/integration/test_train_ray.py).
@@ -111,8 +113,9 @@ def working_dirs(cluster: LocalCluster) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def pipeline(cluster, s3_run):
-    """The whole pipeline, submitted as a Ray job, on S3 storage; returns the job's output."""
+def pipeline(cluster, s3_run, ml100k_dir):
+    """The whole pipeline on MovieLens-100K, submitted as a Ray job, on S3 storage; returns
+    the job's output."""
     start = time.monotonic()
     done = job_submit(
         cluster,
@@ -122,9 +125,8 @@ def pipeline(cluster, s3_run):
             "ray_jobs.pipeline",
             "--storage",
             s3_run,
-            "--dataset",
-            "synthetic",
-            *SYNTHETIC,
+            "--data-dir",
+            str(ml100k_dir),
             "--num-workers",
             "2",
             "--placement-strategy",
@@ -148,7 +150,9 @@ def test_pipeline_job_on_s3_spreads_training_and_writes_only_the_storage_root(
     storage = Storage(s3_run)
     for artifact in ARTIFACTS - {"train"}:
         assert storage.is_complete(artifact), artifact
-    assert set(storage.read_json("reports/metrics.json")["models"]) >= {"two_tower", "user_knn"}
+    report = storage.read_json("reports/metrics.json")
+    assert set(report["models"]) >= {"two_tower", "user_knn", "popularity"}
+    assert (report["dataset"], report["n_test_users"]) == ("ml-100k", 943)  # read from the files
     assert (
         storage.read_manifest("index")["model_version"] == storage.read_manifest("model")["version"]
     )
@@ -227,9 +231,19 @@ def fault_marker(storage: Storage, export_as: str) -> str | None:
     return None
 
 
-def test_training_resumes_on_the_remaining_node_after_losing_one(cluster, s3_run, pipeline):
-    storage = Storage(s3_run)
-    reference = train_driver(cluster, s3_run, "model_uninterrupted")
+@pytest.fixture(scope="module")
+def s3_small(s3_server) -> str:
+    """A small synthetic data set prepared into a root of its own on S3 (from this process)."""
+    from ray_jobs import prepare
+
+    root = f"s3://{s3_server.new_bucket('mn-small')}/run"
+    prepare.run(prepare.PrepareConfig(storage=root, dataset="synthetic", **SYNTHETIC))
+    return root
+
+
+def test_training_resumes_on_the_remaining_node_after_losing_one(cluster, s3_small, pipeline):
+    storage = Storage(s3_small)
+    reference = train_driver(cluster, s3_small, "model_uninterrupted")
     out, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, out[-4000:]
     ref = storage.read_manifest("model_uninterrupted")
@@ -237,7 +251,7 @@ def test_training_resumes_on_the_remaining_node_after_losing_one(cluster, s3_run
 
     # Every rank stops at epoch 1, step 2, once: the worker node is killed there, mid-epoch,
     # after epoch 0's checkpoint went to object storage.
-    driver = train_driver(cluster, s3_run, "model_node_lost", TWO_TOWER_FAULTS="pause_at=1:2")
+    driver = train_driver(cluster, s3_small, "model_node_lost", TWO_TOWER_FAULTS="pause_at=1:2")
     worker_node = cluster.nodes[-1]
     try:
         cluster.wait_for(lambda: fault_marker(storage, "model_node_lost"), 240, "pause")

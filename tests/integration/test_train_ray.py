@@ -109,7 +109,7 @@ def test_sparse_tables_mixed_negatives_ray_data_and_refit_export(
     (what ``negatives="auto"`` picks above 2,500 items, on one worker: sparse id-table
     gradients, LazyAdam, mixed negatives), Ray Data's streamed split (train, then train ∪ valid
     for the refit), and the refit's export. Ray Data's shards over two DDP workers are the
-    pipeline's in test_multinode.py (and one worker's in test_job_submit.py)."""
+    pipeline's in test_multinode.py."""
     manifest = run_train(
         tiny_storage, num_workers=1, cpus_per_worker=2, negatives="mixed",
         sparse_embeddings=True, export_as="model_refit", epochs=4, refit=True,

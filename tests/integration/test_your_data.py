@@ -58,17 +58,15 @@ def interactions_only(folder: Path) -> dict[str, str]:
 
 
 SHAPES = {f.__name__: f for f in (movielens_like, shop, interactions_only)}
-# Training's loader per shape: Ray Data's streamed shards add ~10 s to a run of this size, so one
-# shape keeps them (implicit data through Ray Data; explicit data goes through it in
-# test_job_submit.py and test_multinode.py), the others read locally.
-LOADERS = {"movielens_like": "local", "shop": "ray_data", "interactions_only": "local"}
 
 
 @pytest.fixture(scope="module")
 def runs(serve_port, tmp_path_factory) -> dict[str, Storage]:
     """``{shape: storage}``: the pipeline's run for each shape, then all three served at once,
     one Serve app per shape under ``/<shape>`` (one deploy: their replicas start side by side,
-    and no app is replaced by the next shape's)."""
+    and no app is replaced by the next shape's). Training reads its shards locally: Ray Data's
+    streamed shards add ~20 s to each run of this size, and are tested in test_train_ray.py
+    (one worker, train then train ∪ valid) and test_multinode.py (two workers, MovieLens-100K)."""
     storages, apps = {}, []
     for shape, write in SHAPES.items():
         folder = tmp_path_factory.mktemp(shape)
@@ -77,7 +75,7 @@ def runs(serve_port, tmp_path_factory) -> dict[str, Storage]:
         pipeline.run(
             pipeline.PipelineConfig(
                 storage=storage.uri, **files, num_workers=1, epochs=2, paper=False,
-                data_loader=LOADERS[shape],
+                data_loader="local",
             )
         )  # fmt: skip
         [app] = yaml.safe_load(CONFIG.read_text())["applications"]

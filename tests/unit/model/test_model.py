@@ -316,8 +316,12 @@ def test_towers_follow_the_catalog_size_unless_chosen() -> None:
 def test_epochs_follow_the_training_pairs_for_the_wide_towers() -> None:
     """epochs=None: 20 for the deep towers; about WIDE_TRAIN_PAIRS pairs (4 to 20 epochs) for the
     wide ones, 20 while the pairs are unknown; a given value is kept."""
-    from towers.model.config import FULL_SOFTMAX_MAX_ITEMS, MAX_EPOCHS, MIN_WIDE_EPOCHS
-    from towers.model.config import WIDE_TRAIN_PAIRS
+    from towers.model.config import (
+        FULL_SOFTMAX_MAX_ITEMS,
+        MAX_EPOCHS,
+        MIN_WIDE_EPOCHS,
+        WIDE_TRAIN_PAIRS,
+    )
 
     assert TwoTowerConfig().epochs is None  # not known yet
     wide = dict(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS + 1)
