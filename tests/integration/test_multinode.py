@@ -5,7 +5,8 @@ logical CPUs each, token authentication on; moto's S3 server as the storage root
 
 1. ``prepare → train → evaluate → build_index`` on MovieLens-100K submitted with ``ray job
    submit`` to the cluster (what a user does on a cluster, or on one machine after ``ray start
-   --head``), ``--storage s3://…``, training spread over both nodes; nothing is written outside
+   --head``), ``--storage s3://…``, training spread over both nodes and fed by Ray Data's
+   streamed shards (train, then train ∪ valid for the refit); nothing is written outside
    the storage root (the job's working dir and every node's scratch ``TMPDIR`` are left as they
    were);
 2. training (on a small synthetic set in its own root: seconds per epoch) loses the worker node
@@ -131,6 +132,8 @@ def pipeline(cluster, s3_run, ml100k_dir):
             "2",
             "--placement-strategy",
             "SPREAD",
+            "--data-loader",  # the default, said here: this is the suite's Ray Data run
+            "ray_data",
             "--epochs",
             "1",
             "--no-paper",

@@ -102,18 +102,15 @@ def test_worker_killed_mid_epoch_resumes_and_matches(tiny_storage, two_workers, 
     assert abs(ndcg_got - ndcg_ref) <= KILL_NDCG_ATOL
 
 
-def test_sparse_tables_mixed_negatives_ray_data_and_refit_export(
-    ray_session, tiny_storage, tiny_data
-):
+def test_sparse_tables_mixed_negatives_and_refit_export(ray_session, tiny_storage, tiny_data):
     """One fit (one worker, both CPUs) for what needs no second worker: the large-catalog path
     (what ``negatives="auto"`` picks above 2,500 items, on one worker: sparse id-table
-    gradients, LazyAdam, mixed negatives), Ray Data's streamed split (train, then train ∪ valid
-    for the refit), and the refit's export. Ray Data's shards over two DDP workers are the
-    pipeline's in test_multinode.py."""
+    gradients, LazyAdam, mixed negatives), the refit on train ∪ valid and its export. Local
+    shards: Ray Data's streamed split (train, then train ∪ valid for the refit, over two DDP
+    workers) is the pipeline's in test_multinode.py, and adds ~20 s to any fit."""
     manifest = run_train(
         tiny_storage, num_workers=1, cpus_per_worker=2, negatives="mixed",
         sparse_embeddings=True, export_as="model_refit", epochs=4, refit=True,
-        data_loader="ray_data",
     )  # fmt: skip
     assert manifest["refit"] is True
     search = [h for h in manifest["history"] if h["phase"] == "search"]

@@ -65,8 +65,8 @@ def runs(serve_port, tmp_path_factory) -> dict[str, Storage]:
     """``{shape: storage}``: the pipeline's run for each shape, then all three served at once,
     one Serve app per shape under ``/<shape>`` (one deploy: their replicas start side by side,
     and no app is replaced by the next shape's). Training reads its shards locally: Ray Data's
-    streamed shards add ~20 s to each run of this size, and are tested in test_train_ray.py
-    (one worker, train then train ∪ valid) and test_multinode.py (two workers, MovieLens-100K)."""
+    streamed shards add ~20 s to each run of this size, and are tested in test_multinode.py
+    (two workers, MovieLens-100K, train then train ∪ valid for the refit)."""
     storages, apps = {}, []
     for shape, write in SHAPES.items():
         folder = tmp_path_factory.mktemp(shape)
