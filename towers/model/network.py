@@ -307,8 +307,11 @@ class TwoTower(nn.Module):
             self.register_buffer("log_inv_temperature", log_inv_temp)
         self.rating_head = RatingHead(config) if config.has_rating_head else None
         self.item_bias = None
-        if config.item_bias:  # + "unknown item" (0: items never trained get no pull)
-            self.item_bias = nn.Embedding(config.n_items + 1, 1, sparse=config.sparse_embeddings)
+        if config.item_bias:  # + "unknown item": 0, and kept there (padding_idx: no gradient),
+            # so items never trained, drawn as negatives, do not teach later items a pull
+            self.item_bias = nn.Embedding(
+                config.n_items + 1, 1, sparse=config.sparse_embeddings, padding_idx=config.n_items
+            )
             nn.init.zeros_(self.item_bias.weight)
 
     @property

@@ -164,6 +164,25 @@ def test_item_bias_is_one_more_coordinate_of_the_served_vectors() -> None:
     assert rating.shape == (2,) and torch.isfinite(rating).all()
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_the_unknown_items_bias_stays_zero_through_training(sparse: bool) -> None:
+    """Items never trained share the "unknown" row; drawn as negatives they would push its bias
+    down and every item added later would inherit that. The row gets no gradient."""
+    from towers.training.steps import make_optimizer
+
+    model, ctx = build(embedding_dim=8, item_bias=True, sparse_embeddings=sparse)
+    rows = ctx.item_batch()["item_id_row"]
+    assert (rows == N_ITEMS).any()
+    optimizer = make_optimizer(model, model.config)
+    for _ in range(3):  # every item scored as a negative of every user
+        optimizer.zero_grad()
+        user_emb, item_emb = model(ctx.user_batch(torch.arange(4)), ctx.item_batch())
+        torch.logsumexp(user_emb @ item_emb.T, dim=1).sum().backward()
+        optimizer.step()
+    assert torch.all(model.item_bias.weight[N_ITEMS] == 0)
+    assert model.item_bias.weight[rows[rows < N_ITEMS], 0].abs().min() > 0  # the others learn
+
+
 def test_learned_temperature_is_a_parameter() -> None:
     learned, _ = build(learn_temperature=True)
     fixed, _ = build(learn_temperature=False)
