@@ -133,7 +133,7 @@ def step_knn(storage: str, size: str, args: argparse.Namespace) -> dict[str, Any
 
     from towers import artifacts
     from towers.data.prepared import load_prepared
-    from towers.evaluation.protocol import users_per_block
+    from towers.metrics.top_k import users_per_block
     from towers.recommenders.neighbor_search import (
         neighbor_recall,
         pair_count,

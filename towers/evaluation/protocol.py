@@ -20,22 +20,15 @@ from towers.data.interactions import Interactions
 from towers.data.prepared import PreparedData
 from towers.metrics.ranking import hit_matrix, ranking_metrics
 from towers.metrics.rating import rating_metrics
+from towers.metrics.top_k import BLOCK_CELLS, users_per_block
 from towers.progress import progress
 from towers.recommenders.base import Recommender
 
 log = logging.getLogger(__name__)
-# Score cells (users x items) of one recommend call: float32 scores plus top-k's int64 partition
-# indices make ~12 bytes a cell, so 2**24 cells bound a block at ~200 MB whatever the data size.
-BLOCK_CELLS = 2**24
 # Test pairs per predict_ratings call (whole users per call; the largest user may exceed it):
 # the two-tower rating head's activations are ~2 KB a pair (1M pairs: 3.0 GiB peak at 5M data,
 # 2**18: 1.6 GiB).
 RATING_BLOCK_PAIRS = 2**18
-
-
-def users_per_block(n_items: int, block_cells: int = BLOCK_CELLS) -> int:
-    """Users scored per ``recommend`` call so that a block holds at most ``block_cells`` cells."""
-    return max(1, block_cells // max(n_items, 1))
 
 
 def blocked_rating_predictions(

@@ -9,6 +9,15 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+# Score cells (users x items) of one ranking block: float32 scores plus top-k's int64 partition
+# indices make ~12 bytes a cell, so 2**24 cells bound a block at ~200 MB whatever the data size.
+BLOCK_CELLS = 2**24
+
+
+def users_per_block(n_items: int, block_cells: int = BLOCK_CELLS) -> int:
+    """Users ranked per block so that a block holds at most ``block_cells`` score cells."""
+    return max(1, block_cells // max(n_items, 1))
+
 
 def top_k_excluding(
     scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None

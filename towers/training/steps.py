@@ -28,7 +28,7 @@ from torch import nn
 
 from towers.data.interactions import Interactions
 from towers.metrics.ranking import ranking_metrics
-from towers.metrics.top_k import top_k_excluding
+from towers.metrics.top_k import BLOCK_CELLS, top_k_excluding, users_per_block
 from towers.model.config import TwoTowerConfig
 from towers.model.losses import (
     full_softmax,
@@ -275,8 +275,12 @@ def validation_metrics(
     train: Interactions,
     valid: Interactions,
     k: int = 10,
+    block_cells: int = BLOCK_CELLS,
 ) -> dict[str, float]:
     """Full-catalog ranking of every user with validation items, training items excluded.
+
+    Users are ranked in blocks of at most ``block_cells`` scores (``users_per_block``): one
+    (users x catalog) matrix would hold ~12 bytes a cell at its peak, ~15 GB for Gowalla.
 
     Returns ``recall@k``, ``ndcg@k``, ``precision@k`` and ``map@k`` (``towers.metrics``), plus
     ``rmse`` on the raw rating scale for models that predict ratings (hybrid, pointwise).
@@ -286,8 +290,13 @@ def validation_metrics(
     user_t = torch.as_tensor(users, device=ctx.device)
     user_emb = embed_users(core, ctx, user_t)  # (U, D)
     item_emb = embed_items(core, ctx)  # (N, D)
-    scores = (user_emb @ item_emb.T).cpu().numpy()  # (U, N)
-    top, _ = top_k_excluding(scores, k, train.to_csr(binary=True)[users])  # (U, k)
+    seen = train.to_csr(binary=True)[users]
+    block = users_per_block(len(item_emb), block_cells)
+    tops = []
+    for start in range(0, len(users), block):
+        scores = (user_emb[start : start + block] @ item_emb.T).cpu().numpy()  # (block, N)
+        tops.append(top_k_excluding(scores, k, seen[start : start + block])[0])
+    top = np.concatenate(tops) if tops else np.empty((0, k), np.int64)  # (U, k)
     ranked = ranking_metrics(top, valid.to_csr(binary=True)[users], ks=(k,))
     metrics = {m: ranked[f"{m}@{k}"] for m in ("recall", "ndcg", "precision", "map")}
     metrics = {f"{m}@{k}": v for m, v in metrics.items()}

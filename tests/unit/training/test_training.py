@@ -179,6 +179,19 @@ def test_fit_learns_the_blocks(data) -> None:
     assert metrics["ndcg@10"] > 0.7, metrics
 
 
+def test_validation_ranks_in_blocks_with_the_same_result(data) -> None:
+    train, test, features = data
+    config = TwoTowerConfig.from_preset("default", **SMALL, epochs=2, loss="softmax")
+    model, _ = fit(config, train, None, features)
+    ctx = TrainingContext.build(features, train, model.config)
+    whole = validation_metrics(model, ctx, train, test, k=10)
+    users = len(np.unique(test.user_idx))
+    # 5 users a block: several blocks and a short last one
+    assert users > 10 and users % 5
+    blocked = validation_metrics(model, ctx, train, test, k=10, block_cells=5 * train.n_items)
+    assert blocked == pytest.approx(whole) and whole["ndcg@10"] > 0
+
+
 def test_fit_is_deterministic_and_keeps_the_best_epoch(data) -> None:
     train, test, features = data
     config = TwoTowerConfig.from_preset("default", **SMALL, epochs=4, patience=2, loss="hybrid")
