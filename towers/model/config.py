@@ -32,15 +32,17 @@ USER_FULL_MAX_ITEMS = 100_000
 # 0.1432; that split is not time-ordered anyway).
 HISTORY_DECAY = 0.8
 # epochs=None: 20 for the deep towers (ML-100K's early stopping lands well inside it); for the wide
-# towers as many as make about WIDE_TRAIN_PAIRS training pairs, MIN_WIDE_EPOCHS to 20: an epoch's
-# cost grows with the pairs, and the wide towers' validation NDCG flattens after a few hundred
-# thousand steps' worth of pairs (Amazon Beauty, 143k pairs: 0.0601 after 5 epochs of a 12-epoch
-# cosine, 0.0616 at its best after 9) -- but not before each item has been a target about four
-# times: Beauty's 7-epoch run flattens from the fifth epoch (validation NDCG@10 0.0612, 0.0633,
-# 0.0641, 0.0644 after epochs 3-6), and Gowalla (730k pairs, 2 epochs by the pairs alone) still
-# climbs at its third (0.0866 after a 2-epoch cosine, 0.0911 after a 3-epoch one). Beauty gets
-# 7 epochs, Gowalla 4.
+# towers the more of two counts, MIN_WIDE_EPOCHS to 20: as many as make about WIDE_TRAIN_PAIRS
+# training pairs (the shared maps' steps: Amazon Beauty, 143k pairs, flattens after a few hundred
+# thousand pairs' worth -- 0.0601 after 5 epochs of a 12-epoch cosine, 0.0616 at its best after
+# 9) and as many as make each item a target about TARGETS_PER_ITEM times (its own row's updates;
+# an epoch makes it n_train / n_items times). Beauty (12 a epoch) flattens from its fifth epoch
+# of seven (validation NDCG@10 0.0612, 0.0633, 0.0641, 0.0644 after epochs 3-6: ~60-80 targets an
+# item); Gowalla (730k pairs, 41k items: 18 a epoch, 1 epoch by the pairs) still climbs at its
+# sixth (0.0944, 0.0960, 0.0964 after epochs 4-6 of a 6-epoch cosine: ~107 an item), and its test
+# values all rise from 4 epochs to 6. Beauty gets 8 epochs, Gowalla 6.
 WIDE_TRAIN_PAIRS = 1_000_000
+TARGETS_PER_ITEM = 100
 MIN_WIDE_EPOCHS = 4
 MAX_EPOCHS = 20
 # The towers' shape by catalog size (docs/QUALITY.md has the runs behind both). Up to
@@ -231,7 +233,8 @@ class TwoTowerConfig:
             epochs = MAX_EPOCHS
             if wide and self.n_train > 0:
                 by_pairs = round(WIDE_TRAIN_PAIRS / self.n_train)
-                epochs = min(MAX_EPOCHS, max(MIN_WIDE_EPOCHS, by_pairs))
+                by_items = round(TARGETS_PER_ITEM * self.n_items / self.n_train)
+                epochs = min(MAX_EPOCHS, max(MIN_WIDE_EPOCHS, by_pairs, by_items))
             object.__setattr__(self, "epochs", epochs)
         towers = WIDE_TOWERS if wide else DEEP_TOWERS
         for name, value in towers.items():

@@ -333,12 +333,14 @@ def test_towers_follow_the_catalog_size_unless_chosen() -> None:
 
 
 def test_epochs_follow_the_training_pairs_for_the_wide_towers() -> None:
-    """epochs=None: 20 for the deep towers; about WIDE_TRAIN_PAIRS pairs (4 to 20 epochs) for the
-    wide ones, 20 while the pairs are unknown; a given value is kept."""
+    """epochs=None: 20 for the deep towers; for the wide ones about WIDE_TRAIN_PAIRS pairs or
+    TARGETS_PER_ITEM targets an item, whichever takes more (4 to 20 epochs), 20 while the pairs
+    are unknown; a given value is kept."""
     from towers.model.config import (
         FULL_SOFTMAX_MAX_ITEMS,
         MAX_EPOCHS,
         MIN_WIDE_EPOCHS,
+        TARGETS_PER_ITEM,
         WIDE_TRAIN_PAIRS,
     )
 
@@ -353,6 +355,12 @@ def test_epochs_follow_the_training_pairs_for_the_wide_towers() -> None:
     assert TwoTowerConfig(**wide, n_train=1_000).epochs == MAX_EPOCHS  # at most 20
     assert TwoTowerConfig(**wide).epochs == MAX_EPOCHS
     assert TwoTowerConfig(**wide, n_train=1_000, epochs=3).epochs == 3
+    # By the items: each a target ~TARGETS_PER_ITEM times (Gowalla's train part: 6 epochs, not
+    # the pairs' 1; Amazon Beauty's: 8, not 7)
+    assert TARGETS_PER_ITEM == 100
+    assert TwoTowerConfig(n_users=10, n_items=40_981, n_train=729_097).epochs == 6
+    assert TwoTowerConfig(n_users=10, n_items=12_101, n_train=142_475).epochs == 8
+    assert TwoTowerConfig(n_users=10, n_items=3_706, n_train=800_000).epochs == 4  # the floor
     sized = TwoTowerConfig().sized_for(random_features(20, 3_000, 0), n_train=WIDE_TRAIN_PAIRS // 4)
     assert (sized.n_train, sized.epochs) == (WIDE_TRAIN_PAIRS // 4, 4)
 
