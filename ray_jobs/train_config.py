@@ -41,7 +41,11 @@ class TrainConfig:
     )
     use_gpu: bool = help_field(False, "one GPU per worker, NCCL and bf16 autocast")
     cpus_per_worker: float = help_field(1.0, "CPUs reserved per worker")
-    epochs: int | None = help_field(None, "maximum epochs (default: the preset's)")
+    epochs: int | None = help_field(
+        None,
+        "maximum epochs (default by the data: 20 up to 2,500 items; above, enough for ~1M pairs "
+        "and for each item to be a target ~100 times, 4 to 20)",
+    )
     batch_size: int | None = help_field(None, "GLOBAL batch size, split across workers")
     lr: float | None = help_field(None, "Adam learning rate")
     embedding_dim: int | None = help_field(None, "embedding dimension D of both towers")
