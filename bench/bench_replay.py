@@ -46,7 +46,7 @@ from towers.recommenders.two_tower import TwoTowerRecommender
 from towers.recommenders.user_knn import UserKNN
 from towers.storage.root import Storage
 from towers.training.loop import fit
-from towers.training.warm_start import WARM_START_EPOCHS, Vocabularies, warm_start_weights
+from towers.training.warm_start import Vocabularies, warm_start_epochs, warm_start_weights
 
 K = 10
 TWO_TOWER = ("frozen", "live", "warm", "full")
@@ -145,7 +145,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = config.sized_for(
         data.features, data.has_ratings, data.time_ordered, n_train=len(first)
     )
-    warm_overrides = {"epochs": args.warm_epochs, **({"lr": args.warm_lr} if args.warm_lr else {})}
+    warm_epochs = args.warm_epochs or warm_start_epochs(config.epochs)
+    warm_overrides = {"epochs": warm_epochs, **({"lr": args.warm_lr} if args.warm_lr else {})}
     warm_config = TwoTowerConfig.from_dict({**config.to_dict(), **warm_overrides})
     vocab = Vocabularies.of_tables(data.users, data.items)
     mode = args.knn_mode
@@ -247,8 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunks", type=int, default=4, help="replay chunks (default 4)")
     parser.add_argument("--epochs", type=int, default=None, help="full trainings' epochs "
                         "(default: the default preset's)")  # fmt: skip
-    parser.add_argument("--warm-epochs", type=int, default=WARM_START_EPOCHS,
-                        help=f"warm starts' epochs (default {WARM_START_EPOCHS})")  # fmt: skip
+    parser.add_argument("--warm-epochs", type=int, default=None,
+                        help="warm starts' epochs (default: a third of the first model's, 1 to 3, "
+                        "as ray_jobs.train --warm-start)")  # fmt: skip
     parser.add_argument("--warm-lr", type=float, default=None,
                         help="warm starts' peak learning rate (default: the model's)")  # fmt: skip
     parser.add_argument("--knn-neighbors", type=int, default=40, help="UserKNN neighbours")

@@ -74,8 +74,9 @@ class PipelineConfig:
     update: bool = help_field(
         False,
         "fold the events recorded since data/ was prepared (or last updated) into data/, "
-        "warm-start model_u<seq> from the newest model (--epochs default 3), index it, refit "
-        "UserKNN, evaluate, and roll them out to a Serve app on this Ray cluster "
+        "warm-start model_u<seq> from the newest model (--epochs default: a third of its epochs, "
+        "1 to 3), index it, refit UserKNN, evaluate, and roll them out to a Serve app on this "
+        "Ray cluster "
         "(ray_jobs/update.py)",
     )
     events_path: str | None = help_field(

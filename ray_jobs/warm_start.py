@@ -23,6 +23,7 @@ from towers.training.warm_start import (
     Vocabularies,
     WarmStartError,
     warm_config,
+    warm_start_epochs,
     warm_start_weights,
 )
 
@@ -34,13 +35,15 @@ class TrainJobConfig(TrainConfig):
     With --warm-start ARTIFACT: train from a previous model on data/ as it is now (users and
     items added since get new rows; known ones keep their weights), with the previous model's
     architecture (--preset is ignored; a flag that changes a weight's shape is an error), for
-    --epochs 3 unless given. Adam restarts: an export holds no optimizer state.
+    a third of its epochs (1 to 3) unless --epochs. Adam restarts: an export holds no optimizer
+    state.
     """
 
     warm_start: str | None = help_field(
         None,
         "a previous model export to start from: an artifact name under --storage (model) or "
-        f"its folder or URI; --epochs then defaults to {WARM_START_EPOCHS}, Adam restarts",
+        "its folder or URI; --epochs then defaults to a third of its epochs (1 to "
+        f"{WARM_START_EPOCHS}), Adam restarts",
     )
 
 
@@ -51,7 +54,8 @@ def warm_start(
 
     The previous model's rows are mapped to ``data``'s vocabularies by raw id
     (``towers.training.warm_start``); its config keeps the architecture, sized for ``data``,
-    with this job's explicit flags on top and ``WARM_START_EPOCHS`` unless ``--epochs``.
+    with this job's explicit flags on top and a third of its epochs (``warm_start_epochs``)
+    unless ``--epochs``.
     """
     where = str(cfg.warm_start).rstrip("/")
     parent, _, artifact = where.rpartition("/")
@@ -67,7 +71,7 @@ def warm_start(
             )
         old_vocab = vocab
     overrides = {k: getattr(cfg, k) for k in MODEL_OVERRIDES if getattr(cfg, k) is not None}
-    overrides.setdefault("epochs", WARM_START_EPOCHS)
+    overrides.setdefault("epochs", warm_start_epochs(old.config.epochs))
     overrides["bf16"] = cfg.use_gpu
     if cfg.num_workers > 1:  # DDP: dense tables (SPARSE_ONE_WORKER)
         overrides["sparse_embeddings"] = False

@@ -29,8 +29,19 @@ from towers.model.config import TwoTowerConfig
 from towers.model.network import TwoTower
 
 # A warm start's default epoch budget (the search phase; refit retrains its best count): the old
-# model already holds what the old data taught, a few passes fold in what is new.
+# model already holds what the old data taught, a few passes fold in what is new -- a third of
+# the old model's epochs, 1 to WARM_START_EPOCHS, so that it costs at most a third of training
+# afresh (ML-100K's 20 epochs: 3; Amazon Beauty's 8: 2; docs/BENCHMARKS.md, the replay).
 WARM_START_EPOCHS = 3
+
+
+def warm_start_epochs(old_epochs: int | None) -> int:
+    """The default epochs of a warm start from a model trained for ``old_epochs``."""
+    if not old_epochs:
+        return WARM_START_EPOCHS
+    return max(1, min(WARM_START_EPOCHS, old_epochs // 3))
+
+
 ROWS = ("users", "items")  # the two vocabularies a warm start maps by raw id
 # State-dict entries with one row per user or item: (vocabulary, has a trailing "unknown" row).
 ROW_TABLES: dict[str, tuple[str, bool]] = {

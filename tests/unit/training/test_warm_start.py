@@ -16,11 +16,13 @@ from towers.training.loop import fit
 from towers.training.steps import validation_metrics
 from towers.training.warm_start import (
     ROW_TABLES,
+    WARM_START_EPOCHS,
     Vocabularies,
     WarmStartError,
     map_rows,
     transplant,
     warm_config,
+    warm_start_epochs,
     warm_start_weights,
 )
 
@@ -115,6 +117,15 @@ def test_dropped_ids_are_counted() -> None:
     config = warm_config(old.config, random_features(12, 20, 1), True, False)
     _, report = warm_start_weights(old, old_vocab, config, new_vocab)
     assert report.dropped["users"] == 2 and report.kept["users"] == 10
+
+
+def test_a_warm_start_runs_a_third_of_the_old_models_epochs() -> None:
+    assert WARM_START_EPOCHS == 3
+    assert warm_start_epochs(20) == 3  # ML-100K's deep towers: at most 3
+    assert warm_start_epochs(8) == 2  # Amazon Beauty's wide towers
+    assert warm_start_epochs(6) == 2  # Gowalla's
+    assert warm_start_epochs(2) == warm_start_epochs(1) == 1  # at least one
+    assert warm_start_epochs(None) == WARM_START_EPOCHS  # unknown: the constant
 
 
 def test_incompatible_config_names_what_differs() -> None:
