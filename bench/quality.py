@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -54,13 +55,19 @@ def run_row(
     config = config.sized_for(
         data.features, data.has_ratings, data.time_ordered, n_train=len(data.train)
     )
+    metric = config.early_stopping_metric
     start = time.perf_counter()
     scale = data.rating_scale
     model, history = fit(
-        config, data.train, data.valid, data.features, rating_scale=scale, refit=refit
+        config,
+        data.train,
+        data.valid,
+        data.features,
+        rating_scale=scale,
+        refit=refit,
+        log=lambda row: print(progress_line(row, metric), file=sys.stderr, flush=True),
     )
     search = [h for h in history if h["phase"] == "search"]
-    metric = config.early_stopping_metric
     values = [h[metric] for h in search]
     best_epoch = values.index(min(values) if metric == "rmse" else max(values))
     train = data.full_train if refit else data.train
@@ -75,8 +82,15 @@ def run_row(
         "epochs_run": len(search),
         "seconds": round(time.perf_counter() - start, 1),
         "valid": {k: round(v, 4) for k, v in search[best_epoch].items() if "@" in k or k == "rmse"},
+        "valid_by_epoch": [round(v, 4) for v in values],  # the early-stopping metric, each epoch
         "test": {k: round(float(v), 4) for k, v in test.items()},
     }
+
+
+def progress_line(row: dict[str, Any], metric: str) -> str:
+    """One epoch's progress: phase, epoch, seconds, and the validation metric where there is one."""
+    shown = f" valid {metric} {row[metric]:.4f}" if metric in row else ""
+    return f"[quality] {row['phase']} epoch {row['epoch']} {row['seconds']:.0f}s{shown}"
 
 
 TABLE_KEYS = ("precision@5", "precision@10", "recall@10", "ndcg@10", "map", "precision@20", "rmse")
