@@ -33,6 +33,12 @@ CHECKS = [
     checks.response_headers_conformance,
     checks.negative_data_rejection,
 ]
+# What counts as refusing an invalid request: schemathesis's list, plus 413, which the server
+# answers (before parsing) to a body over its cap, as a batch of more events than `maxItems` is.
+REJECTIONS = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
+CONFIG = schemathesis.config.SchemathesisConfig.from_dict(
+    {"checks": {"negative_data_rejection": {"expected-statuses": [*REJECTIONS, "5xx"]}}}
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +47,7 @@ def app(two_tower, user_knn):  # noqa: F811
 
 
 def test_every_operation_keeps_its_schema(app):
-    api = schemathesis.openapi.from_asgi("/openapi.json", app)
+    api = schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG)
     operations = [result.ok() for result in api.get_all_operations()]
     paths = {op.path for op in operations}
     assert paths >= {"/recommend/{user_id}", "/recommend", "/similar/{item_id}", "/healthz"}
