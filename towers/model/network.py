@@ -28,8 +28,10 @@ Batches are dicts of tensors built by ``towers.training.inputs.TrainingContext``
   mean; 0 for removed items), ``profile:<name> (B, V)`` (mean multi-hot of an item feature),
   ``history_rating_weights (H,)`` (centred rating / bag size) and ``history_mean_rating (B,)``
   (ratings scaled to [0, 1]).
-- item batch: ``item_idx (N,)``, ``item_id_row (N,)`` (``n_items`` for items never trained) and
-  the item features ``feat:<name>`` (``feat:<name>:offsets`` for bags).
+- item batch: ``item_idx (N,)``, ``item_id_row (N,)`` (``n_items`` for items never trained),
+  the item features ``feat:<name>`` (``feat:<name>:offsets`` for bags) and, with
+  ``item_two_hop``, the item's neighbourhood in the user-item graph (``hop_*``: the bags of
+  ``towers.training.two_hop``, or a training step's cached table and rows).
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ class ItemTower(nn.Module):
             with torch.no_grad():
                 self.item_id.weight[config.n_items].zero_()
             in_dim += config.id_dim
+            in_dim += config.id_dim if config.item_two_hop else 0  # the two-hop mean
         self.features = None
         if config.use_features and config.item_inputs:
             self.features = FeatureEncoders(config.item_inputs, config.feature_dim)
@@ -155,9 +158,37 @@ class ItemTower(nn.Module):
             if self.training:
                 rows = drop_ids(rows, cfg.item_id_dropout, cfg.n_items)
             parts.append(self.item_id(rows))  # (N, E)
+            if cfg.item_two_hop:
+                parts.append(self.two_hop(item_batch))  # (N, E)
         if self.features is not None:
             parts += self.features(item_batch)  # per feature (N, F)
         return self.mlp(torch.cat(parts, dim=-1))  # (N, D)
+
+    def two_hop(self, item_batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(N, E)`` each item's two-hop neighbourhood (``towers/training/two_hop.py``):
+        from its exact bags, from the rows of a training step's cached table (``hop_table``),
+        or zeros for items embedded without one. An input, not a path for gradients: the
+        tower's map learns how much of it to use (a gradient through sampled paths cost 2.5x a
+        step and gained nothing on Gowalla, docs/QUALITY.md)."""
+        if "hop_table" in item_batch:  # rows of the cached table
+            return item_batch["hop_table"][item_batch["hop_rows"]]  # (N, E)
+        table = self.item_id.weight.detach()  # an input, the same in training and serving
+        if "hop_user_items" not in item_batch:
+            return table.new_zeros(len(item_batch["item_id_row"]), table.shape[1])
+        users = F.embedding_bag(
+            item_batch["hop_user_items"],
+            table,
+            item_batch["hop_user_offsets"],
+            mode="sum",
+            per_sample_weights=item_batch["hop_user_weights"],
+        )  # (U, E) each user's mean item row
+        return F.embedding_bag(
+            item_batch["hop_item_users"],
+            users,
+            item_batch["hop_item_offsets"],
+            mode="sum",
+            per_sample_weights=item_batch["hop_item_weights"],
+        )  # (N, E)
 
 
 class UserTower(nn.Module):

@@ -188,6 +188,8 @@ class TwoTowerRecommender(Recommender):
                 rows = torch.arange(start, min(start + chunk, len(known)), device=ctx.device)
                 batch = {"item_idx": known[rows].clamp(min=0), "item_id_row": id_row[rows]}
                 batch.update(encoded.gather(rows))
+                if self.config.item_two_hop:  # known items: their training neighbourhood
+                    batch.update(ctx.two_hop_exact(id_row[rows]))
                 parts.append(model.item_embeddings(batch).float().cpu())
         dim = self.config.retrieval_dim
         return (torch.cat(parts) if parts else torch.zeros(0, dim)).numpy().astype(np.float32)

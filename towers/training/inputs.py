@@ -9,7 +9,7 @@ liked items). ``towers.training`` runs the loop around it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,7 +19,14 @@ import torch.nn.functional as F
 from towers.data.features import FeatureTables
 from towers.data.interactions import Interactions
 from towers.model.config import TwoTowerConfig
-from towers.training.tables import Batch, TableTensors, csr_gather
+from towers.training.tables import (
+    Batch,
+    TableTensors,
+    csr_gather,
+    csr_recency,
+    recent_entries,
+    two_hop_bags,
+)
 
 
 def infer_rating_scale(train: Interactions) -> tuple[float, float]:
@@ -31,41 +38,6 @@ def infer_rating_scale(train: Interactions) -> tuple[float, float]:
         return (0.0, 1.0)
     lo, hi = float(train.rating.min()), float(train.rating.max())
     return (lo, hi) if hi > lo else (min(0.0, lo), max(hi, 1.0))
-
-
-def recency_ranks(train: Interactions) -> np.ndarray:
-    """``(N,)`` rank of each row among its user's rows by timestamp, 0 = the most recent."""
-    order = np.lexsort((train.item_idx, -train.timestamp, train.user_idx))  # user, newest first
-    first = np.searchsorted(train.user_idx[order], train.user_idx[order], side="left")
-    ranks = np.empty(len(train), dtype=np.int64)
-    ranks[order] = np.arange(len(train)) - first
-    return ranks
-
-
-def csr_recency(train: Interactions) -> np.ndarray:
-    """``(nnz,)`` recency rank of each entry of ``train.to_csr()`` (0 = the user's newest):
-    the same (user, item) pattern built the same way as the CSR, so ``.data`` lines up with its
-    ``indices``. One O(nnz log nnz) sort."""
-    ranks = sp.csr_matrix(
-        (recency_ranks(train) + 1, (train.user_idx, train.item_idx)),
-        shape=(train.n_users, train.n_items),
-    )
-    return ranks.data - 1
-
-
-def _recent_entries(
-    csr: sp.csr_matrix, recency: np.ndarray | None, n_recent: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """CSR ``(indptr (U + 1,), positions in csr.indices)`` of each user's ``n_recent`` newest
-    entries (``recency`` from :func:`csr_recency`), found once so that a step gathers
-    ``O(batch x n_recent)`` of them; empty rows when ``n_recent`` is 0."""
-    n_users = csr.shape[0]
-    if n_recent <= 0 or recency is None:
-        return np.zeros(n_users + 1, np.int64), np.zeros(0, np.int64)
-    recent = np.flatnonzero(recency < n_recent)  # (R,) positions
-    entry_user = np.repeat(np.arange(n_users), np.diff(csr.indptr))  # (nnz,)
-    per_user = np.bincount(entry_user[recent], minlength=n_users)
-    return np.concatenate([[0], np.cumsum(per_user)]), recent
 
 
 @dataclass
@@ -90,6 +62,12 @@ class TrainingContext:
         history_recency: ``(nnz,)`` float32 each entry's recency rank among its user's entries
             (0 = the newest), for ``config.history_decay < 1``; zeros otherwise (not sorted).
         item_log_q: ``(n_items,)`` float32 log of each item's share of training pairs.
+        item_user_indptr: ``(n_items + 2,)`` int64 CSR row pointers of each item's training
+            users, row ``n_items`` (the "unknown item") empty (with ``config.item_two_hop``;
+            one empty row otherwise).
+        item_users: ``(nnz,)`` int64 their users.
+        two_hop_cache: the training steps' two-hop table and the catalog's neighbourhood batch
+            it is computed from (``towers.training.two_hop``).
     """
 
     config: TwoTowerConfig
@@ -105,6 +83,9 @@ class TrainingContext:
     recent_positions: torch.Tensor
     history_recency: torch.Tensor
     item_log_q: torch.Tensor
+    item_user_indptr: torch.Tensor
+    item_users: torch.Tensor
+    two_hop_cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -129,7 +110,7 @@ class TrainingContext:
             or bool(config.causal_folds)
         )
         recency = csr_recency(train) if needed else None
-        recent_indptr, recent = _recent_entries(csr, recency, config.recent_history)
+        recent_indptr, recent = recent_entries(csr, recency, config.recent_history)
         lo, hi = rating_scale
         counts = np.bincount(train.item_idx, minlength=train.n_items).astype(np.float64)
         log_q = np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))
@@ -137,6 +118,7 @@ class TrainingContext:
         item_inputs = TableTensors.build(features.items)
         profiles = {n: item_inputs.profile_matrix(n) for n, _ in config.item_profiles}
         id_row = np.where(counts > 0, np.arange(train.n_items), train.n_items)
+        by_item = csr.T.tocsr() if config.item_two_hop else sp.csr_matrix((0, 0))
         return cls(
             config=config,
             rating_scale=(float(lo), float(hi)),
@@ -153,6 +135,8 @@ class TrainingContext:
                 np.zeros(csr.nnz) if recency is None else recency, dtype=torch.float32
             ),
             item_log_q=t(log_q, dtype=torch.float32),
+            item_user_indptr=t(np.append(by_item.indptr, by_item.nnz), dtype=torch.int64),
+            item_users=t(by_item.indices, dtype=torch.int64),
         ).to(device)
 
     @property
@@ -165,6 +149,7 @@ class TrainingContext:
             for k, v in vars(self).items()
         }
         moved["item_profiles"] = {k: v.to(device) for k, v in self.item_profiles.items()}
+        moved["two_hop_cache"] = {}
         return TrainingContext(**moved)
 
     def scale_rating(self, rating: torch.Tensor) -> torch.Tensor:
@@ -376,13 +361,35 @@ class TrainingContext:
             return log_p
         return torch.log(n_batch * log_p.exp() + n_drawn / self.n_items)
 
-    def item_batch(self, item_idx: torch.Tensor | None = None) -> Batch:
-        """The item tower's input for ``(N,)`` items, or for the whole catalog when None."""
+    def item_batch(self, item_idx: torch.Tensor | None = None, training: bool = False) -> Batch:
+        """The item tower's input for ``(N,)`` items, or for the whole catalog when None.
+
+        With ``config.item_two_hop`` it also carries each item's two-hop neighbourhood: exact
+        (:meth:`two_hop_exact`), or in a training step (``training``) the rows of the cached
+        table that ``towers.training.two_hop.refresh_two_hop`` keeps in :attr:`two_hop_cache`.
+        """
         if item_idx is None:
             item_idx = torch.arange(self.n_items, device=self.device)
         item_idx = item_idx.to(self.device)
-        return {
+        batch = {
             "item_idx": item_idx,
             "item_id_row": self.item_id_row[item_idx],
             **self.item_inputs.gather(item_idx),
         }
+        if self.config.item_two_hop:
+            if not training:
+                batch.update(self.two_hop_exact(batch["item_id_row"]))
+            elif "table" in self.two_hop_cache:
+                batch["hop_table"] = self.two_hop_cache["table"]  # (n_items + 1, E)
+                batch["hop_rows"] = batch["item_id_row"]
+            else:
+                raise RuntimeError("item_batch(training=True): refresh_two_hop has not run")
+        return batch
+
+    def two_hop_exact(self, item_rows: torch.Tensor) -> Batch:
+        """The two-hop bags of ``(N,)`` item rows (``n_items``: none) over the training graph
+        (``towers.training.tables.two_hop_bags``)."""
+        return two_hop_bags(
+            item_rows, self.item_user_indptr, self.item_users, self.history_indptr,
+            self.history_items,
+        )  # fmt: skip

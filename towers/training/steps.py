@@ -42,6 +42,7 @@ from towers.model.network import TwoTower
 from towers.training.folds import fold_user_batch
 from towers.training.inputs import Batch, TrainingContext
 from towers.training.lazy_adam import LazyAdam
+from towers.training.two_hop import refresh_two_hop
 
 
 def unwrap(model: nn.Module) -> TwoTower:
@@ -114,6 +115,8 @@ def batch_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Te
     """
     core = unwrap(model)
     cfg = core.config
+    targets = int(batch["pairs"]) if "pairs" in batch else len(batch["user_idx"])
+    refresh_two_hop(core, ctx, targets)
     if "fold" in batch:  # user rows of the user_full softmax (towers/training/folds.py)
         return user_rows_loss(model, batch, ctx)
     user_idx, item_idx = batch["user_idx"], batch["item_idx"]  # (B,), (B,)
@@ -135,7 +138,7 @@ def batch_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Te
         n_drawn = cfg.sampled_negatives
         drawn = torch.randint(ctx.n_items, (n_drawn,), device=item_idx.device)  # (M,)
         candidates = torch.cat([item_idx, drawn])  # (B + M,)
-    item_batch = ctx.item_batch(None if full else candidates)
+    item_batch = ctx.item_batch(None if full else candidates, training=True)
     user_emb, item_emb = model(user_batch, item_batch)  # (B, D), (N or B [+ M], D)
     pos_emb = item_emb[item_idx] if full else item_emb[: len(item_idx)]  # (B, D)
     if cfg.loss == "pointwise":
@@ -167,13 +170,13 @@ def user_rows_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torc
     weights = None if cfg.has_ratings else raw  # implicit data: each target counts its weight
     positives = user_batch["positive_rows"], user_batch["positive_items"]
     if ctx.n_items <= cfg.row_negatives:  # the whole catalog, exactly
-        user_emb, item_emb = model(user_batch, ctx.item_batch())  # (R, D), (N, D)
+        user_emb, item_emb = model(user_batch, ctx.item_batch(training=True))  # (R, D), (N, D)
         target_emb = item_emb[items]  # (T, D)
         loss = full_softmax_rows(user_emb, item_emb, rows, items, *positives, weights)
     else:  # row_negatives uniform draws shared by the batch, the catalog sum rescaled
         drawn = torch.randint(ctx.n_items, (cfg.row_negatives,), device=items.device)  # (M,)
         candidates = torch.cat([items, drawn])  # (T + M,)
-        user_emb, item_emb = model(user_batch, ctx.item_batch(candidates))
+        user_emb, item_emb = model(user_batch, ctx.item_batch(candidates, training=True))
         target_emb = item_emb[: len(items)]  # (T, D)
         if cfg.row_batch_negatives:  # the batch's targets too, each term divided by its count
             negatives, negative_emb = candidates, item_emb  # (T + M,), (T + M, D)

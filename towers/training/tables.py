@@ -1,4 +1,5 @@
-"""Encoded feature tables as tensors (:class:`TableTensors`) and CSR row gathers.
+"""Encoded feature tables as tensors (:class:`TableTensors`), CSR row gathers, and the
+recency ranks and two-hop bags built from the training history's CSR.
 
 A batch's ``feat:*`` inputs come from :meth:`TableTensors.gather`: index and dense features by
 row, bag features (lists) through :func:`csr_gather` of their offsets. ``towers.training.inputs``
@@ -9,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
 from towers.data.features import EncodedTable
+from towers.data.interactions import Interactions
 
 Batch = dict[str, torch.Tensor]
 
@@ -26,6 +30,41 @@ def csr_gather(
     entry_rows = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), lengths)
     positions = torch.arange(len(entry_rows), device=rows.device) - offsets[entry_rows]
     return positions + starts[entry_rows], entry_rows, offsets
+
+
+def recency_ranks(train: Interactions) -> np.ndarray:
+    """``(N,)`` rank of each row among its user's rows by timestamp, 0 = the most recent."""
+    order = np.lexsort((train.item_idx, -train.timestamp, train.user_idx))  # user, newest first
+    first = np.searchsorted(train.user_idx[order], train.user_idx[order], side="left")
+    ranks = np.empty(len(train), dtype=np.int64)
+    ranks[order] = np.arange(len(train)) - first
+    return ranks
+
+
+def csr_recency(train: Interactions) -> np.ndarray:
+    """``(nnz,)`` recency rank of each entry of ``train.to_csr()`` (0 = the user's newest):
+    the same (user, item) pattern built the same way as the CSR, so ``.data`` lines up with its
+    ``indices``. One O(nnz log nnz) sort."""
+    ranks = sp.csr_matrix(
+        (recency_ranks(train) + 1, (train.user_idx, train.item_idx)),
+        shape=(train.n_users, train.n_items),
+    )
+    return ranks.data - 1
+
+
+def recent_entries(
+    csr: sp.csr_matrix, recency: np.ndarray | None, n_recent: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """CSR ``(indptr (U + 1,), positions in csr.indices)`` of each user's ``n_recent`` newest
+    entries (``recency`` from :func:`csr_recency`), found once so that a step gathers
+    ``O(batch x n_recent)`` of them; empty rows when ``n_recent`` is 0."""
+    n_users = csr.shape[0]
+    if n_recent <= 0 or recency is None:
+        return np.zeros(n_users + 1, np.int64), np.zeros(0, np.int64)
+    recent = np.flatnonzero(recency < n_recent)  # (R,) positions
+    entry_user = np.repeat(np.arange(n_users), np.diff(csr.indptr))  # (nnz,)
+    per_user = np.bincount(entry_user[recent], minlength=n_users)
+    return np.concatenate([[0], np.cumsum(per_user)]), recent
 
 
 @dataclass
@@ -71,3 +110,32 @@ class TableTensors:
         dense = torch.zeros(n, size, device=values.device)
         dense[rows, values] = 1.0
         return dense[:, 1:]
+
+
+def two_hop_bags(
+    item_rows: torch.Tensor,
+    item_user_indptr: torch.Tensor,
+    item_users: torch.Tensor,
+    history_indptr: torch.Tensor,
+    history_items: torch.Tensor,
+) -> Batch:
+    """The training users of ``(N,)`` item rows (CSR ``item_user_indptr``/``item_users``) and
+    their whole histories (CSR ``history_indptr``/``history_items``) as two bags, for each
+    item's mean over its users of their mean item row: ``hop_user_items (H,)``,
+    ``hop_user_offsets (U,)``, ``hop_user_weights (H,)`` (the ``U`` distinct users' means),
+    then ``hop_item_users (P,)`` (indices into those ``U``), ``hop_item_offsets (N,)``,
+    ``hop_item_weights (P,)``. An item row without users gets an empty bag."""
+    positions, rows, offsets = csr_gather(item_user_indptr, item_rows)  # (P,), (P,), (N,)
+    users, local = torch.unique(item_users[positions], return_inverse=True)  # (U,), (P,)
+    degree = torch.bincount(rows, minlength=len(item_rows)).clamp(min=1)  # (N,)
+    entries, entry_users, user_offsets = csr_gather(history_indptr, users)  # (H,)
+    lengths = (history_indptr[users + 1] - history_indptr[users]).clamp(min=1)  # (U,)
+    return {
+        "item_id_row": item_rows,
+        "hop_user_items": history_items[entries],
+        "hop_user_offsets": user_offsets,
+        "hop_user_weights": 1.0 / lengths[entry_users].float(),
+        "hop_item_users": local,
+        "hop_item_offsets": offsets,
+        "hop_item_weights": 1.0 / degree[rows].float(),
+    }

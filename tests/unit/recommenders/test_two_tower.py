@@ -231,3 +231,17 @@ def test_fit_without_features_fails_clearly() -> None:
         TwoTowerRecommender().fit(train)
     with pytest.raises(RuntimeError, match="not fitted"):
         TwoTowerRecommender().score(np.array([0]))
+
+
+def test_item_rows_of_known_items_keep_their_two_hop_neighbourhood() -> None:
+    """With ``item_two_hop`` a known item's row embeds with its training neighbourhood, as the
+    catalog does; a new item (no training users) with an empty one."""
+    train, features = group_data()
+    rec = small_recommender(train, features, epochs=2, item_two_hop=True)
+    _, items = random_tables(rec.n_users, rec.n_items, seed=0)
+    known = np.arange(rec.n_items)
+    np.testing.assert_allclose(
+        rec.embed_item_rows(items, known), rec.item_embeddings(), rtol=1e-5, atol=1e-6
+    )
+    new = rec.embed_item_rows(items.iloc[[3]], np.array([-1]))
+    assert np.isfinite(new).all() and not np.allclose(new[0], rec.item_embeddings()[3], atol=1e-3)

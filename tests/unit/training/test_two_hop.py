@@ -1,0 +1,120 @@
+"""The item tower's two-hop neighbourhood (``item_two_hop``): exact, sampled, trained."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from tests.unit.training.test_training import SMALL, block_data
+from towers.data.features import FeatureTables
+from towers.data.interactions import Interactions
+from towers.model.config import TwoTowerConfig
+from towers.model.network import TwoTower
+from towers.training.inputs import TrainingContext
+from towers.training.loop import fit
+from towers.training.steps import validation_metrics
+from towers.training.two_hop import refresh_two_hop
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[Interactions, Interactions, FeatureTables]:
+    return block_data()
+
+
+def two_hop_model(data, **overrides) -> tuple[TwoTower, TrainingContext]:
+    train, _, features = data
+    config = TwoTowerConfig(**{**SMALL, "item_two_hop": True, **overrides}).sized_for(features)
+    torch.manual_seed(0)
+    model = TwoTower(config).eval()
+    return model, TrainingContext.build(features, train, config)
+
+
+def brute_force_two_hop(train: Interactions, table: np.ndarray) -> np.ndarray:
+    """``D_i^-1 R^T D_u^-1 R E``: each item's users' mean item rows, averaged."""
+    r = train.to_csr(binary=True).astype(np.float64)
+    users = sp.diags(1 / np.maximum(r.sum(1).A1, 1)) @ r @ table  # (U, E)
+    return sp.diags(1 / np.maximum(r.sum(0).A1, 1)) @ r.T @ users  # (N, E)
+
+
+def test_the_exact_neighbourhood_is_the_mean_of_the_items_users_means(data) -> None:
+    model, ctx = two_hop_model(data)
+    table = model.item_tower.item_id.weight.detach().numpy()[:-1]  # the "unknown" row left out
+    expected = brute_force_two_hop(data[0], table.astype(np.float64))
+    got = model.item_tower.two_hop(ctx.item_batch()).detach().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # A subset of items gets the same rows; an item no user trained on gets zeros.
+    unseen = np.flatnonzero(np.bincount(data[0].item_idx, minlength=data[0].n_items) == 0)
+    assert len(unseen) > 0
+    subset = torch.tensor([5, int(unseen[0]), 2])
+    rows = model.item_tower.two_hop(ctx.item_batch(subset)).detach().numpy()
+    np.testing.assert_allclose(rows, expected[subset.numpy()], atol=1e-5)
+    assert not rows[1].any()
+
+
+def test_training_steps_read_a_table_refreshed_a_few_times_an_epoch(data) -> None:
+    model, ctx = two_hop_model(data, two_hop_refreshes=4)
+    items = torch.tensor([0, 3, 81])
+    with pytest.raises(RuntimeError, match="refresh_two_hop"):
+        ctx.item_batch(items, training=True)
+    per_refresh = len(data[0]) / 4
+    refresh_two_hop(model, ctx, n_targets=10)
+    first = ctx.two_hop_cache["table"]
+    exact = model.item_tower.two_hop(ctx.item_batch(torch.arange(ctx.n_items))).detach()
+    np.testing.assert_allclose(first[:-1].numpy(), exact.numpy(), atol=1e-6)
+    assert not first[-1].any()  # the unknown item's row: no users
+    batch = ctx.item_batch(items, training=True)
+    assert torch.equal(model.item_tower.two_hop(batch), first[items])
+    # The table moves with the weights only once a quarter of the epoch's targets has passed.
+    with torch.no_grad():
+        model.item_tower.item_id.weight.mul_(2.0)
+    refresh_two_hop(model, ctx, n_targets=int(per_refresh) - 20)
+    refresh_two_hop(model, ctx, n_targets=10)  # 10 + per_refresh - 20 + 10 targets since
+    assert ctx.two_hop_cache["table"] is first
+    refresh_two_hop(model, ctx, n_targets=1)  # the next step starts from a fresh table
+    torch.testing.assert_close(ctx.two_hop_cache["table"], 2 * first)
+    # No gradient reaches the item table through the neighbourhood.
+    model.train()
+    assert not model.item_tower.two_hop(ctx.item_batch(items)).requires_grad
+    assert model.item_embeddings(ctx.item_batch(items)).requires_grad  # the rest of the tower
+
+
+def test_items_embedded_without_a_neighbourhood_read_zeros(data) -> None:
+    model, ctx = two_hop_model(data)
+    batch = ctx.item_batch(torch.tensor([0, 1]))
+    bare = {k: v for k, v in batch.items() if not k.startswith("hop_")}
+    assert not model.item_tower.two_hop(bare).any()
+    assert model.item_embeddings(bare).shape == (2, model.config.retrieval_dim)
+
+
+def test_two_hop_needs_the_item_table_and_is_on_with_the_wide_towers(data) -> None:
+    with pytest.raises(ValueError, match="item_two_hop"):
+        TwoTowerConfig(item_two_hop=True, use_item_id=False)
+    with pytest.raises(ValueError, match="two_hop_refreshes"):
+        TwoTowerConfig(two_hop_refreshes=0)
+    assert TwoTowerConfig(n_items=2_000).item_two_hop is False  # deep towers (ML-100K)
+    assert TwoTowerConfig(n_items=40_000).item_two_hop is True  # wide towers
+    assert TwoTowerConfig(n_items=40_000, use_item_id=False).item_two_hop is False
+    assert TwoTowerConfig.from_stored({}).item_two_hop is False  # models stored before it
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(loss="softmax"),  # the pair-wise full softmax
+        dict(loss="softmax", negatives="user_full", row_negatives=64, sparse_embeddings=True),
+    ],
+)
+def test_fit_with_the_two_hop_learns_the_blocks(data, overrides) -> None:
+    train, test, features = data
+    config = TwoTowerConfig.from_preset(
+        "default", **SMALL, epochs=25, lr=5e-3, item_two_hop=True, **overrides
+    )
+    model, history = fit(config, train, None, features)
+    assert history[-1]["loss"] < history[0]["loss"]
+    ctx = TrainingContext.build(features, train, model.config)
+    metrics = validation_metrics(model, ctx, train, test, k=10)
+    assert metrics["recall@10"] > 0.8, metrics
