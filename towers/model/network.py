@@ -182,13 +182,14 @@ class ItemTower(nn.Module):
             mode="sum",
             per_sample_weights=item_batch["hop_user_weights"],
         )  # (U, E) each user's mean item row
-        return F.embedding_bag(
+        items = F.embedding_bag(
             item_batch["hop_item_users"],
             users,
             item_batch["hop_item_offsets"],
             mode="sum",
             per_sample_weights=item_batch["hop_item_weights"],
-        )  # (N, E)
+        )  # (B, E) one row a bag
+        return items[item_batch["hop_rows"]] if "hop_rows" in item_batch else items  # (N, E)
 
 
 class UserTower(nn.Module):

@@ -9,7 +9,7 @@ tower, not a path for gradients.
 
 - ``TrainingContext.two_hop_exact`` (``towers.training.tables.two_hop_bags``) — the bags of
   any item rows, for embedding (serving, evaluation).
-- :func:`catalog_two_hop` — those of the whole catalog, built once per ``TrainingContext``.
+- ``TrainingContext.catalog_two_hop`` — those of the whole catalog, built once per context.
 - :func:`refresh_two_hop` — the table the training steps read, recomputed a few times an
   epoch (``two_hop_refreshes``): one pass over the graph instead of one per step.
 """
@@ -20,15 +20,6 @@ import torch
 
 from towers.model.network import TwoTower
 from towers.training.inputs import TrainingContext
-from towers.training.tables import Batch
-
-
-def catalog_two_hop(ctx: TrainingContext) -> Batch:
-    """``ctx.two_hop_exact`` of every item row, the unknown item's last (built once)."""
-    if "catalog" not in ctx.two_hop_cache:
-        rows = torch.arange(ctx.n_items + 1, device=ctx.device)
-        ctx.two_hop_cache["catalog"] = ctx.two_hop_exact(rows)
-    return ctx.two_hop_cache["catalog"]
 
 
 def refresh_two_hop(model: TwoTower, ctx: TrainingContext, n_targets: int) -> None:
@@ -41,6 +32,6 @@ def refresh_two_hop(model: TwoTower, ctx: TrainingContext, n_targets: int) -> No
     cache = ctx.two_hop_cache
     if cache.get("due", 0) <= 0:
         with torch.no_grad():
-            cache["table"] = model.item_tower.two_hop(catalog_two_hop(ctx))  # (N + 1, E)
+            cache["table"] = model.item_tower.two_hop(ctx.catalog_two_hop())  # (N + 1, E)
         cache["due"] = len(ctx.history_items) / model.config.two_hop_refreshes
     cache["due"] -= n_targets

@@ -44,8 +44,11 @@ def test_the_exact_neighbourhood_is_the_mean_of_the_items_users_means(data) -> N
     model, ctx = two_hop_model(data)
     table = model.item_tower.item_id.weight.detach().numpy()[:-1]  # the "unknown" row left out
     expected = brute_force_two_hop(data[0], table.astype(np.float64))
-    got = model.item_tower.two_hop(ctx.item_batch()).detach().numpy()
+    catalog = ctx.item_batch()
+    got = model.item_tower.two_hop(catalog).detach().numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    # The whole catalog's bags are built once (every validation pass reads them).
+    assert ctx.item_batch()["hop_user_items"] is catalog["hop_user_items"]
     # A subset of items gets the same rows; an item no user trained on gets zeros.
     unseen = np.flatnonzero(np.bincount(data[0].item_idx, minlength=data[0].n_items) == 0)
     assert len(unseen) > 0
