@@ -119,6 +119,8 @@ class TwoTowerConfig:
     # neighbourhood, the mean over its training users of their mean item-table row (LightGCN's
     # second layer), as an input without gradient; None: on with the wide towers
     two_hop_refreshes: int = 10  # training recomputes the neighbourhoods this often an epoch
+    two_hop_leave_out: bool = False  # a training target's neighbourhood leaves out its own user
+    # (as a scored item's never holds it); user_full's sampled path. Off: it lost on Gowalla
     causal_folds: bool | None = None  # user_full on time-ordered data: a row pools only the items
     # before its target fold (its first fold: those after), decayed from the fold; None: on where
     # history_decay is (time-ordered data, wide towers)

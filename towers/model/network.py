@@ -170,6 +170,8 @@ class ItemTower(nn.Module):
         or zeros for items embedded without one. An input, not a path for gradients: the
         tower's map learns how much of it to use (a gradient through sampled paths cost 2.5x a
         step and gained nothing on Gowalla, docs/QUALITY.md)."""
+        if "hop" in item_batch:  # given (towers.training.two_hop.leave_out_own_users)
+            return item_batch["hop"]  # (N, E)
         if "hop_table" in item_batch:  # rows of the cached table
             return item_batch["hop_table"][item_batch["hop_rows"]]  # (N, E)
         table = self.item_id.weight.detach()  # an input, the same in training and serving

@@ -42,7 +42,7 @@ from towers.model.network import TwoTower
 from towers.training.folds import fold_user_batch
 from towers.training.inputs import Batch, TrainingContext
 from towers.training.lazy_adam import LazyAdam
-from towers.training.two_hop import refresh_two_hop
+from towers.training.two_hop import leave_out_own_users, refresh_two_hop
 
 
 def unwrap(model: nn.Module) -> TwoTower:
@@ -176,7 +176,10 @@ def user_rows_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torc
     else:  # row_negatives uniform draws shared by the batch, the catalog sum rescaled
         drawn = torch.randint(ctx.n_items, (cfg.row_negatives,), device=items.device)  # (M,)
         candidates = torch.cat([items, drawn])  # (T + M,)
-        user_emb, item_emb = model(user_batch, ctx.item_batch(candidates, training=True))
+        item_batch = ctx.item_batch(candidates, training=True)
+        if cfg.two_hop_leave_out:
+            item_batch = leave_out_own_users(ctx, item_batch, user_batch["user_idx"][rows])
+        user_emb, item_emb = model(user_batch, item_batch)
         target_emb = item_emb[: len(items)]  # (T, D)
         if cfg.row_batch_negatives:  # the batch's targets too, each term divided by its count
             negatives, negative_emb = candidates, item_emb  # (T + M,), (T + M, D)

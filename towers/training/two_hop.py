@@ -17,9 +17,11 @@ tower, not a path for gradients.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from towers.model.network import TwoTower
 from towers.training.inputs import TrainingContext
+from towers.training.tables import Batch
 
 
 def refresh_two_hop(model: TwoTower, ctx: TrainingContext, n_targets: int) -> None:
@@ -33,5 +35,42 @@ def refresh_two_hop(model: TwoTower, ctx: TrainingContext, n_targets: int) -> No
     if cache.get("due", 0) <= 0:
         with torch.no_grad():
             cache["table"] = model.item_tower.two_hop(ctx.catalog_two_hop())  # (N + 1, E)
+            if model.config.two_hop_leave_out:
+                cache["user_means"] = user_means(model.item_tower.item_id.weight.detach(), ctx)
         cache["due"] = len(ctx.history_items) / model.config.two_hop_refreshes
     cache["due"] -= n_targets
+
+
+def user_means(table: torch.Tensor, ctx: TrainingContext) -> torch.Tensor:
+    """``(n_users, E)`` each user's mean item-table row over their training history."""
+    indptr = ctx.history_indptr
+    lengths = (indptr[1:] - indptr[:-1]).clamp(min=1)  # (n_users,)
+    rows = torch.repeat_interleave(torch.arange(len(lengths), device=indptr.device), indptr.diff())
+    weights = 1.0 / lengths[rows].float()  # (nnz,)
+    return F.embedding_bag(
+        ctx.history_items, table, indptr[:-1], per_sample_weights=weights, mode="sum"
+    )
+
+
+def leave_out_own_users(ctx: TrainingContext, item_batch: Batch, users: torch.Tensor) -> Batch:
+    """A training step's item batch whose first ``len(users)`` items, each a target of the
+    matching ``(T,)`` user, read their neighbourhood without that user (``two_hop_leave_out``).
+
+    A validation or test item's neighbourhood never holds the user it is scored for (the pair
+    is not in training); a training target's always does, a shortcut the tower would learn and
+    serving never offers. Its exact removal: ``(deg_i h_i - m_u) / (deg_i - 1)``, ``h_i`` the
+    item's neighbourhood, ``m_u`` the user's mean item row, zeros when ``u`` is its only user
+    (as for an item nobody trained on). Rows are read from the table and user means that
+    :func:`refresh_two_hop` keeps; the rest of the batch is unchanged.
+    """
+    if "hop_table" not in item_batch or "user_means" not in ctx.two_hop_cache:
+        return item_batch
+    rows = item_batch["hop_rows"]  # (N,)
+    hop = item_batch["hop_table"][rows]  # (N, E)
+    t = len(users)
+    degree = (ctx.item_user_indptr[rows[:t] + 1] - ctx.item_user_indptr[rows[:t]]).float()
+    own = ctx.two_hop_cache["user_means"][users]  # (T, E)
+    left = (degree[:, None] * hop[:t] - own) / (degree - 1).clamp(min=1)[:, None]  # (T, E)
+    left = torch.where((degree > 1)[:, None], left, torch.zeros_like(left))
+    batch = {k: v for k, v in item_batch.items() if k not in ("hop_table", "hop_rows")}
+    return {**batch, "hop": torch.cat([left, hop[t:]])}  # (N, E)

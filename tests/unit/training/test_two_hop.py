@@ -15,7 +15,7 @@ from towers.model.network import TwoTower
 from towers.training.inputs import TrainingContext
 from towers.training.loop import fit
 from towers.training.steps import validation_metrics
-from towers.training.two_hop import refresh_two_hop
+from towers.training.two_hop import leave_out_own_users, refresh_two_hop
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -85,6 +85,30 @@ def test_training_steps_read_a_table_refreshed_a_few_times_an_epoch(data) -> Non
     assert model.item_embeddings(ctx.item_batch(items)).requires_grad  # the rest of the tower
 
 
+def test_a_training_target_reads_its_neighbourhood_without_its_own_user(data) -> None:
+    model, ctx = two_hop_model(data, two_hop_leave_out=True)
+    refresh_two_hop(model, ctx, n_targets=1)
+    train = data[0]
+    r = train.to_csr(binary=True)
+    degree = np.diff(r.tocsc().indptr)
+    single = int(np.flatnonzero(degree == 1)[0])  # an item with one training user
+    pairs = [(int(train.user_idx[k]), int(train.item_idx[k])) for k in (0, 7, 40)]
+    pairs.append((int(r.tocsc()[:, single].indices[0]), single))
+    users, targets = (torch.tensor(p) for p in zip(*pairs, strict=True))
+    items = torch.cat([targets, torch.tensor([2, 5])])  # two negatives after the targets
+    batch = leave_out_own_users(ctx, ctx.item_batch(items, training=True), users)
+    got = model.item_tower.two_hop(batch).detach().numpy()
+    table = model.item_tower.item_id.weight.detach().numpy()[:-1].astype(np.float64)
+    means = sp.diags(1 / np.maximum(r.sum(1).A1, 1)) @ r @ table  # (U, E) users' means
+    for row, (u, i) in enumerate(pairs):  # the mean over i's other users of their means
+        others = [v for v in r.tocsc()[:, i].indices if v != u]
+        expected = means[others].mean(0) if others else np.zeros(table.shape[1])
+        np.testing.assert_allclose(got[row], expected, atol=1e-5)
+    assert not got[3].any()  # the item's only user left out: no neighbourhood
+    exact = brute_force_two_hop(train, table)
+    np.testing.assert_allclose(got[4:], exact[[2, 5]], atol=1e-5)  # negatives: unchanged
+
+
 def test_items_embedded_without_a_neighbourhood_read_zeros(data) -> None:
     model, ctx = two_hop_model(data)
     batch = ctx.item_batch(torch.tensor([0, 1]))
@@ -109,6 +133,7 @@ def test_two_hop_needs_the_item_table_and_is_on_with_the_wide_towers(data) -> No
     [
         dict(loss="softmax"),  # the pair-wise full softmax
         dict(loss="softmax", negatives="user_full", row_negatives=64, sparse_embeddings=True),
+        dict(loss="softmax", negatives="user_full", row_negatives=64, two_hop_leave_out=True),
     ],
 )
 def test_fit_with_the_two_hop_learns_the_blocks(data, overrides) -> None:
