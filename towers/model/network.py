@@ -10,16 +10,8 @@ rating head, and ``TwoTower`` which joins them. Each module takes the one config
 maximum-inner-product index needs no extra step). Losses live beside it in
 ``towers/model/losses.py``.
 
-The defaults of :class:`TwoTowerConfig` (the ``default`` preset) were tuned on the validation part
-of ML-100K's random split. What helped: full-catalog softmax (vs in-batch), a cosine learning-rate
-decay (also removes most epoch-to-epoch noise), not using the user's other training items as
-negatives, no user-id embedding (it overfits; the history carries the user), dropout 0.3, two
-hidden layers, and the hybrid rating loss at weight 30 (it regularises the towers for ranking too).
-Neutral or worse: temperature 0.05 / 0.1 or learned, unnormalised dot products, weight decay,
-128-d embeddings, sum/sqrt(n) history pooling, history dropout 0.5, a recent-items pool.
-For speed on CPUs (ML-100K in ~2 s per epoch on 2 cores) the default trains 20 epochs of
-1024-pair batches at lr 3e-3 and pools a random ~64 of a long history per pair; batches of 2048
-or a narrower item tower cost ranking quality (docs/QUALITY.md has the table).
+The defaults of :class:`TwoTowerConfig` and why (what helped, what did not, on which data) are
+in ``towers/model/config.py``'s notes and docs/QUALITY.md.
 
 Batches are dicts of tensors built by ``towers.training.inputs.TrainingContext``:
 
@@ -140,7 +132,10 @@ class ItemTower(nn.Module):
             with torch.no_grad():
                 self.item_id.weight[config.n_items].zero_()
             in_dim += config.id_dim
-            in_dim += config.id_dim if config.item_two_hop else 0  # the two-hop mean
+            if config.item_two_hop and config.two_hop_mix == "gated":  # row + gate * two-hop
+                self.hop_gate = nn.Parameter(torch.ones(config.id_dim))
+            elif config.item_two_hop:  # the two-hop mean beside the row
+                in_dim += config.id_dim
         self.features = None
         if config.use_features and config.item_inputs:
             self.features = FeatureEncoders(config.item_inputs, config.feature_dim)
@@ -158,7 +153,9 @@ class ItemTower(nn.Module):
             if self.training:
                 rows = drop_ids(rows, cfg.item_id_dropout, cfg.n_items)
             parts.append(self.item_id(rows))  # (N, E)
-            if cfg.item_two_hop:
+            if cfg.item_two_hop and cfg.two_hop_mix == "gated":
+                parts[-1] = parts[-1] + self.hop_gate * self.two_hop(item_batch)  # (N, E)
+            elif cfg.item_two_hop:
                 parts.append(self.two_hop(item_batch))  # (N, E)
         if self.features is not None:
             parts += self.features(item_batch)  # per feature (N, F)

@@ -239,7 +239,10 @@ def train_loop(
         stats = train_epoch(model, optimizer, batches, context[phase], scheduler, on_step=on_step)
         row = {"epoch": epoch, "phase": phase, **_all_reduce(stats, time.perf_counter() - start)}
         if phase == SEARCH and data.has_valid:
-            row.update(validation_metrics(model, context[SEARCH], data.train, data.valid))
+            valid_ctx, users = context[SEARCH], config.validation_users
+            row.update(
+                validation_metrics(model, valid_ctx, data.train, data.valid, max_users=users)
+            )
             metric = row[config.early_stopping_metric]
             metric = -metric if config.early_stopping_metric == "rmse" else metric
             if metric > state.best_metric:

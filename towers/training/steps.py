@@ -282,8 +282,11 @@ def validation_metrics(
     valid: Interactions,
     k: int = 10,
     block_cells: int = BLOCK_CELLS,
+    max_users: int = 0,
 ) -> dict[str, float]:
-    """Full-catalog ranking of every user with validation items, training items excluded.
+    """Full-catalog ranking of every user with validation items, training items excluded;
+    with ``max_users > 0``, of a fixed random sample of at most that many of them (the same
+    users every call, so epochs compare).
 
     Users are ranked in blocks of at most ``block_cells`` scores (``users_per_block``): one
     (users x catalog) matrix would hold ~12 bytes a cell at its peak, ~15 GB for Gowalla.
@@ -292,6 +295,10 @@ def validation_metrics(
     ``rmse`` on the raw rating scale for models that predict ratings (hybrid, pointwise).
     """
     core = unwrap(model).eval()
+    users = np.unique(valid.user_idx)
+    if 0 < max_users < len(users):
+        sample = np.random.default_rng(0).choice(users, max_users, replace=False)
+        valid = valid.subset(np.isin(valid.user_idx, sample))
     users, inverse = np.unique(valid.user_idx, return_inverse=True)
     user_t = torch.as_tensor(users, device=ctx.device)
     user_emb = embed_users(core, ctx, user_t)  # (U, D)

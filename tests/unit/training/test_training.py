@@ -190,6 +190,14 @@ def test_validation_ranks_in_blocks_with_the_same_result(data) -> None:
     assert users > 10 and users % 5
     blocked = validation_metrics(model, ctx, train, test, k=10, block_cells=5 * train.n_items)
     assert blocked == pytest.approx(whole) and whole["ndcg@10"] > 0
+    # A cap ranks a fixed sample of the users: the same every call, the metrics of exactly them.
+    capped = validation_metrics(model, ctx, train, test, k=10, max_users=users // 2)
+    assert capped == validation_metrics(model, ctx, train, test, k=10, max_users=users // 2)
+    sample = np.random.default_rng(0).choice(np.unique(test.user_idx), users // 2, replace=False)
+    only = test.subset(np.isin(test.user_idx, sample))
+    assert capped == validation_metrics(model, ctx, train, only, k=10)
+    assert capped != pytest.approx(whole)
+    assert validation_metrics(model, ctx, train, test, k=10, max_users=users) == whole
 
 
 def test_fit_is_deterministic_and_keeps_the_best_epoch(data) -> None:

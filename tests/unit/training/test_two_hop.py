@@ -122,10 +122,33 @@ def test_two_hop_needs_the_item_table_and_is_on_with_the_wide_towers(data) -> No
         TwoTowerConfig(item_two_hop=True, use_item_id=False)
     with pytest.raises(ValueError, match="two_hop_refreshes"):
         TwoTowerConfig(two_hop_refreshes=0)
+    with pytest.raises(ValueError, match="validation_users"):
+        TwoTowerConfig(validation_users=-1)
     assert TwoTowerConfig(n_items=2_000).item_two_hop is False  # deep towers (ML-100K)
     assert TwoTowerConfig(n_items=40_000).item_two_hop is True  # wide towers
     assert TwoTowerConfig(n_items=40_000, use_item_id=False).item_two_hop is False
     assert TwoTowerConfig.from_stored({}).item_two_hop is False  # models stored before it
+    with pytest.raises(ValueError, match="two_hop_mix"):
+        TwoTowerConfig(two_hop_mix="sum")
+    assert TwoTowerConfig.from_stored({"item_two_hop": True}).two_hop_mix == "concat"
+
+
+def test_the_gated_mix_adds_the_neighbourhood_to_the_row_through_its_gate(data) -> None:
+    model, ctx = two_hop_model(data, two_hop_mix="gated")
+    tower = model.item_tower
+    assert tower.mlp[0].in_features == model.config.id_dim + tower.features.out_dim
+    items = torch.tensor([0, 3, 81])
+    batch = ctx.item_batch(items)
+    with torch.no_grad():
+        tower.hop_gate.zero_()  # a closed gate: the row alone, as without the two-hop
+        closed = model.item_embeddings(batch)
+        bare = {k: v for k, v in batch.items() if not k.startswith("hop_")}
+        torch.testing.assert_close(closed, model.item_embeddings(bare))
+        tower.hop_gate.fill_(1.0)
+        assert not torch.allclose(model.item_embeddings(batch), closed)
+    model.train()
+    model.item_embeddings(batch).sum().backward()
+    assert tower.hop_gate.grad is not None and tower.hop_gate.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize(
@@ -134,6 +157,7 @@ def test_two_hop_needs_the_item_table_and_is_on_with_the_wide_towers(data) -> No
         dict(loss="softmax"),  # the pair-wise full softmax
         dict(loss="softmax", negatives="user_full", row_negatives=64, sparse_embeddings=True),
         dict(loss="softmax", negatives="user_full", row_negatives=64, two_hop_leave_out=True),
+        dict(loss="softmax", negatives="user_full", row_negatives=64, two_hop_mix="concat"),
     ],
 )
 def test_fit_with_the_two_hop_learns_the_blocks(data, overrides) -> None:
