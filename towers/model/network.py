@@ -165,8 +165,8 @@ class ItemTower(nn.Module):
         """``(N, E)`` each item's two-hop neighbourhood (``towers/training/two_hop.py``):
         from its exact bags, from the rows of a training step's cached table (``hop_table``),
         or zeros for items embedded without one. An input, not a path for gradients: the
-        tower's map learns how much of it to use (a gradient through sampled paths cost 2.5x a
-        step and gained nothing on Gowalla, docs/QUALITY.md)."""
+        tower's gate (or map, ``two_hop_mix="concat"``) learns how much of it to use (a gradient
+        through sampled paths cost 2.5x a step and gained nothing on Gowalla, docs/QUALITY.md)."""
         if "hop" in item_batch:  # given (towers.training.two_hop.leave_out_own_users)
             return item_batch["hop"]  # (N, E)
         if "hop_table" in item_batch:  # rows of the cached table
