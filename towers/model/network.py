@@ -64,6 +64,14 @@ def mlp(in_dim: int, hidden_dims: tuple[int, ...], out_dim: int, dropout: float)
     return nn.Sequential(*layers)
 
 
+def weighted_bags(
+    indices: torch.Tensor, table: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """``(B, E)`` per bag (``offsets (B,)`` into ``indices (H,)``) the sum of its ``table`` rows
+    times their ``weights (H,)``: a mean when the weights are ``1 / bag size``."""
+    return F.embedding_bag(indices, table, offsets, mode="sum", per_sample_weights=weights)
+
+
 def drop_ids(ids: torch.Tensor, rate: float, unknown: int) -> torch.Tensor:
     """Train-time id dropout: each id becomes the ``unknown`` row with chance ``rate``, so the
     tower also learns to work without it (cold-start users, items added after training)."""
@@ -174,20 +182,14 @@ class ItemTower(nn.Module):
         table = self.item_id.weight.detach()  # an input, the same in training and serving
         if "hop_user_items" not in item_batch:
             return table.new_zeros(len(item_batch["item_id_row"]), table.shape[1])
-        users = F.embedding_bag(
-            item_batch["hop_user_items"],
-            table,
-            item_batch["hop_user_offsets"],
-            mode="sum",
-            per_sample_weights=item_batch["hop_user_weights"],
-        )  # (U, E) each user's mean item row
-        items = F.embedding_bag(
-            item_batch["hop_item_users"],
-            users,
-            item_batch["hop_item_offsets"],
-            mode="sum",
-            per_sample_weights=item_batch["hop_item_weights"],
-        )  # (B, E) one row a bag
+        b = item_batch
+        users = weighted_bags(
+            b["hop_user_items"], table, b["hop_user_offsets"], b["hop_user_weights"]
+        )
+        # (U, E) each user's mean item row; then (B, E) one row a bag, the mean of its users'
+        items = weighted_bags(
+            b["hop_item_users"], users, b["hop_item_offsets"], b["hop_item_weights"]
+        )
         return items[item_batch["hop_rows"]] if "hop_rows" in item_batch else items  # (N, E)
 
 

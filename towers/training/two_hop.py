@@ -17,11 +17,10 @@ tower, not a path for gradients.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from towers.model.network import TwoTower
+from towers.model.network import TwoTower, weighted_bags
 from towers.training.inputs import TrainingContext
-from towers.training.tables import Batch
+from towers.training.tables import Batch, csr_gather
 
 
 def refresh_two_hop(model: TwoTower, ctx: TrainingContext, n_targets: int) -> None:
@@ -44,12 +43,9 @@ def refresh_two_hop(model: TwoTower, ctx: TrainingContext, n_targets: int) -> No
 def user_means(table: torch.Tensor, ctx: TrainingContext) -> torch.Tensor:
     """``(n_users, E)`` each user's mean item-table row over their training history."""
     indptr = ctx.history_indptr
-    lengths = (indptr[1:] - indptr[:-1]).clamp(min=1)  # (n_users,)
-    rows = torch.repeat_interleave(torch.arange(len(lengths), device=indptr.device), indptr.diff())
-    weights = 1.0 / lengths[rows].float()  # (nnz,)
-    return F.embedding_bag(
-        ctx.history_items, table, indptr[:-1], per_sample_weights=weights, mode="sum"
-    )
+    lengths = indptr.diff().clamp(min=1)  # (n_users,)
+    _, rows, offsets = csr_gather(indptr, torch.arange(len(lengths), device=indptr.device))
+    return weighted_bags(ctx.history_items, table, offsets, 1.0 / lengths[rows].float())
 
 
 def leave_out_own_users(ctx: TrainingContext, item_batch: Batch, users: torch.Tensor) -> Batch:
