@@ -133,8 +133,11 @@ class EventFeed:
                     await asyncio.wait_for(
                         self.changed.wait_for(lambda: self.last_seq > since), wait_s
                     )
-            start = bisect.bisect_right(self.events, since, key=lambda e: e.seq)
-            return self.events[start:]
+            return self.after(since)
+
+    def after(self, seq: int) -> list[StoredEvent]:
+        """The stored events after ``seq``, in commit order."""
+        return self.events[bisect.bisect_right(self.events, seq, key=lambda e: e.seq) :]
 
     def health(self) -> dict[str, Any]:
         mean = self.committed_batches / self.commits if self.commits else None

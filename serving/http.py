@@ -13,7 +13,6 @@ field, the problem and the value received), 400 for a request the chosen model c
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import logging
@@ -28,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.event_feed import EventFeed
 from serving.fresh import UserEvents
 from serving.recommenders import Answer, ModelService, ServingError, answer
 from serving.schemas import (
@@ -92,30 +92,32 @@ def encode(result: Answer) -> tuple[int, bytes]:
 
 class LocalBackend:
     """Calls the services directly in this process (no Ray, no batching); with ``event_log``,
-    ``POST /events`` appends to it and the services answer from its events at once."""
+    ``POST /events`` appends to it and the services answer from its events at once.
+
+    Appends go through the same group commit as the Serve app's ``EventStore``
+    (``serving.event_feed.EventFeed``, with no followers to wait for): the batches of requests
+    that arrive while a commit's fsync runs are committed together in the next one, each
+    request answered once its own batch is durable."""
 
     def __init__(self, services: dict[str, ModelService], event_log: EventLog | None = None):
-        self.services, self.event_log = services, event_log
+        self.services = services
+        self.feed = None if event_log is None else EventFeed(event_log)
         self.events = UserEvents()
-        if event_log is not None:
-            self.events.apply(event_log.since(0))
+        if self.feed is not None:
+            self.events.apply(self.feed.events)
             for service in services.values():
                 service.events = self.events
 
     async def post_events(self, events: list[dict[str, Any]]) -> Answer:
-        if self.event_log is None:
+        if self.feed is None:
             return 400, {"error": "events_unsupported", "message": "no event log configured"}
         try:
             rows = self.services["two_tower"].check_events(events, int(time.time()))
         except ServingError as err:
             return err.status, err.body()
-        outcome = await asyncio.to_thread(self.event_log.append, rows)  # fsync'd on return
-        self.events.apply(self.event_log.since(self.events.seq))
-        return 200, {
-            "accepted": outcome.accepted,
-            "duplicates": outcome.duplicates,
-            "applied": True,
-        }
+        status, body = await self.feed.append(rows)  # durable (fsync'd) when it returns
+        self.events.apply(self.feed.after(self.events.seq))
+        return status, body
 
     async def recommend(self, model: str, user_id: Any, k: int) -> Answer:
         return answer(self.services[model].recommend, user_id, k)

@@ -171,6 +171,28 @@ def test_the_feed_answers_once_followers_applied_and_drops_a_silent_one(tmp_path
     asyncio.run(scenario())
 
 
+def test_the_single_process_server_commits_concurrent_posts_together(services, tmp_path):
+    """``--no-ray``: posts that arrive while a commit runs share the next one (one fsync), and
+    every one is applied to the answers before its 200."""
+    backend = LocalBackend(services, EventLog(tmp_path / "events.sqlite"))
+    user = int(services["two_tower"].catalog.user_ids[0])
+    items = services["two_tower"].catalog.item_ids[:8].tolist()
+
+    async def post_all() -> list:
+        posts = [backend.post_events([event(f"c{i}", user, it)]) for i, it in enumerate(items)]
+        return await asyncio.gather(*posts)
+
+    try:
+        answers = asyncio.run(post_all())
+        assert answers == [(200, {"accepted": 1, "duplicates": 0, "applied": True})] * len(items)
+        assert backend.feed.committed_batches == len(items) and backend.feed.commits < len(items)
+        assert [e.item_id for e in backend.events.get(user)] == items
+        assert len(backend.feed.log) == len(items)  # stored, not only in memory
+    finally:
+        for service in services.values():
+            service.events = None
+
+
 @pytest.mark.slow
 def test_a_server_killed_mid_stream_loses_no_acknowledged_event(event_run, tmp_path):
     """``python -m serving --no-ray`` gets SIGKILL while clients post single events; after a
