@@ -26,7 +26,15 @@ def test_steps_without_ray_run_in_turn_on_a_tiny_size(tmp_path, capsys):
         bench_scale.main([*common, "--step", step])
         results[step] = bench_scale.parse_result(capsys.readouterr().out)
     assert results["prepare"]["interactions"] > 0.9 * bench_scale.SIZES["tiny"][2]
-    assert results["train"]["steps"] == 3 and results["train"]["samples_per_s"] > 0
+    train = results["train"]
+    assert train["steps"] == train["previous_steps"] == 3 and train["samples_per_s"] > 0
+    assert train["negatives"] == "full" and train["previous_negatives"].startswith("mixed")
+    assert train["training_s"] == pytest.approx(
+        train["epoch_s_extrapolated"] * train["epochs"], 0.01
+    )
+    assert train["rate_vs_previous"] == pytest.approx(
+        train["samples_per_s"] / train["previous_samples_per_s"], rel=0.01
+    )
     assert results["knn"]["search"] == "exact" and "neighbor_recall@10" not in results["knn"]
     assert 0 < results["evaluate"]["ndcg@10"] <= 1
     assert (tmp_path / "tiny" / "model").is_dir() and (tmp_path / "tiny" / "knn").is_dir()
