@@ -48,8 +48,6 @@ from typing import Any
 
 import psutil
 
-from towers.model.config import DEEP_TOWERS, MAX_EPOCHS
-
 SIZES: dict[str, tuple[int, int, int]] = {  # name -> (users, items, interactions)
     "tiny": (300, 400, 12_000),  # tests and --smoke-test
     "1m": (6_040, 3_706, 1_000_209),  # ML-1M
@@ -61,10 +59,6 @@ STEPS = ("prepare", "train", "knn", "evaluate", "index", "serve")
 RESULT_PREFIX = "BENCH_SCALE_RESULT "
 KNN_SETTING = {"mode": "implicit", "n_neighbors": 160, "min_sim": 0.1}  # tuned on ML-100K
 GIB = 2**30
-# The default above 2,500 items before issue 24 (docs/QUALITY.md): mixed negatives over training
-# pairs, the deep towers tuned on ML-100K, 20 epochs. bench_scale's figures up to 2026-12-01 are
-# its; the train step measures it beside today's default.
-PREVIOUS_DEFAULT: dict[str, Any] = {"negatives": "mixed", **DEEP_TOWERS, "epochs": MAX_EPOCHS}
 
 
 @dataclass
@@ -103,6 +97,7 @@ def step_prepare(storage: str, size: str, args: argparse.Namespace) -> dict[str,
 def step_train(storage: str, size: str, args: argparse.Namespace) -> dict[str, Any]:
     """The default preset's training at this size, then the previous default's beside it (the
     ratio of their rates comes from one process on one machine state); exports the default."""
+    from bench.training_rate import PREVIOUS_DEFAULT, measure_training
     from towers import artifacts
     from towers.data.prepared import load_prepared
     from towers.model.config import TwoTowerConfig
@@ -126,47 +121,6 @@ def step_train(storage: str, size: str, args: argparse.Namespace) -> dict[str, A
     report["rate_vs_previous"] = round(now["samples_per_s"] / before["samples_per_s"], 3)
     report["training_s_vs_previous"] = round(now["training_s"] / before["training_s"], 3)
     return report
-
-
-def measure_training(data: Any, config: Any, n_steps: int) -> tuple[Any, dict[str, Any]]:
-    """``n_steps`` steps of ``config``'s own batches (pairs, or user rows for ``user_full``)
-    after two warm-up steps: pairs a second, an epoch extrapolated over the training pairs (plus
-    the two-hop refreshes an epoch makes, one timed), and ``config.epochs`` of them."""
-    import torch
-
-    from towers.model.network import TwoTower
-    from towers.training.inputs import TrainingContext
-    from towers.training.loop import LocalBatches
-    from towers.training.steps import make_optimizer, train_epoch
-    from towers.training.two_hop import refresh_two_hop
-
-    torch.manual_seed(config.seed)
-    model = TwoTower(config)
-    optimizer = make_optimizer(model, config)
-    ctx = TrainingContext.build(data.features, data.train, config, data.rating_scale)
-    batches = LocalBatches(data, config.batch_size, config.seed, config=config).batches("search", 0)
-    train_epoch(model, optimizer, batches[:2], ctx)  # warm-up: allocations, first-call costs
-    steps = batches[2 : 2 + n_steps]
-    started = time.perf_counter()
-    stats = train_epoch(model, optimizer, steps, ctx)
-    rate = stats["samples"] / (time.perf_counter() - started)
-    refresh_s = 0.0
-    if config.item_two_hop:  # not in the steps' time unless one fell due in them
-        ctx.two_hop_cache["due"] = 0
-        started = time.perf_counter()
-        refresh_two_hop(model, ctx, 0)
-        refresh_s = time.perf_counter() - started
-    epoch_s = len(data.train) / rate + (config.two_hop_refreshes * refresh_s)
-    negatives = config.negatives + ("+sparse" if config.sparse_embeddings else "")
-    return model, {
-        "steps": len(steps),
-        "samples_per_s": round(rate),
-        "epoch_s_extrapolated": round(epoch_s, 1),  # the training split's pairs
-        "epochs": config.epochs,
-        "training_s": round(epoch_s * config.epochs, 1),  # without validation or refit
-        "negatives": negatives,
-        "towers": f"{config.embedding_dim}-d, hidden {list(config.hidden_dims)}",
-    }
 
 
 def step_knn(storage: str, size: str, args: argparse.Namespace) -> dict[str, Any]:
