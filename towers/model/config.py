@@ -5,7 +5,8 @@ and the optimisation settings, each with a comment on its default; ``PRESETS`` n
 settings the project reports (``default`` and ``paper``, the paper's own). What depends on the data
 is resolved from it once the catalog size is known (``sized_for``) and stored: the negatives,
 sparse tables, and the towers' shape (``DEEP_TOWERS``, tuned on ML-100K's validation split, up to
-2,500 items; ``WIDE_TOWERS`` above). ``towers.model.network`` builds the towers from it.
+2,500 items under a random split; ``WIDE_TOWERS`` above, and on time-ordered splits at any size).
+``towers.model.network`` builds the towers from it.
 
 On ML-100K's random split (validation part) what helped: full-catalog softmax (vs in-batch), a
 cosine learning-rate decay (also removes most epoch-to-epoch noise), not using the user's other
@@ -26,18 +27,16 @@ from towers.data.features import FeatureTables
 LOSSES = ("pointwise", "softmax", "hybrid")
 NEGATIVES = ("auto", "full", "user_full", "in_batch", "mixed")
 # negatives="auto": the full-catalog softmax of training pairs up to this many items (the
-# crossover measured by bench/bench_loss.py on 2 cores, docs/BENCHMARKS.md), the full softmax
-# of user rows ("user_full", several targets per catalog pass) up to USER_FULL_MAX_ITEMS, mixed
-# negatives above, whose step cost does not grow with the catalog.
+# crossover measured by bench/bench_loss.py on 2 cores, docs/BENCHMARKS.md), with the wide towers
+# (above it, or time-ordered) the full softmax of user rows ("user_full") up to
+# USER_FULL_MAX_ITEMS, mixed negatives above, whose step cost does not grow with the catalog.
 FULL_SOFTMAX_MAX_ITEMS = 2_500
 USER_FULL_MAX_ITEMS = 100_000
 # history_decay=None where the held-out parts are each user's latest interactions (a temporal
 # split; PreparedData.time_ordered): the k-th newest item weighs 0.8^k in the history pool. On
 # Amazon Beauty's temporal validation part, NDCG@10 after 3 epochs: 0.0416 at 1.0, 0.0469 at 0.8
-# (an EASE model scored with the same decayed histories: 0.0543 -> 0.0621; 0.6: 0.0603). With the
-# wide towers only: the deep towers on ML-100K's temporal split gained nothing (best validation
-# NDCG@10 0.1077 vs 0.1090 without), and under its random split it costs (epoch 1: 0.1153 vs
-# 0.1432; that split is not time-ordered anyway).
+# (an EASE model scored with the same decayed histories: 0.0543 -> 0.0621; 0.6: 0.0603). Under
+# ML-100K's random split it costs (epoch 1: 0.1153 vs 0.1432): resolved from the time order.
 HISTORY_DECAY = 0.8
 # epochs=None: 20 for the deep towers (ML-100K's early stopping lands well inside it); for the wide
 # towers the more of two counts, MIN_WIDE_EPOCHS to 20: as many as make about WIDE_TRAIN_PAIRS
@@ -53,10 +52,12 @@ WIDE_TRAIN_PAIRS = 1_000_000
 TARGETS_PER_ITEM = 100
 MIN_WIDE_EPOCHS = 4
 MAX_EPOCHS = 20
-# The towers' shape by catalog size (docs/QUALITY.md has the runs behind both). Up to
-# FULL_SOFTMAX_MAX_ITEMS items (ML-100K), deep towers: each item has many interactions, and two
-# ReLU layers with dropout over a 64-d history pool generalise best (tuned on ML-100K's
-# validation part). Above it, the sparse catalogs of shops and check-ins (Amazon Beauty, Gowalla:
+# The towers' shape by catalog size and split (docs/QUALITY.md has the runs behind both). Up to
+# FULL_SOFTMAX_MAX_ITEMS items under a random split (ML-100K), deep towers: two ReLU layers with
+# dropout over a 64-d history pool generalise best (tuned on ML-100K's validation part). On a
+# time-ordered split at any size the wide towers, whose user rows train in causal folds with the
+# decay (ML-100K temporal, validation NDCG@10 0.1691 vs the deep towers' 0.1133; test, not
+# refitted, 0.2260 vs 0.1816). Above it, sparse catalogs (Amazon Beauty, Gowalla:
 # ~10-30 interactions an item): the user is the mean of their items' own embeddings (the item
 # tower's table, as in YouTube-DNN and SimpleX), both towers end in one linear map, nothing is
 # dropped, the space is 256-d, and Adam steps at 3e-2: there the model must hold many specific
@@ -104,8 +105,8 @@ class TwoTowerConfig:
     has_ratings: bool = True  # explicit ratings; False (implicit data) drops rating losses/inputs
     n_train: int = 0  # training pairs (sized_for), for the epoch budget of epochs=None
     # --- Towers. The defaults are the tuned ML-100K setting (the "default" preset).
-    # Fields typed "| None" default to None: set by the catalog size once it is known, to
-    # DEEP_TOWERS (small catalogs) or WIDE_TOWERS (large sparse ones); see TOWERS_BY_CATALOG.
+    # Fields typed "| None" default to None: set by the catalog size and split once known, to
+    # DEEP_TOWERS (small catalogs, random split) or WIDE_TOWERS (above it; time-ordered splits).
     embedding_dim: int | None = None  # D: output width of both towers, the retrieval space
     id_dim: int | None = None  # width of the user-id, item-id and history embeddings
     feature_dim: int = 16  # width of each demographic / genre / year embedding
@@ -158,7 +159,7 @@ class TwoTowerConfig:
     # "mixed": the batch's items plus `sampled_negatives` drawn uniformly (Yang et al. 2020);
     # "user_full": the full softmax over user rows, each row's targets one fold of the user's
     # items and its history the other folds (towers/training/folds.py);
-    # "auto": full up to FULL_SOFTMAX_MAX_ITEMS items (ML-100K: full), user_full up to
+    # "auto": full with the deep towers (ML-100K), user_full with the wide ones up to
     # USER_FULL_MAX_ITEMS, mixed above
     sampled_negatives: int = 1024  # mixed: catalog items drawn per step, shared by the batch
     logq_correction: bool = True  # in-batch, mixed: subtract log of each candidate's inclusion
@@ -259,7 +260,7 @@ class TwoTowerConfig:
         stored config says what ran."""
         if self.n_items <= 0:
             return
-        wide = self.n_items > FULL_SOFTMAX_MAX_ITEMS
+        wide = self.n_items > FULL_SOFTMAX_MAX_ITEMS or bool(self.time_ordered)
         if self.history_decay is None:
             decay = HISTORY_DECAY if self.time_ordered and wide else 1.0
             object.__setattr__(self, "history_decay", decay)
@@ -281,7 +282,7 @@ class TwoTowerConfig:
                     value = value and self.use_item_id
                 object.__setattr__(self, name, value)
         if self.negatives == "auto":
-            if self.n_items <= FULL_SOFTMAX_MAX_ITEMS:
+            if not wide:
                 negatives = "full"
             else:
                 negatives = "user_full" if self.n_items <= USER_FULL_MAX_ITEMS else "mixed"
@@ -381,6 +382,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         user_id_dropout=0.0,
         use_history=False,
         history_dropout=0.0,
+        item_two_hop=False,
         use_profiles=False,
         use_rating_history=False,
         rating_history_dropout=0.0,
