@@ -155,3 +155,21 @@ def test_row_weights_count_a_row_as_that_many_positives():
         weighted_cross_entropy(logits, torch.arange(3)),
         atol=1e-6,
     )
+
+
+def test_known_candidates_marks_every_drawn_copy_of_a_rows_positives():
+    from towers.model.losses import known_candidates
+
+    generator = torch.Generator().manual_seed(0)
+    n_rows, n_items = 7, 30
+    positive_rows = torch.arange(n_rows).repeat_interleave(5)  # 5 positives a row, some repeated
+    positive_items = torch.randint(n_items, (len(positive_rows),), generator=generator)
+    candidates = torch.randint(n_items, (40,), generator=generator)  # duplicates among 40 of 30
+    assert len(candidates.unique()) < len(candidates)
+    known = known_candidates(positive_rows, positive_items, candidates, n_rows)
+    bitmap = torch.zeros(n_rows, n_items, dtype=torch.bool)
+    bitmap[positive_rows, positive_items] = True
+    assert torch.equal(known, bitmap[:, candidates])
+    assert known.any() and not known.all()
+    none = known_candidates(positive_rows[:0], positive_items[:0], candidates, n_rows)
+    assert none.shape == (n_rows, 40) and not none.any()
