@@ -86,9 +86,10 @@ class EventFeed:
         """Commits every waiting batch, in one transaction per round, until none waits."""
         while self.queue:
             taken, self.queue = self.queue, []
-            try:  # in a thread: the fsync must not stall the event loop
-                outcomes = await asyncio.to_thread(self.log.append_batches, [r for r, _ in taken])
-                new = await asyncio.to_thread(self.log.since, self.last_seq)
+            try:  # in a thread (one hop a round): the fsync must not stall the event loop
+                outcomes, new = await asyncio.to_thread(
+                    self._commit, [r for r, _ in taken], self.last_seq
+                )
             except Exception as err:  # the disk, the database: no batch of the round is stored
                 for _, done in taken:
                     if not done.done():
@@ -102,6 +103,12 @@ class EventFeed:
             for (_, done), outcome in zip(taken, outcomes, strict=True):
                 if not done.done():
                     done.set_result(outcome)
+
+    def _commit(
+        self, batches: list[Sequence[EventRow]], last_seq: int
+    ) -> tuple[list[BatchOutcome], list[StoredEvent]]:
+        """One transaction for ``batches``, then the events it stored (after ``last_seq``)."""
+        return self.log.append_batches(batches), self.log.since(last_seq)
 
     async def _wait_for_followers(self, seq: int) -> bool:
         """True once every follower has applied ``seq``; False (and the laggards dropped) after
