@@ -43,8 +43,9 @@ class TrainConfig:
     cpus_per_worker: float = help_field(1.0, "CPUs reserved per worker")
     epochs: int | None = help_field(
         None,
-        "maximum epochs (default by the data: 20 up to 2,500 items; above, enough for ~1M pairs "
-        "and for each item to be a target ~100 times, 4 to 20)",
+        "maximum epochs (default by the data: 20 for the deep towers, up to 2,500 items under a "
+        "random split; otherwise enough for ~1M pairs and for each item to be a target ~100 "
+        "times, 4 to 20)",
     )
     batch_size: int | None = help_field(None, "GLOBAL batch size, split across workers")
     lr: float | None = help_field(None, "Adam learning rate")
@@ -56,8 +57,8 @@ class TrainConfig:
     seed: int | None = help_field(None, "seed of init and batch order")
     negatives: Literal["auto", "full", "user_full", "in_batch", "mixed"] | None = help_field(
         None,
-        "softmax negatives (default auto: the full catalog of training pairs up to 2,500 items, "
-        "of user rows (user_full) up to 100,000, mixed above)",
+        "softmax negatives (default auto: the full catalog of training pairs up to 2,500 items "
+        "under a random split, else of user rows (user_full) up to 100,000, mixed above)",
     )
     sparse_embeddings: bool | None = help_field(
         None, "sparse gradients + LazyAdam for id tables (default: on with auto's mixed, 1 worker)"
