@@ -20,6 +20,15 @@ def test_search_runs_at_most_max_concurrent_trials():
     assert tune.search_algorithm(cfg).max_concurrent == 2  # 0 (unlimited) before the fix
 
 
+def test_the_learning_rate_is_searched_around_the_datas_default():
+    from towers.model.config import DEEP_TOWERS, WIDE_TOWERS
+
+    deep = tune.search_space(DEEP_TOWERS["lr"])["lr"]
+    wide = tune.search_space(WIDE_TOWERS["lr"])["lr"]
+    assert (deep.lower, deep.upper) == pytest.approx((3e-4, 9e-3))
+    assert (wide.lower, wide.upper) == pytest.approx((3e-3, 9e-2))  # the wide towers' 3e-2 inside
+
+
 def test_two_trial_search_and_resume(ray_session, tiny_storage, tmp_path):
     cfg = tune.TuneJobConfig(storage=tiny_storage.uri, num_samples=2, max_epochs=2, grace_period=1)
     manifest = tune.run(cfg)
