@@ -1,8 +1,7 @@
 """``make test``'s integration tests in two pytest processes at once: the modules marked
 ``own_cluster`` (each starts Ray clusters of its own, ``ray start`` on free ports and its own
-temp dirs), then those marked ``beside_own_clusters`` (on a session Ray of that process), beside
-all the others (which share one session Ray and Serve), so that one side's Ray start-ups, job
-polling and waits overlap the other's work, and the two sides take about as long.
+temp dirs) beside all the others (which share one session Ray and Serve), so that one side's Ray
+start-ups, job polling and waits overlap the other's work.
 
     python -m tests.run_integration [PYTEST_ARGS ...]
 

@@ -21,9 +21,7 @@ from towers.data.shop import ShopSpec, write_shop
 from towers.data.synthetic import SyntheticSpec, generate
 from towers.storage.root import Storage
 
-# make test runs this module in the own-cluster process, after test_multinode.py (which leaves
-# that process ~3 minutes shorter than the other): its own session Ray and Serve start there.
-pytestmark = [pytest.mark.ray, pytest.mark.serve, pytest.mark.slow, pytest.mark.beside_own_clusters]
+pytestmark = [pytest.mark.ray, pytest.mark.serve, pytest.mark.slow]
 
 ML_SCHEMA = """
 interactions: {user_id: user_id, item_id: item_id, rating: rating, rating_scale: [1, 5],
