@@ -36,12 +36,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# How long a deploy may take to have every app RUNNING. Ray's own blocking deploy waits 60 s,
+# which a loaded 2-core machine has exceeded (2026-12-05: four setups failed at 60 s while
+# another process's Serve apps started beside them); waiting longer changes no assertion.
+DEPLOY_TIMEOUT_S = 300
+
+
 def deploy(config: dict[str, Any]) -> None:
-    """Applies a Serve config as ``serve run config.yaml`` / ``serve deploy`` do."""
+    """Applies a Serve config as ``serve run config.yaml`` / ``serve deploy`` do, then waits
+    until each of its apps is RUNNING and the proxies serve them."""
+    from ray import serve
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
+    schema = ServeDeploySchema.model_validate(config)
+    client = _get_global_client()
+    client.deploy_apps(schema, _blocking=False)
+    names = {app.name for app in schema.applications}
+    deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+    while True:
+        apps = serve.status().applications
+        states = {name: apps[name].status for name in names if name in apps}
+        if len(states) == len(names) and all(s == "RUNNING" for s in states.values()):
+            break
+        failed = {n: apps[n].message for n, s in states.items() if s == "DEPLOY_FAILED"}
+        if failed:
+            raise RuntimeError(f"Serve deploy failed: {failed}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve apps not running after {DEPLOY_TIMEOUT_S} s: {states}")
+        time.sleep(0.2)
+    client.wait_for_proxies_serving(wait_for_applications_running=True)
 
 
 def with_two_tower(config: dict[str, Any], **user_config: Any) -> dict[str, Any]:
