@@ -17,6 +17,12 @@ LOCAL_RAY_ENV = {
     # balancers can deregister it. Ray's 30 s made every Ctrl-C of a local server take 33 s; the
     # local HAProxy is reconfigured within a second.
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3",
+    # Serve's controller kills an HTTP proxy that is not ready 5 s after it was created (Ray's
+    # default), and `serve.start` then fails: on a busy 2-core machine the proxy's worker took
+    # longer to start. Up to 60 s here, `serve.start`'s own wait for it; and 30 s (not 10) for
+    # each health check of a running proxy, so that a loaded machine's slow answer is not a death.
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
     # Ray Train's preemption watcher polls for spot-instance notices, which a local instance never
     # gets; its actor's creation prints an error-looking core_worker line on every fit().
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
