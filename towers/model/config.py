@@ -40,14 +40,12 @@ USER_FULL_MAX_ITEMS = 100_000
 HISTORY_DECAY = 0.8
 # epochs=None: 20 for the deep towers (ML-100K's early stopping lands well inside it); for the wide
 # towers the more of two counts, MIN_WIDE_EPOCHS to 20: as many as make about WIDE_TRAIN_PAIRS
-# training pairs (the shared maps' steps: Amazon Beauty, 143k pairs, flattens after a few hundred
-# thousand pairs' worth -- 0.0601 after 5 epochs of a 12-epoch cosine, 0.0616 at its best after
-# 9) and as many as make each item a target about TARGETS_PER_ITEM times (its own row's updates;
-# an epoch makes it n_train / n_items times). Beauty (12 a epoch) flattens from its fifth epoch
-# of seven (validation NDCG@10 0.0612, 0.0633, 0.0641, 0.0644 after epochs 3-6: ~60-80 targets an
-# item); Gowalla (730k pairs, 41k items: 18 a epoch, 1 epoch by the pairs) still climbs at its
-# sixth (0.0944, 0.0960, 0.0964 after epochs 4-6 of a 6-epoch cosine: ~107 an item), and its test
-# values all rise from 4 epochs to 6. Beauty gets 8 epochs, Gowalla 6.
+# training pairs (the shared maps' steps: Amazon Beauty's 143k pairs flatten after a few hundred
+# thousand pairs' worth) and as many as make each item a target about TARGETS_PER_ITEM times (its
+# own row's updates; an epoch makes it n_train / n_items times). Beauty (12 an epoch) flattens
+# from its fifth epoch of seven (~60-80 targets an item); Gowalla (730k pairs, 41k items: 18 an
+# epoch, 1 epoch by the pairs) still climbs at its sixth (~107 an item), and its test values all
+# rise from 4 epochs to 6 (docs/QUALITY.md). Beauty gets 8 epochs, Gowalla 6.
 WIDE_TRAIN_PAIRS = 1_000_000
 TARGETS_PER_ITEM = 100
 MIN_WIDE_EPOCHS = 4
@@ -105,8 +103,7 @@ class TwoTowerConfig:
     has_ratings: bool = True  # explicit ratings; False (implicit data) drops rating losses/inputs
     n_train: int = 0  # training pairs (sized_for), for the epoch budget of epochs=None
     # --- Towers. The defaults are the tuned ML-100K setting (the "default" preset).
-    # Fields typed "| None" default to None: set by the catalog size and split once known, to
-    # DEEP_TOWERS (small catalogs, random split) or WIDE_TOWERS (above it; time-ordered splits).
+    # "| None" fields: DEEP_TOWERS or WIDE_TOWERS by the catalog size and split, once known.
     embedding_dim: int | None = None  # D: output width of both towers, the retrieval space
     id_dim: int | None = None  # width of the user-id, item-id and history embeddings
     feature_dim: int = 16  # width of each demographic / genre / year embedding
@@ -132,8 +129,9 @@ class TwoTowerConfig:
     two_hop_mix: str = "gated"  # how the item tower reads it: added to the item's row through a
     # learned per-dimension gate, or "concat": beside it, the map twice as wide (Gowalla: 0.85x
     # the step, validation NDCG@10 after 2 epochs 0.0969 vs 0.0967, docs/QUALITY.md)
-    two_hop_leave_out: bool = False  # a training target's neighbourhood leaves out its own user
-    # (as a scored item's never holds it); user_full's sampled path. Off: it lost on Gowalla
+    two_hop_leave_out: bool = False  # a target's neighbourhood without its own user (lost: Gowalla)
+    two_hop_debias: float = 0.5  # a user's mean in it weighs item j by deg_j ** -x (LightGCN's
+    # symmetric normalisation: 0.5; 0: the plain mean; Gowalla, Beauty: docs/QUALITY.md)
     causal_folds: bool | None = None  # user_full on time-ordered data: a row pools only the items
     # before its target fold (its first fold: those after), decayed from the fold; None: on where
     # history_decay is (time-ordered data, wide towers)
@@ -212,8 +210,8 @@ class TwoTowerConfig:
             )
         if self.item_two_hop and not self.use_item_id:
             raise ValueError("TwoTowerConfig.item_two_hop reads the item table: needs use_item_id")
-        if self.two_hop_mix not in TWO_HOP_MIXES:
-            raise ValueError(f"TwoTowerConfig.two_hop_mix must be one of {TWO_HOP_MIXES}")
+        if self.two_hop_mix not in TWO_HOP_MIXES or self.two_hop_debias < 0:
+            raise ValueError(f"TwoTowerConfig: two_hop_mix in {TWO_HOP_MIXES}, two_hop_debias >= 0")
         if self.validation_users < 0:
             raise ValueError("TwoTowerConfig.validation_users must be >= 0 (0: all)")
         if self.two_hop_refreshes < 1:
@@ -365,7 +363,9 @@ class TwoTowerConfig:
 
 
 # Fields added after models were first stored, and what a stored config without them ran with.
-STORED_BEFORE: dict[str, Any] = {"item_bias": False, "item_two_hop": False, "two_hop_mix": "concat"}
+STORED_BEFORE: dict[str, Any] = {
+    "item_bias": False, "item_two_hop": False, "two_hop_mix": "concat", "two_hop_debias": 0.0
+}  # fmt: skip
 
 # Overrides of the dataclass defaults. "paper": the paper's weak setting (pointwise BCE on observed
 # pairs only, small ReLU towers, constant Adam 1e-3, ids and features but no history). "default":

@@ -389,7 +389,7 @@ class TrainingContext:
         """The two-hop bags of ``(N,)`` item rows (``n_items``: none) over the training graph
         (``towers.training.tables.two_hop_bags``)."""
         graph = (self.item_user_indptr, self.item_users, self.history_indptr, self.history_items)
-        return two_hop_bags(item_rows, *graph)
+        return two_hop_bags(item_rows, *graph, self.config.two_hop_debias)
 
     def catalog_two_hop(self) -> Batch:
         """:meth:`two_hop_exact` of every item row, the unknown's last; built once, read by

@@ -118,24 +118,43 @@ def two_hop_bags(
     item_users: torch.Tensor,
     history_indptr: torch.Tensor,
     history_items: torch.Tensor,
+    debias: float = 0.0,
 ) -> Batch:
     """The training users of ``(N,)`` item rows (CSR ``item_user_indptr``/``item_users``) and
     their whole histories (CSR ``history_indptr``/``history_items``) as two bags, for each
     item's mean over its users of their mean item row: ``hop_user_items (H,)``,
-    ``hop_user_offsets (U,)``, ``hop_user_weights (H,)`` (the ``U`` distinct users' means),
-    then ``hop_item_users (P,)`` (indices into those ``U``), ``hop_item_offsets (N,)``,
-    ``hop_item_weights (P,)``. An item row without users gets an empty bag."""
+    ``hop_user_offsets (U,)``, ``hop_user_weights (H,)`` (the ``U`` distinct users' means,
+    :func:`user_mean_weights`), then ``hop_item_users (P,)`` (indices into those ``U``),
+    ``hop_item_offsets (N,)``, ``hop_item_weights (P,)``. An item row without users gets an
+    empty bag."""
     positions, rows, offsets = csr_gather(item_user_indptr, item_rows)  # (P,), (P,), (N,)
     users, local = torch.unique(item_users[positions], return_inverse=True)  # (U,), (P,)
     degree = torch.bincount(rows, minlength=len(item_rows)).clamp(min=1)  # (N,)
     entries, entry_users, user_offsets = csr_gather(history_indptr, users)  # (H,)
-    lengths = (history_indptr[users + 1] - history_indptr[users]).clamp(min=1)  # (U,)
+    items = history_items[entries]  # (H,)
     return {
         "item_id_row": item_rows,
-        "hop_user_items": history_items[entries],
+        "hop_user_items": items,
         "hop_user_offsets": user_offsets,
-        "hop_user_weights": 1.0 / lengths[entry_users].float(),
+        "hop_user_weights": user_mean_weights(items, entry_users, item_user_indptr, debias),
         "hop_item_users": local,
         "hop_item_offsets": offsets,
         "hop_item_weights": 1.0 / degree[rows].float(),
     }
+
+
+def user_mean_weights(
+    items: torch.Tensor, users: torch.Tensor, item_user_indptr: torch.Tensor, debias: float
+) -> torch.Tensor:
+    """``(H,)`` weights of history entries ``items`` (H,) of local users ``users`` (H,), which
+    sum to 1 per user: item ``j`` weighs ``deg_j ** -debias`` (``deg_j`` its training users),
+    so that with ``debias`` > 0 a popular item says less about a user than a rare one
+    (LightGCN's symmetric normalisation: 0.5); 0 is the plain mean."""
+    if debias == 0:
+        weights = torch.ones(len(items), device=items.device)
+    else:
+        degree = item_user_indptr.diff().clamp(min=1).float()  # (n_items + 1,)
+        weights = degree[items] ** -debias  # (H,)
+    n_users = int(users.max()) + 1 if len(users) else 0
+    total = weights.new_zeros(n_users).index_add_(0, users, weights)  # (U,)
+    return weights / total[users]

@@ -20,7 +20,7 @@ import torch
 
 from towers.model.network import TwoTower, weighted_bags
 from towers.training.inputs import TrainingContext
-from towers.training.tables import Batch, csr_gather
+from towers.training.tables import Batch, csr_gather, user_mean_weights
 
 
 def refresh_two_hop(model: TwoTower, ctx: TrainingContext, n_targets: int) -> None:
@@ -41,11 +41,14 @@ def refresh_two_hop(model: TwoTower, ctx: TrainingContext, n_targets: int) -> No
 
 
 def user_means(table: torch.Tensor, ctx: TrainingContext) -> torch.Tensor:
-    """``(n_users, E)`` each user's mean item-table row over their training history."""
+    """``(n_users, E)`` each user's mean item-table row over their training history, weighed
+    as in the neighbourhoods (``two_hop_debias``)."""
     indptr = ctx.history_indptr
-    lengths = indptr.diff().clamp(min=1)  # (n_users,)
-    _, rows, offsets = csr_gather(indptr, torch.arange(len(lengths), device=indptr.device))
-    return weighted_bags(ctx.history_items, table, offsets, 1.0 / lengths[rows].float())
+    users = torch.arange(len(indptr) - 1, device=indptr.device)  # (n_users,)
+    _, rows, offsets = csr_gather(indptr, users)
+    debias = ctx.config.two_hop_debias
+    weights = user_mean_weights(ctx.history_items, rows, ctx.item_user_indptr, debias)
+    return weighted_bags(ctx.history_items, table, offsets, weights)
 
 
 def leave_out_own_users(ctx: TrainingContext, item_batch: Batch, users: torch.Tensor) -> Batch:

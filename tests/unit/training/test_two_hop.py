@@ -33,17 +33,26 @@ def two_hop_model(data, **overrides) -> tuple[TwoTower, TrainingContext]:
     return model, TrainingContext.build(features, train, config)
 
 
-def brute_force_two_hop(train: Interactions, table: np.ndarray) -> np.ndarray:
-    """``D_i^-1 R^T D_u^-1 R E``: each item's users' mean item rows, averaged."""
+def brute_force_user_means(r: sp.csr_matrix, table: np.ndarray, debias: float) -> np.ndarray:
+    """``(U, E)`` each user's mean item row, item ``j`` weighed ``deg_j ** -debias``:
+    ``diag(R w)^-1 R diag(w) E``."""
+    w = np.maximum(r.sum(0).A1, 1) ** -debias  # (N,)
+    weighted = r @ sp.diags(w)
+    return sp.diags(1 / np.maximum(weighted.sum(1).A1, 1e-300)) @ weighted @ table
+
+
+def brute_force_two_hop(train: Interactions, table: np.ndarray, debias: float) -> np.ndarray:
+    """``D_i^-1 R^T M``: each item's users' (weighted) mean item rows ``M``, averaged."""
     r = train.to_csr(binary=True).astype(np.float64)
-    users = sp.diags(1 / np.maximum(r.sum(1).A1, 1)) @ r @ table  # (U, E)
+    users = brute_force_user_means(r, table, debias)  # (U, E)
     return sp.diags(1 / np.maximum(r.sum(0).A1, 1)) @ r.T @ users  # (N, E)
 
 
-def test_the_exact_neighbourhood_is_the_mean_of_the_items_users_means(data) -> None:
-    model, ctx = two_hop_model(data)
+@pytest.mark.parametrize("debias", [0.0, 0.5, 1.0])
+def test_the_exact_neighbourhood_is_the_mean_of_the_items_users_means(data, debias) -> None:
+    model, ctx = two_hop_model(data, two_hop_debias=debias)
     table = model.item_tower.item_id.weight.detach().numpy()[:-1]  # the "unknown" row left out
-    expected = brute_force_two_hop(data[0], table.astype(np.float64))
+    expected = brute_force_two_hop(data[0], table.astype(np.float64), debias)
     catalog = ctx.item_batch()
     got = model.item_tower.two_hop(catalog).detach().numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -99,13 +108,15 @@ def test_a_training_target_reads_its_neighbourhood_without_its_own_user(data) ->
     batch = leave_out_own_users(ctx, ctx.item_batch(items, training=True), users)
     got = model.item_tower.two_hop(batch).detach().numpy()
     table = model.item_tower.item_id.weight.detach().numpy()[:-1].astype(np.float64)
-    means = sp.diags(1 / np.maximum(r.sum(1).A1, 1)) @ r @ table  # (U, E) users' means
+    debias = model.config.two_hop_debias
+    assert debias == 0.5  # the default: the users' means are weighted ones
+    means = brute_force_user_means(r.astype(np.float64), table, debias)  # (U, E)
     for row, (u, i) in enumerate(pairs):  # the mean over i's other users of their means
         others = [v for v in r.tocsc()[:, i].indices if v != u]
         expected = means[others].mean(0) if others else np.zeros(table.shape[1])
         np.testing.assert_allclose(got[row], expected, atol=1e-5)
     assert not got[3].any()  # the item's only user left out: no neighbourhood
-    exact = brute_force_two_hop(train, table)
+    exact = brute_force_two_hop(train, table, debias)
     np.testing.assert_allclose(got[4:], exact[[2, 5]], atol=1e-5)  # negatives: unchanged
 
 
@@ -131,6 +142,9 @@ def test_two_hop_needs_the_item_table_and_is_on_with_the_wide_towers(data) -> No
     with pytest.raises(ValueError, match="two_hop_mix"):
         TwoTowerConfig(two_hop_mix="sum")
     assert TwoTowerConfig.from_stored({"item_two_hop": True}).two_hop_mix == "concat"
+    assert TwoTowerConfig.from_stored({"item_two_hop": True}).two_hop_debias == 0.0  # plain mean
+    with pytest.raises(ValueError, match="two_hop_debias"):
+        TwoTowerConfig(two_hop_debias=-0.5)
 
 
 def test_the_gated_mix_adds_the_neighbourhood_to_the_row_through_its_gate(data) -> None:
