@@ -136,7 +136,9 @@ def two_hop_bags(
         "item_id_row": item_rows,
         "hop_user_items": items,
         "hop_user_offsets": user_offsets,
-        "hop_user_weights": user_mean_weights(items, entry_users, item_user_indptr, debias),
+        "hop_user_weights": user_mean_weights(
+            items, entry_users, len(users), item_user_indptr, debias
+        ),
         "hop_item_users": local,
         "hop_item_offsets": offsets,
         "hop_item_weights": 1.0 / degree[rows].float(),
@@ -144,17 +146,20 @@ def two_hop_bags(
 
 
 def user_mean_weights(
-    items: torch.Tensor, users: torch.Tensor, item_user_indptr: torch.Tensor, debias: float
+    items: torch.Tensor,
+    users: torch.Tensor,
+    n_users: int,
+    item_user_indptr: torch.Tensor,
+    debias: float,
 ) -> torch.Tensor:
-    """``(H,)`` weights of history entries ``items`` (H,) of local users ``users`` (H,), which
-    sum to 1 per user: item ``j`` weighs ``deg_j ** -debias`` (``deg_j`` its training users),
-    so that with ``debias`` > 0 a popular item says less about a user than a rare one
-    (LightGCN's symmetric normalisation: 0.5); 0 is the plain mean."""
+    """``(H,)`` weights of history entries ``items`` (H,) of users ``users`` (H,), each below
+    ``n_users``, which sum to 1 per user: item ``j`` weighs ``deg_j ** -debias`` (``deg_j`` its
+    training users), so that with ``debias`` > 0 a popular item says less about a user than a
+    rare one (LightGCN's symmetric normalisation: 0.5); 0 is the plain mean."""
     if debias == 0:
         weights = torch.ones(len(items), device=items.device)
     else:
         degree = item_user_indptr.diff().clamp(min=1).float()  # (n_items + 1,)
         weights = degree[items] ** -debias  # (H,)
-    n_users = int(users.max()) + 1 if len(users) else 0
     total = weights.new_zeros(n_users).index_add_(0, users, weights)  # (U,)
     return weights / total[users]

@@ -47,7 +47,7 @@ def user_means(table: torch.Tensor, ctx: TrainingContext) -> torch.Tensor:
     users = torch.arange(len(indptr) - 1, device=indptr.device)  # (n_users,)
     _, rows, offsets = csr_gather(indptr, users)
     debias = ctx.config.two_hop_debias
-    weights = user_mean_weights(ctx.history_items, rows, ctx.item_user_indptr, debias)
+    weights = user_mean_weights(ctx.history_items, rows, len(users), ctx.item_user_indptr, debias)
     return weighted_bags(ctx.history_items, table, offsets, weights)
 
 
