@@ -70,7 +70,9 @@ class TrainConfig:
         "ray_data", "ray_data: streamed Parquet shards; local: each worker reads its own shard"
     )
     cache_below_mb: float = help_field(
-        256.0, "ray_data: splits smaller than this (Parquet MB) are read once, not every epoch"
+        256.0,
+        "ray_data: splits smaller than this (Parquet MB) are read once, by the driver, not every "
+        "epoch",
     )
     max_failures: int = help_field(2, "worker-group restarts from the last checkpoint on failure")
     progress_every_s: float = help_field(30.0, "a progress line inside an epoch this often")
