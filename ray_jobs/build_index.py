@@ -3,10 +3,12 @@
     python -m ray_jobs.build_index --storage runs/demo [--kind scann|exact|auto]
     python -m ray_jobs.build_index --storage runs/shop --items new_items.parquet --artifact index_v2
 
-The exported item tower runs in a pool of Ray Data actors over batches of the items table's rows
-(each encoded with the model's fitted encoders), so a catalog of millions of items streams
-through workers instead of one process; that is the only place the items are embedded (the
-driver loads the model for the user tower only). The index is built over the embeddings (item
+The exported item tower runs over batches of the items table's rows (each encoded with the
+model's fitted encoders). For a catalog of ``RAY_DATA_FROM`` items or more (``--embed auto``,
+the default, or ``--embed ray_data``) the batches stream through a pool of Ray Data actors, so
+millions of items never sit in one process; below it they run in this process, which the driver
+holds anyway: on a 2-core machine the actor pool took ~15 s to start and one process embedded
+Gowalla's 41k items in 0.8 s (docs/BENCHMARKS.md). The index is built over the embeddings (item
 ids = ``item_idx``), its recall@10 is measured against exact search on a sample of known users,
 and the index artifact is published with a manifest that names the model version and dimension
 it belongs to. Known users' embeddings are precomputed into it too.
@@ -39,18 +41,27 @@ from towers.storage.root import Storage
 
 log = logging.getLogger("build_index")
 
+# ``--embed auto`` runs the item tower through Ray Data from this many catalog items on.
+RAY_DATA_FROM = 100_000
+
 
 @dataclass
 class BuildIndexConfig:
-    """Embed every item with the exported item tower (Ray Data) and build the ScaNN index."""
+    """Embed every item with the exported item tower (Ray Data for large catalogs) and build the
+    ScaNN index."""
 
     storage: str = help_field("runs/demo", "storage root holding model/")
     model: str = help_field(artifacts.MODEL, "model artifact to index")
     kind: Literal["scann", "exact", "auto"] = help_field(
         "scann", "scann (brute force below 20k items, tree+AH above), exact, or auto"
     )
-    batch_size: int = help_field(4096, "items per Ray Data inference batch")
-    num_actors: int = help_field(1, "Ray Data actors running the item tower")
+    embed: Literal["auto", "local", "ray_data"] = help_field(
+        "auto",
+        f"where the item tower runs: a pool of Ray Data actors (ray_data), this process (local), "
+        f"or auto (Ray Data from {RAY_DATA_FROM:,} items on)",
+    )
+    batch_size: int = help_field(4096, "items per inference batch")
+    num_actors: int = help_field(1, "Ray Data actors running the item tower (--embed ray_data)")
     recall_users: int = help_field(500, "known users whose top-10 is compared with exact search")
     min_recall: float = help_field(0.9, "fail when the measured recall@10 is below this")
     user_embeddings: bool = help_field(True, "also precompute known users' embeddings")
@@ -71,8 +82,23 @@ class ItemTowerActor:
             self.rec = TwoTowerRecommender.load(folder)
 
     def __call__(self, batch: pd.DataFrame) -> dict[str, np.ndarray]:
-        emb = self.rec.embed_item_rows(batch, batch["known_idx"].to_numpy())  # (B, D)
-        return {"item_idx": batch["item_idx"].to_numpy(), "embedding": emb}
+        return embed_batch(self.rec, batch)
+
+
+def embed_batch(rec: TwoTowerRecommender, batch: pd.DataFrame) -> dict[str, np.ndarray]:
+    """``{"item_idx": (B,), "embedding": (B, D)}`` of a batch of the items table's rows."""
+    emb = rec.embed_item_rows(batch, batch["known_idx"].to_numpy())  # (B, D)
+    return {"item_idx": batch["item_idx"].to_numpy(), "embedding": emb}
+
+
+def embed_items_here(rec: TwoTowerRecommender, items: pd.DataFrame, batch_size: int) -> np.ndarray:
+    """``(len(items), D)`` float32 item embeddings computed in this process, batch by batch."""
+    chunks = [
+        embed_batch(rec, items.iloc[i : i + batch_size])["embedding"]
+        for i in range(0, len(items), batch_size)
+    ]
+    order = np.argsort(items["item_idx"].to_numpy())
+    return np.concatenate(chunks)[order].astype(np.float32)
 
 
 def catalog_items(
@@ -120,13 +146,20 @@ def embed_items_with_ray_data(cfg: BuildIndexConfig, items: pd.DataFrame) -> np.
 def run(cfg: BuildIndexConfig) -> dict[str, Any]:
     storage = Storage(cfg.storage)
     cfg = replace(cfg, storage=storage.absolute_uri)  # Ray Data actors run in another cwd
-    # The driver needs the user tower (recall check, user embeddings); items go through Ray Data.
+    # The driver needs the user tower (recall check, user embeddings); large catalogs' items go
+    # through Ray Data.
     rec, model_manifest = artifacts.load_two_tower(storage, cfg.model)
     items, added = catalog_items(storage, rec.n_items, cfg.items)
     start = time.perf_counter()
     assert rec.features is not None
     needed = ["item_idx", "known_idx", *(f.name for f in rec.features.items.features)]
-    embeddings = embed_items_with_ray_data(cfg, items[needed])
+    embed = cfg.embed
+    if embed == "auto":
+        embed = "ray_data" if len(items) >= RAY_DATA_FROM else "local"
+    if embed == "ray_data":
+        embeddings = embed_items_with_ray_data(cfg, items[needed])
+    else:
+        embeddings = embed_items_here(rec, items[needed], cfg.batch_size)
     embed_s = time.perf_counter() - start
     ids = np.arange(len(items), dtype=np.int64)
     index = make_index(cfg.kind, len(items), model_version=rec.version).build(embeddings, ids)
@@ -153,13 +186,15 @@ def run(cfg: BuildIndexConfig) -> dict[str, Any]:
         model=cfg.model,
         recall_users=len(users),
         embed_seconds=round(embed_s, 2),
+        embedded_with=embed,
         model_manifest_version=model_manifest.get("version"),
     )
     print(
         f"{cfg.artifact}/: {index.kind} over {index.size} items ({added} added after training; "
         f"D={index.dim}) for model "
         f"{rec.version}; recall@10 vs exact {recall:.4f} on {len(users)} users; "
-        f"item embeddings via Ray Data in {embed_s:.1f}s"
+        f"item embeddings {'via Ray Data' if embed == 'ray_data' else 'in this process'} in "
+        f"{embed_s:.1f}s"
     )
     return manifest
 

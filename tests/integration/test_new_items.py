@@ -1,5 +1,7 @@
 """New items without retraining: items added to the items table after training are embedded by
-``build_index --items`` with the trained item tower, and the running server rolls the grown index
+``build_index --items`` with the trained item tower (here through Ray Data's actor pool, which
+catalogs of 100,000 items or more take by default: the same embeddings as in one process), and
+the running server rolls the grown index
 out through its ``user_config`` while clients keep requesting — with zero failed requests — and
 then recommends them (unless ``new_items`` is off)."""
 
@@ -77,12 +79,18 @@ def test_new_items_are_indexed_rolled_out_and_recommended(shop_run, serve_port):
     storage, new_table = shop_run
     manifest = build_index.run(
         build_index.BuildIndexConfig(
-            storage=storage.uri, items=str(new_table), artifact="index_new", min_recall=0.0
+            storage=storage.uri, items=str(new_table), artifact="index_new", min_recall=0.0,
+            embed="ray_data", batch_size=32,  # three batches through the actor pool
         )
-    )
+    )  # fmt: skip
     assert manifest["grown_catalog"] and manifest["n_catalog_items"] == 90 + len(NEW)
+    assert manifest["embedded_with"] == "ray_data"
     items, embeddings = artifacts.load_index_catalog(storage, "index_new")
     assert items["item_id"].tolist()[-len(NEW) :] == list(NEW) and len(embeddings) == 92
+    rec, _ = artifacts.load_two_tower(storage)
+    table, _ = build_index.catalog_items(storage, rec.n_items, str(new_table))
+    here = build_index.embed_items_here(rec, table.sample(frac=1, random_state=0), 40)
+    np.testing.assert_allclose(embeddings, here, rtol=1e-5, atol=1e-6)  # in this process: same
 
     config = yaml.safe_load(CONFIG.read_text())
     config["applications"][0]["args"]["storage"] = storage.uri
@@ -104,7 +112,6 @@ def test_new_items_are_indexed_rolled_out_and_recommended(shop_run, serve_port):
         # The user whose unseen-item ranking puts a new item highest gets it at that rank.
         user_emb = np.load(storage.path("index_new", artifacts.USER_EMBEDDINGS))
         scores = user_emb @ embeddings.T  # (U, 92)
-        rec, _ = artifacts.load_two_tower(storage)
         seen = rec.seen_matrix().toarray().astype(bool)
         scores[:, : seen.shape[1]][seen] = -np.inf
         new_cols = np.arange(90, 92)
