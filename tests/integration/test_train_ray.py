@@ -1,4 +1,5 @@
-"""Ray Train: 2 CPU workers match 1 worker, a crash resumes from its checkpoint, the export."""
+"""Ray Train: 2 CPU workers match the loop in one process, a crash resumes from its checkpoint,
+the export."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from ray_jobs import train
 from ray_jobs.faults import ENV as FAULTS_ENV
 from towers.recommenders.two_tower import TwoTowerRecommender
 from towers.training.checkpoint import load_checkpoint
+from towers.training.loop import fit
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-# Loss curves of 1 and 2 workers with the same global batch see the same pairs per step (the
-# `local` loader's shards interleave one global order); only dropout draws differ per rank.
+# Loss curves of 2 workers and of one process with the same global batch see the same pairs per
+# step (the `local` loader's shards interleave one global order); only dropout draws differ.
 LOSS_RTOL = 0.05
 
 
@@ -34,24 +36,36 @@ def run_train(storage, **overrides):
 KILL_NDCG_ATOL = 0.03
 
 
+SIGINT_HANDLERS: list = []  # SIGINT's handler before and after the 2-worker fit
+
+
 @pytest.fixture(scope="module")
 def two_workers(ray_session, tiny_storage):
     """An uninterrupted 2-worker run, the reference for the fault tests."""
-    return run_train(tiny_storage, num_workers=2, export_as="model_w2")
+    SIGINT_HANDLERS.append(signal.getsignal(signal.SIGINT))
+    manifest = run_train(tiny_storage, num_workers=2, export_as="model_w2")
+    SIGINT_HANDLERS.append(signal.getsignal(signal.SIGINT))
+    return manifest
 
 
-def test_two_workers_match_one_worker(tiny_storage, two_workers):
-    before = signal.getsignal(signal.SIGINT)
-    one = run_train(tiny_storage, num_workers=1, export_as="model_w1")
-    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C is ours again after fit()
-    two = two_workers
-    loss1 = np.array([h["loss"] for h in one["history"]])
-    loss2 = np.array([h["loss"] for h in two["history"]])
+def test_two_workers_match_the_loop_in_one_process(tiny_storage, tiny_data, two_workers):
+    """The 2-worker DDP run's loss curve is the one of the same training in this process (no
+    Ray: ``towers.training.loop.fit`` with the run's own model config)."""
+    before, after = SIGINT_HANDLERS
+    assert after is before  # Ctrl-C is ours again after fit()
+    settings = dict(epochs=3, batch_size=256, refit=False, data_loader="local")
+    config = train.TrainConfig(storage=tiny_storage.uri, num_workers=2, **settings)
+    model_config = config.model_config(tiny_data)
+    _, history = fit(model_config, tiny_data.train, tiny_data.valid, tiny_data.features,
+                     rating_scale=tiny_data.rating_scale)  # fmt: skip
+    two = two_workers["history"]
+    loss1 = np.array([h["loss"] for h in history])
+    loss2 = np.array([h["loss"] for h in two])
     assert len(loss1) == len(loss2) == 3
     np.testing.assert_allclose(loss2, loss1, rtol=LOSS_RTOL)
     assert loss1[-1] < loss1[0]  # it learns
     # Same pairs per epoch, bar the remainder that 2 equal shards drop.
-    assert 0 <= one["history"][0]["samples"] - two["history"][0]["samples"] < 2
+    assert 0 <= history[0]["samples"] - two[0]["samples"] < 2
 
 
 def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:

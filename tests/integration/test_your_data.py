@@ -34,8 +34,9 @@ users: {id: user_id, features: {age: numeric, gender: categorical, occupation: c
 """
 
 
-def movielens_like(folder: Path) -> dict[str, str]:
-    raw = generate(SyntheticSpec(n_users=150, n_items=120, n_interactions=4_000, seed=5))
+def movielens_like(folder: Path, spec: SyntheticSpec | None = None) -> dict[str, str]:
+    """Ratings, movies (``|``-joined genres) and users as CSV, and their schema; the file names."""
+    raw = generate(spec or SyntheticSpec(n_users=150, n_items=120, n_interactions=4_000, seed=5))
     raw.interactions.to_csv(folder / "ratings.csv", index=False)
     raw.items.assign(genres=raw.items["genres"].map("|".join)).to_csv(
         folder / "movies.csv", index=False
