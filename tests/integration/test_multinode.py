@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -308,7 +307,7 @@ APP = "recommender"
 DEPLOYMENTS = ("Ingress", "TwoTower", "UserKNN")
 
 
-def serve_config(storage: str, port: int) -> dict[str, Any]:
+def serve_config(storage: str, port: int, events_path: Path) -> dict[str, Any]:
     """``serving/config.yaml`` with two replicas of every deployment (a quarter CPU each, so
     the head alone can hold all six), Serve's HTTP proxy on the head only (one port here)."""
     config = yaml.safe_load((ROOT / "serving" / "config.yaml").read_text())
@@ -316,7 +315,7 @@ def serve_config(storage: str, port: int) -> dict[str, Any]:
     config["proxy_location"] = "HeadOnly"
     app = config["applications"][0]
     app["args"]["storage"] = storage
-    app["args"]["events_path"] = f"{tempfile.gettempdir()}/events-{port}.sqlite"  # on the head
+    app["args"]["events_path"] = str(events_path)  # on the head (this machine)
     for deployment in app["deployments"]:
         if deployment["name"] == "EventStore":  # the event log's single writer, on the head
             continue
@@ -371,10 +370,11 @@ class RetryingClients(ClientThreads):
             return type(err).__name__
 
 
-def test_serving_answers_while_a_node_is_lost(cluster, s3_run, pipeline):
+def test_serving_answers_while_a_node_is_lost(cluster, s3_run, pipeline, tmp_path):
     worker = cluster.add_worker(num_cpus=2)  # the replacement for the node lost above
     port = free_port()
-    cluster.api("PUT", "/api/serve/applications/", json=serve_config(s3_run, port))
+    config = serve_config(s3_run, port, tmp_path / "events.sqlite")
+    cluster.api("PUT", "/api/serve/applications/", json=config)
     nodes = {n["node_id"]: n for n in cluster.alive_nodes()}
     cluster.wait_for(lambda: two_running_on(cluster, set(nodes)), 240, "6 replicas running")
     placed = replicas(cluster)
