@@ -63,10 +63,14 @@ class LazyAdam(torch.optim.Optimizer):
                 if grad.is_sparse:
                     grad = grad.coalesce()  # one entry per row
                     rows, values = grad.indices()[0], grad.values()  # (R,), (R, ...)
-                    m = exp_avg[rows].mul_(beta1).add_(values, alpha=1 - beta1)
-                    v = exp_avg_sq[rows].mul_(beta2).addcmul_(values, values, value=1 - beta2)
-                    exp_avg[rows], exp_avg_sq[rows] = m, v
-                    denom = (v.sqrt() / correction2**0.5).add_(eps)
+                    # index_select / index_copy_: the same rows as exp_avg[rows] and its
+                    # assignment, without advanced indexing's generic path (~10% of this step).
+                    m = exp_avg.index_select(0, rows).mul_(beta1).add_(values, alpha=1 - beta1)
+                    v = exp_avg_sq.index_select(0, rows).mul_(beta2)
+                    v.addcmul_(values, values, value=1 - beta2)
+                    exp_avg.index_copy_(0, rows, m)
+                    exp_avg_sq.index_copy_(0, rows, v)
+                    denom = v.sqrt_().div_(correction2**0.5).add_(eps)  # v is stored already
                     param.index_add_(0, rows, m.div_(denom), alpha=-lr / correction1)
                 else:  # torch.optim.Adam's update
                     exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)

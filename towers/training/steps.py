@@ -159,9 +159,13 @@ def batch_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Te
     return loss
 
 
-def user_rows_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Tensor:
+def user_rows_loss(
+    model: nn.Module, batch: Batch, ctx: TrainingContext, distinct: bool = True
+) -> torch.Tensor:
     """The ``user_full`` loss of one batch of user rows: each row's fold of targets against the
-    whole catalog (the user's training items masked), its other folds pooled as the history."""
+    whole catalog (the user's training items masked), its other folds pooled as the history.
+    ``distinct``: sampled candidates go through the item tower once per distinct item where its
+    output depends on the item alone (the same loss and gradients, less work)."""
     core = unwrap(model)
     cfg = core.config
     user_batch = fold_user_batch(ctx, batch, cfg.history_dropout, cfg.max_history)
@@ -176,10 +180,17 @@ def user_rows_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torc
     else:  # row_negatives uniform draws shared by the batch, the catalog sum rescaled
         drawn = torch.randint(ctx.n_items, (cfg.row_negatives,), device=items.device)  # (M,)
         candidates = torch.cat([items, drawn])  # (T + M,)
-        item_batch = ctx.item_batch(candidates, training=True)
+        embedded, inverse = candidates, None
+        if distinct and not cfg.two_hop_leave_out and cfg.dropout == cfg.item_id_dropout == 0:
+            # Each distinct candidate through the item tower once (its output depends on the
+            # item alone here): a step's targets and draws repeat items (Beauty 20%, Gowalla 7%).
+            embedded, inverse = torch.unique(candidates, return_inverse=True)  # (K,), (T + M,)
+        item_batch = ctx.item_batch(embedded, training=True)
         if cfg.two_hop_leave_out:
             item_batch = leave_out_own_users(ctx, item_batch, user_batch["user_idx"][rows])
-        user_emb, item_emb = model(user_batch, item_batch)
+        user_emb, item_emb = model(user_batch, item_batch)  # (R, D), (K, D)
+        if inverse is not None:
+            item_emb = item_emb[inverse]  # (T + M, D)
         target_emb = item_emb[: len(items)]  # (T, D)
         if cfg.row_batch_negatives:  # the batch's targets too, each term divided by its count
             negatives, negative_emb = candidates, item_emb  # (T + M,), (T + M, D)

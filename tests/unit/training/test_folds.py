@@ -155,6 +155,54 @@ def test_fit_with_user_rows_learns_the_blocks(
     assert metrics["recall@10"] > bar, metrics
 
 
+@pytest.mark.parametrize("item_two_hop", [False, True])
+def test_distinct_candidates_give_the_same_loss_and_gradients(
+    data, item_two_hop, monkeypatch
+) -> None:
+    """Sampled rows put each distinct candidate through the item tower once: the loss and every
+    gradient are those of one pass per candidate (64 draws of 80 items repeat many of them)."""
+    from towers.training import steps
+    from towers.training.steps import user_rows_loss
+    from towers.training.two_hop import refresh_two_hop
+
+    model, ctx, _ = setup(
+        data, negatives="user_full", row_negatives=64, sparse_embeddings=True, dropout=0.0,
+        item_two_hop=item_two_hop, item_bias=True,
+    )  # fmt: skip
+    distinct_counts = []
+
+    class CountingTorch:  # torch as towers.training.steps sees it, noting its unique() calls
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        def unique(self, values, **kwargs):
+            out = torch.unique(values, **kwargs)
+            distinct_counts.append((len(out[0]), len(values)))
+            return out
+
+    monkeypatch.setattr(steps, "torch", CountingTorch())
+    lengths = np.diff(ctx.history_indptr.numpy())
+    batch = make_fold_batches(lengths, 5, 64, 0, 0)[0]
+    if item_two_hop:
+        refresh_two_hop(model, ctx, 0)
+    results = []
+    for distinct in (False, True):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(5)  # the same draws
+        loss = user_rows_loss(model, batch, ctx, distinct=distinct)
+        loss.backward()
+        grads = {n: p.grad.to_dense() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.item(), grads))
+    (loss_each, grads_each), (loss_once, grads_once) = results
+    [(embedded, candidates)] = distinct_counts  # the second pass only, with repeats
+    assert embedded < candidates
+    assert loss_once == pytest.approx(loss_each, rel=1e-6)
+    assert grads_once.keys() == grads_each.keys() and "item_tower.item_id.weight" in grads_once
+    for name, grad in grads_each.items():
+        # the same up to float sums taken in another order
+        torch.testing.assert_close(grads_once[name], grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
 def test_user_rows_hybrid_loss_is_finite(data) -> None:
     model, ctx, _ = setup(data, negatives="user_full", loss="hybrid")
     lengths = np.diff(ctx.history_indptr.numpy())
