@@ -203,8 +203,12 @@ def fit_on_ray(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    model_cfg = cfg.model_config(data) if warm is None else warm[0]
+    # User rows (negatives="user_full", the wide towers) come from the training history every
+    # rank holds, never from a Ray Data shard: no datasets for them.
+    streamed = cfg.data_loader == "ray_data" and model_cfg.negatives != "user_full"
     workers = cfg.min_workers or cfg.num_workers
-    need = workers * cfg.cpus_per_worker + (1 if cfg.data_loader == "ray_data" else 0)
+    need = workers * cfg.cpus_per_worker + (1 if streamed else 0)
     init_ray(need)
     quiet_ray_data()
     have = ray.cluster_resources().get("CPU", 0)
@@ -219,12 +223,11 @@ def fit_on_ray(
             f"--use-gpu asks for {cfg.num_workers} GPU(s) but the Ray cluster has "
             f"{ray.cluster_resources().get('GPU', 0):g}; drop --use-gpu or add GPU nodes"
         )
-    model_cfg = cfg.model_config(data) if warm is None else warm[0]
     storage = Storage(cfg.storage)
     faults = FaultPlan.from_env()
     split = data.split
     datasets = {}
-    if cfg.data_loader == "ray_data":
+    if streamed:
         fs = None if storage.is_local else storage.fs
         paths = [storage.path(split_file(split, part)) for part in ("train", "valid")]
         size = sum(storage.fs.get_file_info(p).size or 0 for p in paths)

@@ -1,5 +1,5 @@
-"""Ray Train: 2 CPU workers match the loop in one process, a crash resumes from its checkpoint,
-the export."""
+"""Ray Train: 2 CPU workers match the loop in one process, a crash and a killed worker resume
+from their checkpoints, the sparse large-catalog path, the refit, its export and curves."""
 
 from __future__ import annotations
 
@@ -31,41 +31,65 @@ def run_train(storage, **overrides):
 
 # A run that crashes after an epoch, then loses a worker mid-epoch, resumes each time from the
 # last epoch's checkpoint (model, optimizer, schedule and batch order restored); only the dropout
-# draws of the replayed epochs differ, so its final validation NDCG@10 must land within this of
-# the uninterrupted run's.
+# draws differ from the loop in one process, so its final validation NDCG@10 must land within
+# this of the loop's.
 KILL_NDCG_ATOL = 0.03
 
 
-SIGINT_HANDLERS: list = []  # SIGINT's handler before and after the 2-worker fit
+@pytest.fixture(scope="module")
+def in_process(tiny_storage, tiny_data) -> list[dict]:
+    """The history of the same training as the 2-worker run, in this process (no Ray:
+    ``towers.training.loop.fit`` with the run's own model config): the reference."""
+    settings = dict(epochs=3, batch_size=256, refit=False, data_loader="local")
+    config = train.TrainConfig(storage=tiny_storage.uri, num_workers=2, **settings)
+    _, history = fit(
+        config.model_config(tiny_data), tiny_data.train, tiny_data.valid, tiny_data.features,
+        rating_scale=tiny_data.rating_scale,
+    )  # fmt: skip
+    return history
 
 
 @pytest.fixture(scope="module")
-def two_workers(ray_session, tiny_storage):
-    """An uninterrupted 2-worker run, the reference for the fault tests."""
-    SIGINT_HANDLERS.append(signal.getsignal(signal.SIGINT))
-    manifest = run_train(tiny_storage, num_workers=2, export_as="model_w2")
-    SIGINT_HANDLERS.append(signal.getsignal(signal.SIGINT))
-    return manifest
+def killed(ray_session, tiny_storage) -> tuple[dict, tuple]:
+    """``(manifest, SIGINT handlers before and after)`` of one 2-worker fit with both faults
+    (one fit, not one per fault): the worker group raises after epoch 0 and the restarted group
+    resumes from epoch 0's checkpoint; in it, the last rank is SIGKILLed at epoch 2, step 2, and
+    the next group resumes from epoch 1's checkpoint (written by the group restarted after the
+    crash). Its epoch 0 ran before any fault: plain DDP over two workers."""
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(FAULTS_ENV, "crash_after_epoch=0,kill_worker_at=2:2")
+        manifest = run_train(tiny_storage, num_workers=2, export_as="model_killed", max_failures=2)
+    return manifest, (before, signal.getsignal(signal.SIGINT))
 
 
-def test_two_workers_match_the_loop_in_one_process(tiny_storage, tiny_data, two_workers):
-    """The 2-worker DDP run's loss curve is the one of the same training in this process (no
-    Ray: ``towers.training.loop.fit`` with the run's own model config)."""
-    before, after = SIGINT_HANDLERS
+def test_two_workers_match_the_loop_in_one_process(killed, in_process):
+    """Epoch 0 of the 2-worker DDP run (before its faults) is the loop's epoch 0 in one
+    process: the same pairs, the same loss but for dropout draws."""
+    manifest, (before, after) = killed
     assert after is before  # Ctrl-C is ours again after fit()
-    settings = dict(epochs=3, batch_size=256, refit=False, data_loader="local")
-    config = train.TrainConfig(storage=tiny_storage.uri, num_workers=2, **settings)
-    model_config = config.model_config(tiny_data)
-    _, history = fit(model_config, tiny_data.train, tiny_data.valid, tiny_data.features,
-                     rating_scale=tiny_data.rating_scale)  # fmt: skip
-    two = two_workers["history"]
-    loss1 = np.array([h["loss"] for h in history])
-    loss2 = np.array([h["loss"] for h in two])
-    assert len(loss1) == len(loss2) == 3
-    np.testing.assert_allclose(loss2, loss1, rtol=LOSS_RTOL)
-    assert loss1[-1] < loss1[0]  # it learns
+    two, one = manifest["history"][0], in_process[0]
+    assert two["loss"] == pytest.approx(one["loss"], rel=LOSS_RTOL)
+    assert in_process[-1]["loss"] < one["loss"]  # it learns
     # Same pairs per epoch, bar the remainder that 2 equal shards drop.
-    assert 0 <= history[0]["samples"] - two[0]["samples"] < 2
+    assert 0 <= one["samples"] - two["samples"] < 2
+
+
+def test_worker_killed_mid_epoch_resumes_and_matches(tiny_storage, killed, in_process):
+    killed, _ = killed
+    assert killed["resumed_at"] == [0, 1]  # after the crash: epoch 0's; after the kill: epoch 1's
+    assert [h["epoch"] for h in killed["history"]] == [0, 1, 2]  # no epoch redone or skipped
+    [marker] = Path(tiny_storage.path("train")).glob("model_killed-*/fault_injected")
+    crash, kill = marker.read_text().splitlines()  # both really fired, once each, in this order
+    assert crash == "crashed after epoch 0"
+    assert kill.startswith("killed pid") and kill.endswith("at epoch 2 step 2")
+    rec = TwoTowerRecommender.load(tiny_storage.path("model_killed"))
+    assert rec.version == killed["version"]
+    ref, got = in_process, killed["history"]
+    np.testing.assert_allclose([h["loss"] for h in got], [h["loss"] for h in ref], rtol=LOSS_RTOL)
+    ndcg_ref, ndcg_got = ref[-1]["ndcg@10"], got[-1]["ndcg@10"]
+    print(f"final valid ndcg@10: in one process {ndcg_ref:.4f}, after both faults {ndcg_got:.4f}")
+    assert abs(ndcg_got - ndcg_ref) <= KILL_NDCG_ATOL
 
 
 def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -78,44 +102,12 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return {t: [(e.step, e.value) for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
 
 
-def test_training_curves_are_in_tensorboard(tiny_storage, two_workers):
-    [run] = Path(tiny_storage.path("train")).glob("model_w2-*")
-    curves = scalars(run / "tensorboard")
-    history = two_workers["history"]
-    assert [step for step, _ in curves["search/loss"]] == [h["epoch"] for h in history]
-    for key in ("loss", "samples_per_s", "ndcg@10", "recall@10"):
-        got = [value for _, value in curves["search/" + key.replace("@", "_")]]  # TensorBoard tags
-        np.testing.assert_allclose(got, [h[key] for h in history], rtol=1e-6)
-
-
 def test_fault_injection_is_not_a_user_flag():
     assert "crash" not in " ".join(f.name for f in dataclasses.fields(train.TrainConfig))
     assert "kill" not in " ".join(f.name for f in dataclasses.fields(train.TrainConfig))
 
 
-def test_worker_killed_mid_epoch_resumes_and_matches(tiny_storage, two_workers, monkeypatch):
-    """Both faults in one run (one fit, not one per fault): the worker group raises after epoch 0
-    and the restarted group resumes from epoch 0's checkpoint; in it, the last rank is SIGKILLed
-    at epoch 2, step 2, and the next group resumes from epoch 1's checkpoint (written by the
-    group restarted after the crash)."""
-    monkeypatch.setenv(FAULTS_ENV, "crash_after_epoch=0,kill_worker_at=2:2")
-    killed = run_train(tiny_storage, num_workers=2, export_as="model_killed", max_failures=2)
-    assert killed["resumed_at"] == [0, 1]  # after the crash: epoch 0's; after the kill: epoch 1's
-    assert [h["epoch"] for h in killed["history"]] == [0, 1, 2]  # no epoch redone or skipped
-    [marker] = Path(tiny_storage.path("train")).glob("model_killed-*/fault_injected")
-    crash, kill = marker.read_text().splitlines()  # both really fired, once each, in this order
-    assert crash == "crashed after epoch 0"
-    assert kill.startswith("killed pid") and kill.endswith("at epoch 2 step 2")
-    rec = TwoTowerRecommender.load(tiny_storage.path("model_killed"))
-    assert rec.version == killed["version"]
-    ref, got = two_workers["history"], killed["history"]
-    assert got[0]["loss"] == pytest.approx(ref[0]["loss"], rel=1e-6)  # before the faults: identical
-    np.testing.assert_allclose([h["loss"] for h in got], [h["loss"] for h in ref], rtol=LOSS_RTOL)
-    ndcg_ref, ndcg_got = ref[-1]["ndcg@10"], got[-1]["ndcg@10"]
-    print(f"final valid ndcg@10: uninterrupted {ndcg_ref:.4f}, after both faults {ndcg_got:.4f}")
-    assert abs(ndcg_got - ndcg_ref) <= KILL_NDCG_ATOL
-
-
+@pytest.mark.beside  # in make test's other process, which has time to spare
 def test_sparse_tables_mixed_negatives_and_refit_export(ray_session, tiny_storage, tiny_data):
     """One fit (one worker, both CPUs) for what needs no second worker: the large-catalog path
     (what ``negatives="auto"`` picks above 2,500 items, on one worker: sparse id-table
@@ -140,6 +132,16 @@ def test_sparse_tables_mixed_negatives_and_refit_export(ray_session, tiny_storag
     items, scores = rec.recommend(np.arange(5), k=10)
     assert items.shape == (5, 10) and np.isfinite(scores).all()
     tiny_storage.read_manifest("model_refit", version=rec.version, dim=rec.config.retrieval_dim)
+
+    # The training curves of both phases are in TensorBoard, read by its own reader.
+    [run] = Path(tiny_storage.path("train")).glob("model_refit-*")
+    curves = scalars(run / "tensorboard")
+    refit = [h for h in manifest["history"] if h["phase"] == "refit"]
+    assert [step for step, _ in curves["search/loss"]] == [h["epoch"] for h in search]
+    assert [step for step, _ in curves["refit/loss"]] == [h["epoch"] for h in refit]
+    for key in ("loss", "samples_per_s", "ndcg@10", "recall@10"):
+        got = [value for _, value in curves["search/" + key.replace("@", "_")]]  # TensorBoard tags
+        np.testing.assert_allclose(got, [h[key] for h in search], rtol=1e-6)
 
 
 def test_use_gpu_without_gpus_fails_clearly(ray_session, tiny_storage):

@@ -243,19 +243,6 @@ def test_services_bind_loopback_by_default(served_run):
     assert {(ip, p) for _, ip, p in listening} == {("127.0.0.1", port)}, listening
 
 
-@pytest.mark.serve
-@pytest.mark.slow
-def test_a_local_ray_instance_listens_on_loopback_only(served_run):
-    """``python -m serving`` starting its own Ray (as ``make demo`` does): every listening socket
-    of the server and of every process under it (GCS, raylet, workers, agents, the Serve proxy)
-    is on 127.0.0.1, and a connection to the machine's other address is refused."""
-    listening, port = serve_and_list_sockets(["--storage", served_run.uri], 240, answered=True)
-    assert ("127.0.0.1", port) in {(ip, p) for _, ip, p in listening}
-    assert len(listening) > 5, listening  # Ray's own servers were seen, not just the HTTP port
-    outside = {(name, ip, p) for name, ip, p in listening if ip not in LOOPBACK}
-    assert not outside, sorted(outside)
-
-
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 
