@@ -42,9 +42,8 @@ lock:
 # The unit tests on UNIT_JOBS processes (pytest-xdist; whole files per process, so at most one
 # starts a session Ray), then the Ray, Serve and end-to-end tests in two processes at once
 # (tests/run_integration.py): one for the modules that start Ray clusters of their own (marked
-# own_cluster) and then a few marked `beside` (balancing the two), one for all the others, which
-# share one session Ray instance and Serve application. Fails if either fails; both outputs are
-# printed.
+# own_cluster), one for all the others, which share one session Ray instance and Serve
+# application. Fails if either fails; both outputs are printed.
 UNIT_JOBS ?= 2
 test: install
 	$(PY) -m pytest -n $(UNIT_JOBS) --dist loadfile tests/unit $(PYTEST_ARGS)

@@ -150,14 +150,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``--own-clusters only|skip`` deselects the tests not marked ``own_cluster`` (or
-    ``beside``), or those."""
+    """``--own-clusters only|skip`` deselects the tests not marked ``own_cluster``, or those."""
     mode = config.getoption("own_clusters")
     if mode == "all":
         return
     kept, deselected = [], []
     for item in items:
-        own = any(item.get_closest_marker(m) is not None for m in ("own_cluster", "beside"))
+        own = item.get_closest_marker("own_cluster") is not None
         (kept if own == (mode == "only") else deselected).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)

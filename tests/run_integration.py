@@ -1,8 +1,7 @@
 """``make test``'s integration tests in two pytest processes at once: the modules marked
 ``own_cluster`` (each starts Ray clusters of its own, ``ray start`` on free ports and its own
-temp dirs), and after them those marked ``beside`` (on that process's own session Ray), beside
-all the others (which share one session Ray and Serve), so that one side's Ray start-ups, job
-polling and waits overlap the other's work and the two take about as long.
+temp dirs) beside all the others (which share one session Ray and Serve), so that one side's Ray
+start-ups, job polling and waits overlap the other's work.
 
     python -m tests.run_integration [PYTEST_ARGS ...]
 
@@ -48,7 +47,7 @@ def main(args: list[str]) -> int:
         finally:
             own_status = wait(own)
             log.seek(0)
-            print("\n==== the own_cluster and beside tests, run beside the above ====", flush=True)
+            print("\n==== the own_cluster modules, run beside the above ====", flush=True)
             sys.stdout.write(log.read())
     return exit_status([rest, own_status])
 

@@ -107,7 +107,6 @@ def test_fault_injection_is_not_a_user_flag():
     assert "kill" not in " ".join(f.name for f in dataclasses.fields(train.TrainConfig))
 
 
-@pytest.mark.beside  # in make test's other process, which has time to spare
 def test_sparse_tables_mixed_negatives_and_refit_export(ray_session, tiny_storage, tiny_data):
     """One fit (one worker, both CPUs) for what needs no second worker: the large-catalog path
     (what ``negatives="auto"`` picks above 2,500 items, on one worker: sparse id-table

@@ -12,7 +12,7 @@ from ray_jobs.train import TrainConfig
 from towers.launch.cli import parse_config
 from tuning import tune
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.beside]  # make test's other process
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_search_runs_at_most_max_concurrent_trials():
