@@ -213,10 +213,11 @@ def fit_on_ray(
     quiet_ray_data()
     have = ray.cluster_resources().get("CPU", 0)
     if have < need:
+        reads = " plus 1 for Ray Data's reads" if streamed else ""
         raise RuntimeError(
             f"the Ray cluster has {have:g} CPUs; {workers} workers x "
-            f"{cfg.cpus_per_worker:g} CPU plus 1 for Ray Data's reads need {need:g}. Lower "
-            "--num-workers or --cpus-per-worker, or use --data-loader local"
+            f"{cfg.cpus_per_worker:g} CPU{reads} need {need:g}. Lower --num-workers or "
+            f"--cpus-per-worker{', or use --data-loader local' if streamed else ''}"
         )
     if cfg.use_gpu and ray.cluster_resources().get("GPU", 0) < cfg.num_workers:
         raise RuntimeError(
