@@ -52,6 +52,11 @@ class TrainConfig:
     embedding_dim: int | None = help_field(None, "embedding dimension D of both towers")
     loss: Literal["pointwise", "softmax", "hybrid"] | None = help_field(None, "training loss")
     patience: int | None = help_field(None, "early stopping patience in epochs")
+    min_improvement: float | None = help_field(
+        None,
+        "an epoch beats the best validation value only by more than this share of it; the refit "
+        "trains to the earliest such best epoch (default 0.005)",
+    )
     temperature: float | None = help_field(None, "softmax temperature (normalised embeddings)")
     weight_decay: float | None = help_field(None, "AdamW weight decay")
     seed: int | None = help_field(None, "seed of init and batch order")

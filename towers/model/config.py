@@ -155,8 +155,7 @@ class TwoTowerConfig:
     loss: str = "hybrid"  # "pointwise" (paper BCE), "softmax" (retrieval), "hybrid" (softmax+MSE)
     negatives: str = "auto"  # "full": every catalog item; "in_batch": the batch's other items;
     # "mixed": the batch's items plus `sampled_negatives` drawn uniformly (Yang et al. 2020);
-    # "user_full": the full softmax over user rows, each row's targets one fold of the user's
-    # items and its history the other folds (towers/training/folds.py);
+    # "user_full": the full softmax over user rows (towers/training/folds.py);
     # "auto": full with the deep towers (ML-100K), user_full with the wide ones up to
     # USER_FULL_MAX_ITEMS, mixed above
     sampled_negatives: int = 1024  # mixed: catalog items drawn per step, shared by the batch
@@ -171,10 +170,8 @@ class TwoTowerConfig:
     # many uniform draws per step, shared by the batch (the catalog sum rescaled by n_items / M)
     row_batch_negatives: bool = False  # user_full with drawn negatives: the batch's targets
     # (drawn by popularity: the hard negatives a uniform draw rarely holds) join the draws, each
-    # candidate's term divided by its expected count. Off: on Gowalla it lifted validation
-    # NDCG@10 after a 3-epoch run 0.0844 -> 0.0867, but the 2-epoch default's test Recall@20 /
-    # NDCG@20 stayed 0.1526 / 0.1253 (0.1527 / 0.1259 without); Beauty's validation 0.0593 ->
-    # 0.0594 (docs/QUALITY.md)
+    # candidate's term divided by its expected count. Off: Gowalla's test Recall@20 / NDCG@20
+    # stayed 0.1526 / 0.1253 (0.1527 / 0.1259 without), Beauty's validation 0.0593 -> 0.0594
     rating_weight: float = 30.0  # hybrid: weight of the rating MSE (ratings scaled to [0, 1])
     rating_hidden: int = 64  # hybrid: hidden width of the rating head MLP
     # --- Optimisation (towers/training/).
@@ -188,6 +185,8 @@ class TwoTowerConfig:
     batch_size: int = 1024  # training pairs per optimizer step, over all DDP workers together
     epochs: int | None = None  # maximum epochs, also the cosine schedule's length (None: by size)
     patience: int = 10  # early stopping: epochs without validation improvement
+    min_improvement: float = 0.005  # an epoch beats the best only by more than this share of it:
+    # the refit stops at the earliest epoch within it of the best (docs/QUALITY.md)
     early_stopping_metric: str = "ndcg@10"  # validation metric to maximise ("rmse": minimise)
     validation_users: int = 10_000  # each epoch's validation ranks a fixed sample of at most
     # this many validation users (0: all; the catalog-wide ranking was ~20% of a Gowalla epoch)
@@ -212,8 +211,8 @@ class TwoTowerConfig:
             raise ValueError("TwoTowerConfig.item_two_hop reads the item table: needs use_item_id")
         if self.two_hop_mix not in TWO_HOP_MIXES or self.two_hop_debias < 0:
             raise ValueError(f"TwoTowerConfig: two_hop_mix in {TWO_HOP_MIXES}, two_hop_debias >= 0")
-        if self.validation_users < 0:
-            raise ValueError("TwoTowerConfig.validation_users must be >= 0 (0: all)")
+        if self.validation_users < 0 or self.min_improvement < 0:
+            raise ValueError("TwoTowerConfig: validation_users and min_improvement must be >= 0")
         if self.two_hop_refreshes < 1:
             raise ValueError(
                 f"TwoTowerConfig.two_hop_refreshes must be >= 1, got {self.two_hop_refreshes}"

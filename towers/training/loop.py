@@ -10,7 +10,8 @@ differs between them is passed in, not copied:
 - ``on_epoch`` — called after every epoch with an :class:`EpochEnd` (report, checkpoint, log).
 
 Two phases: ``search`` trains on ``train`` with early stopping on ``valid``
-(``config.early_stopping_metric``, ``config.patience``); with ``refit``, ``refit`` then trains a
+(``config.early_stopping_metric``, ``config.patience``; an epoch improves on the best only by
+more than ``config.min_improvement`` of it); with ``refit``, ``refit`` then trains a
 fresh model (same seed, same schedule) on train ∪ valid for the best epoch count. Loss and
 samples/s are summed over all DDP ranks when a process group is up.
 """
@@ -245,7 +246,8 @@ def train_loop(
             )
             metric = row[config.early_stopping_metric]
             metric = -metric if config.early_stopping_metric == "rmse" else metric
-            if metric > state.best_metric:
+            best = state.best_metric
+            if metric > best + config.min_improvement * abs(best) or best == -math.inf:
                 state.best_metric, state.best_epoch, state.stale = metric, epoch, 0
                 best_model = {
                     k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()

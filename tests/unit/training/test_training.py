@@ -202,7 +202,9 @@ def test_validation_ranks_in_blocks_with_the_same_result(data) -> None:
 
 def test_fit_is_deterministic_and_keeps_the_best_epoch(data) -> None:
     train, test, features = data
-    config = TwoTowerConfig.from_preset("default", **SMALL, epochs=4, patience=2, loss="hybrid")
+    config = TwoTowerConfig.from_preset(
+        "default", **SMALL, epochs=4, patience=2, loss="hybrid", min_improvement=0.0
+    )
     model, history = fit(config, train, test, features)
     _, again = fit(config, train, test, features)
     assert [h["loss"] for h in history] == [h["loss"] for h in again]
@@ -211,6 +213,26 @@ def test_fit_is_deterministic_and_keeps_the_best_epoch(data) -> None:
     assert validation_metrics(model, ctx, train, test)["ndcg@10"] == pytest.approx(best)
     assert {"recall@10", "ndcg@10", "precision@10", "map@10", "rmse"} <= set(history[0])
     assert 0 < history[0]["rmse"] < 4
+
+
+@pytest.mark.parametrize("share", [0.0, 0.02, 10.0])
+def test_the_refit_stops_at_the_earliest_epoch_within_min_improvement(data, share) -> None:
+    """An epoch beats the best only by more than ``min_improvement`` of it; the refit on train ∪
+    valid trains for that best epoch + 1 epochs (10.0: no later epoch can beat epoch 0)."""
+    train, test, features = data
+    config = TwoTowerConfig.from_preset(
+        "default", **SMALL, epochs=4, patience=10, loss="softmax", min_improvement=share
+    )
+    _, history = fit(config, train, test, features, refit=True)
+    search = [h["ndcg@10"] for h in history if h["phase"] == "search"]
+    best = 0
+    for epoch, value in enumerate(search):
+        best = epoch if value > search[best] * (1 + share) else best
+    assert [h["epoch"] for h in history if h["phase"] == "refit"] == list(range(best + 1))
+    if share == 0.0:
+        assert best == search.index(max(search))
+    if share == 10.0:
+        assert best == 0
 
 
 def test_mixed_negatives_cost_the_batch_plus_the_drawn_items_not_the_catalog(data) -> None:
