@@ -310,8 +310,8 @@ def export(
     model = model_from_checkpoint(checkpoint_dir, weights="final" if refit else "best")
     train = data.full_train if refit else data.train
     rec = TwoTowerRecommender.from_model(model, data.features, train, data.rating_scale)
-    search = [h for h in state.history if "ndcg@10" in h]
-    best = max(search, key=lambda h: h["ndcg@10"]) if search else {}
+    search = (h for h in state.history if h["phase"] == "search")
+    best = next((h for h in search if h["epoch"] == state.best_epoch), {})  # the refit's epochs
     return artifacts.publish_two_tower(
         Storage(cfg.storage),
         rec,

@@ -12,7 +12,9 @@ import pytest
 
 from ray_jobs import train
 from ray_jobs.faults import ENV as FAULTS_ENV
+from towers.data.prepared import load_prepared
 from towers.recommenders.two_tower import TwoTowerRecommender
+from towers.storage.root import Storage
 from towers.training.checkpoint import load_checkpoint
 from towers.training.loop import fit
 
@@ -36,17 +38,23 @@ def run_train(storage, **overrides):
 KILL_NDCG_ATOL = 0.03
 
 
-@pytest.fixture(scope="module")
-def in_process(tiny_storage, tiny_data) -> list[dict]:
-    """The history of the same training as the 2-worker run, in this process (no Ray:
-    ``towers.training.loop.fit`` with the run's own model config): the reference."""
-    settings = dict(epochs=3, batch_size=256, refit=False, data_loader="local")
-    config = train.TrainConfig(storage=tiny_storage.uri, num_workers=2, **settings)
+def loop_history(config: train.TrainConfig) -> list[dict]:
+    """The history of ``config``'s training in this process (no Ray: ``towers.training.loop.fit``
+    with the run's own model config on its prepared data, without the refit): the reference a
+    Ray Train run is compared with."""
+    data = load_prepared(Storage(config.storage))
     _, history = fit(
-        config.model_config(tiny_data), tiny_data.train, tiny_data.valid, tiny_data.features,
-        rating_scale=tiny_data.rating_scale,
+        config.model_config(data), data.train, data.valid, data.features,
+        rating_scale=data.rating_scale,
     )  # fmt: skip
     return history
+
+
+@pytest.fixture(scope="module")
+def in_process(tiny_storage) -> list[dict]:
+    """The same training as the 2-worker run, in this process: the reference."""
+    settings = dict(epochs=3, batch_size=256, refit=False, data_loader="local")
+    return loop_history(train.TrainConfig(storage=tiny_storage.uri, num_workers=2, **settings))
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +129,9 @@ def test_sparse_tables_mixed_negatives_and_refit_export(ray_session, tiny_storag
     search = [h for h in manifest["history"] if h["phase"] == "search"]
     assert [h["epoch"] for h in search] == [0, 1, 2, 3]
     assert len(manifest["history"]) == len(search) + manifest["best_epoch"] + 1
+    assert manifest["valid_metrics"] == {  # the best epoch's, which the refit trained to
+        k: v for k, v in search[manifest["best_epoch"]].items() if "@" in k
+    }
     assert search[-1]["loss"] < search[0]["loss"]  # it learns
     assert search[-1]["ndcg@10"] > search[0]["ndcg@10"]
     rec = TwoTowerRecommender.load(tiny_storage.path("model_refit"))
