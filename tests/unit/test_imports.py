@@ -21,3 +21,11 @@ def test_towers_imports_without_ray_fastapi_scann():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert len(modules) >= 30
+
+
+def test_the_serve_app_module_imports_without_torch():
+    """Serve's ingress and event-log replicas import ``serving.app`` and nothing that loads a
+    model: torch (~4 s of CPU a process on this machine) stays out of them."""
+    code = "import sys, serving.app\nassert 'torch' not in sys.modules\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

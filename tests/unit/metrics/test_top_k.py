@@ -1,5 +1,6 @@
 """``top_k_excluding`` against a brute-force stable sort of every row: ties (also across the
-k-th place), exclusions, ``-inf`` and NaN scores, rows with fewer allowed items than k."""
+k-th place), exclusions, ``-inf`` and NaN scores, rows with fewer allowed items than k; both
+ways of selecting (numpy for small blocks, torch.topk for large ones) give the same lists."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from towers.metrics import top_k
 from towers.metrics.top_k import top_k_excluding
+
+
+@pytest.fixture(autouse=True, params=["numpy", "torch"])
+def way(request, monkeypatch) -> str:
+    """Every test once with numpy's selection, once with torch.topk's (blocks of any size)."""
+    monkeypatch.setattr(top_k, "TORCH_FROM_CELLS", 0 if request.param == "torch" else 2**62)
+    return request.param
 
 
 def brute_force(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None):
