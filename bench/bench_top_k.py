@@ -3,14 +3,16 @@
     .venv/bin/python -m bench.bench_top_k [--users 10000] [--items 40981] [--rounds 3]
 
 Every epoch's validation ranks the whole catalog for up to 10,000 users, and evaluation ranks
-it for every test user of every model, in blocks of ``BLOCK_CELLS`` scores. Until stop 38
-``top_k_excluding`` negated each block, argpartitioned it (numpy, one thread) and sorted the k;
-now ``torch.topk`` selects k + 1 in blocks of at least ``TORCH_FROM_CELLS`` scores (both threads,
-no copy) and rows whose k-th and (k+1)-th scores are equal are resolved by index. Both run here on the same blocks, alternated, for two
-kinds of scores: continuous (a model's dot products) and popularity counts (few distinct values:
-nearly every row ties across the k-th place). Prints the median seconds, their ratio, and the
-share of rows whose lists are equal: all of them for the model's scores; for popularity counts
-argpartition takes any of the items tied at the k-th place, the new one the lowest indices.
+it for every test user of every model, in blocks of ``BLOCK_CELLS`` scores. Until issue 24's
+thirteenth stop ``top_k_excluding`` negated each block, argpartitioned it (numpy, one thread)
+and sorted the k; now ``torch.topk`` selects k + 1 in blocks of at least ``TORCH_FROM_CELLS``
+scores (both threads, no copy) and rows whose k-th and (k+1)-th scores are equal are resolved by
+index. Both run here on the same blocks, alternated, for two kinds of scores: continuous (a
+model's dot products) and popularity counts (few distinct values: nearly every row ties across
+the k-th place). Prints
+the median seconds, their ratio, and the share of rows whose lists are equal: all of them for
+the model's scores; for popularity counts argpartition takes any of the items tied at the k-th
+place, the new one the lowest indices.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""``python -m serving`` starting a local Ray instance of its own (as ``make demo`` does): every
-listening socket of the server and of every process under it (GCS, raylet, workers, agents, the
-Serve proxy) is on 127.0.0.1, and a connection to the machine's other address is refused.
+"""``python -m serving`` starting a local Ray instance of its own (as ``make demo`` does): the
+typed builder through ``serve.run(build_app(args))`` answers a recommendation from each model;
+every listening socket of the server and of every process under it (GCS, raylet, workers,
+agents, the Serve proxy) is on 127.0.0.1, and a connection to the machine's other address is
+refused.
 
 Marked ``own_cluster`` (it starts Ray itself, not on the suite's session instance), so ``make
 test`` runs it in the process beside the session's tests. Its helpers are the security module's

@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 
-from serving.app import build_app
 from tests.unit.serving.test_serving import BAD_REQUESTS
 from towers.storage.root import Storage
 
@@ -224,16 +223,3 @@ def test_rollout_under_load_drops_nothing(serve_app, http, run_storage):
     assert load.outcomes["200"] > 50
     assert set(load.versions) == {v1, v2}  # the refused versions never answered
     assert load.versions[0] == v1 and load.versions[-1] == v1
-
-
-def test_typed_builder_with_serve_run(serve_app, run_storage):
-    """``python -m serving`` path: ``serve.run(build_app(args))``, here as a second app."""
-    from ray import serve
-
-    serve.run(build_app({"storage": run_storage.uri}), name="typed", route_prefix="/typed")
-    try:
-        user, _ = known_ids(run_storage)
-        response = httpx.get(f"{serve_app[0]}/typed/recommend/{user}", params={"k": 2}, timeout=30)
-        assert response.status_code == 200 and len(response.json()["items"]) == 2
-    finally:
-        serve.delete("typed")
