@@ -9,10 +9,9 @@ and sorted the k; now ``torch.topk`` selects k + 1 in blocks of at least ``TORCH
 scores (both threads, no copy) and rows whose k-th and (k+1)-th scores are equal are resolved by
 index. Both run here on the same blocks, alternated, for two kinds of scores: continuous (a
 model's dot products) and popularity counts (few distinct values: nearly every row ties across
-the k-th place). Prints
-the median seconds, their ratio, and the share of rows whose lists are equal: all of them for
-the model's scores; for popularity counts argpartition takes any of the items tied at the k-th
-place, the new one the lowest indices.
+the k-th place). Prints the median seconds, their ratio, and the share of rows whose lists are
+equal: all of them for the model's scores; for popularity counts argpartition takes any of the
+items tied at the k-th place, the new one the lowest indices.
 """
 
 from __future__ import annotations
