@@ -14,8 +14,8 @@ import scipy.sparse as sp
 BLOCK_CELLS = 2**24
 # Blocks of at least this many cells are ranked by torch.topk (both threads, on the block's own
 # memory: 0.18x argpartition's time on Gowalla's validation, bench/bench_top_k.py); smaller ones
-# (a request's one row) by numpy, so that a process with no other use for torch (Serve's ingress,
-# UserKNN and event-log replicas) never imports it. Both give the same lists.
+# (a request's one row) by numpy, so that a process with no other use for torch (Serve's ingress
+# and event-log replicas) never imports it. Both give the same lists.
 TORCH_FROM_CELLS = 2**20
 
 
@@ -75,7 +75,7 @@ def top_k_excluding(
             # index; exact in float32 below 2**24 items).
             key = np.where(block == bound, np.arange(n_items, 0, -1, dtype=np.float32), 0)
             key[block > bound] = n_items + 1
-            items[rows, :k] = _largest(key.astype(np.float32, copy=False), k)[1]
+            items[rows, :k] = _largest(key, k)[1]
             top[rows, :k] = np.take_along_axis(block, items[rows, :k], axis=1)
         top, items = top[:, :k], items[:, :k]
     # By score descending, then item index ascending (lexsort's last key is primary).
