@@ -1,10 +1,16 @@
-"""Your own data end to end: three shapes of data set through the pipeline (prepare → train →
-evaluate → build_index) on the session's Ray, then served by the real Serve app over HTTP: the
-three runs at once, each as its own app of ``serving/config.yaml`` under ``/<shape>``.
+"""Your own data end to end: three shapes of data set prepared, trained, evaluated, indexed and
+answered over HTTP.
 
+- ``shop``: implicit, string ids, a category, a brand, a numeric price and text tags (Parquet):
+  the whole pipeline on the session's Ray (Ray Train), served by the real Serve app of
+  ``serving/config.yaml`` under ``/shop``;
 - ``movielens_like``: explicit ratings, user demographics, genres as ``|``-joined CSV text;
-- ``shop``: implicit, string ids, a category, a brand, a numeric price and text tags (Parquet);
 - ``interactions_only``: the shop's interactions alone, no feature tables, the schema inferred.
+
+The last two are prepared and evaluated by the same jobs, trained in this process
+(``publish_small_run``: Ray Train's path is the shop's here and test_train_ray.py's) and answered
+by the same HTTP app over an in-process backend (``serving.http.LocalBackend``): what differs by
+shape is the data's schema, ids and features, and every shape's answers are checked the same way.
 """
 
 from __future__ import annotations
@@ -14,9 +20,14 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 
-from ray_jobs import pipeline
+from ray_jobs import evaluate, pipeline, prepare
+from serving.artifacts import load_two_tower_service, load_user_knn_service
+from serving.http import LocalBackend, create_app
+from serving.schemas import ModelSettings
 from tests.integration.test_serving_ray import CONFIG, deploy, wait_for
+from towers.artifacts import publish_small_run
 from towers.data.shop import ShopSpec, write_shop
 from towers.data.synthetic import SyntheticSpec, generate
 from towers.storage.root import Storage
@@ -61,43 +72,61 @@ def interactions_only(folder: Path) -> dict[str, str]:
 SHAPES = {f.__name__: f for f in (movielens_like, shop, interactions_only)}
 
 
+SERVED = "shop"  # the shape served by Ray Serve; the others by the app in this process
+
+
+def prepared(shape: str, folder: Path) -> tuple[pipeline.PipelineConfig, Storage]:
+    """Writes the shape's files to ``folder``; the pipeline's config for them and its storage."""
+    files = {k: str(folder / v) for k, v in SHAPES[shape](folder).items()}
+    storage = Storage(folder / "run")
+    cfg = pipeline.PipelineConfig(
+        storage=storage.uri, **files, num_workers=1, epochs=2, paper=False, data_loader="local"
+    )
+    return cfg, storage
+
+
 @pytest.fixture(scope="module")
-def runs(serve_port, tmp_path_factory) -> dict[str, Storage]:
-    """``{shape: storage}``: the pipeline's run for each shape, then all three served at once,
-    one Serve app per shape under ``/<shape>`` (one deploy: their replicas start side by side,
-    and no app is replaced by the next shape's). Training reads its shards locally: Ray Data's
-    streamed shards add ~20 s to each run of this size, and are tested in test_multinode.py
-    (two workers, MovieLens-100K, train then train ∪ valid for the refit)."""
-    storages, apps = {}, []
-    for shape, write in SHAPES.items():
-        folder = tmp_path_factory.mktemp(shape)
-        files = {k: str(folder / v) for k, v in write(folder).items()}
-        storages[shape] = storage = Storage(folder / "run")
-        pipeline.run(
-            pipeline.PipelineConfig(
-                storage=storage.uri, **files, num_workers=1, epochs=2, paper=False,
-                data_loader="local",
-            )
-        )  # fmt: skip
-        [app] = yaml.safe_load(CONFIG.read_text())["applications"]
-        app.update(name=shape, route_prefix=f"/{shape}")
-        app["args"]["storage"] = storage.uri
-        for deployment in app["deployments"]:  # three apps on the session's 4 CPUs
-            deployment["ray_actor_options"]["num_cpus"] = min(
-                0.25, deployment["ray_actor_options"]["num_cpus"]
-            )
-        apps.append(app)
+def served_run(serve_port, tmp_path_factory) -> Storage:
+    """The shop's pipeline run on the session's Ray, served as its own Serve app under
+    ``/shop`` (in place of the apps deployed before). Training reads its shards locally: Ray
+    Data's streamed shards add ~20 s to each run of this size, and are tested in
+    test_multinode.py (two workers, MovieLens-100K, train then train ∪ valid for the refit)."""
+    cfg, storage = prepared(SERVED, tmp_path_factory.mktemp(SERVED))
+    pipeline.run(cfg)
     config = yaml.safe_load(CONFIG.read_text())
-    deploy({**config, "applications": apps})  # in place of the apps deployed before
-    return storages
+    [app] = config["applications"]
+    app.update(name=SERVED, route_prefix=f"/{SERVED}")
+    app["args"]["storage"] = storage.uri
+    deploy({**config, "applications": [app]})
+    return storage
+
+
+def local_run(shape: str, folder: Path) -> tuple[Storage, TestClient]:
+    """The shape prepared and evaluated by the pipeline's jobs, a model, index and UserKNN
+    fitted in this process, and the HTTP app over them in this process."""
+    cfg, storage = prepared(shape, folder)
+    prepare.run(cfg.prepare_config())
+    publish_small_run(storage, epochs=5, embedding_dim=64)
+    evaluate.run(evaluate.EvaluateConfig(storage=storage.uri), print_report=False)
+    services = {
+        "two_tower": load_two_tower_service(storage.uri, ModelSettings()),
+        "user_knn": load_user_knn_service(storage.uri, ModelSettings(model_artifact="knn")),
+    }
+    return storage, TestClient(create_app(LocalBackend(services)), raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module", params=list(SHAPES))
-def served(request, runs, serve_port):
-    """``(shape, storage, http client)``: the shape's run, served under ``/<shape>``."""
-    shape, storage = request.param, runs[request.param]
-    base_url = f"http://127.0.0.1:{serve_port}/{shape}"
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+def served(request, tmp_path_factory):
+    """``(shape, storage, http client)``: the shape's run and a client of its HTTP app."""
+    shape = request.param
+    if shape != SERVED:
+        storage, client = local_run(shape, tmp_path_factory.mktemp(shape))
+        with client:
+            yield shape, storage, client
+        return
+    storage = request.getfixturevalue("served_run")
+    port = request.getfixturevalue("serve_port")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}/{shape}", timeout=30) as client:
 
         def this_run() -> bool:
             models = client.get("/healthz").json()["models"]
