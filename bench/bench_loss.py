@@ -81,11 +81,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="measurements of each pair")
     parser.add_argument("--steps", type=int, default=20, help="steps per measurement at 1.7k")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument(
+        "--interactions", type=int, default=60_000, help="synthetic ratings of each catalog"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.items.split(",")]
-    data = {n: catalog(n) for n in sizes}
+    data = {n: catalog(n, n_interactions=args.interactions) for n in sizes}
     results: dict[tuple[int, str], list[float]] = {}
     for round_ in range(args.rounds):
         for n in sizes:

@@ -36,7 +36,8 @@ def measure_training(data: Any, config: Any, n_steps: int) -> tuple[Any, dict[st
     steps = batches[2 : 2 + n_steps]
     started = time.perf_counter()
     stats = train_epoch(model, optimizer, steps, ctx)
-    rate = stats["samples"] / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    rate = stats["samples"] / elapsed
     refresh_s = 0.0
     if config.item_two_hop:  # not in the steps' time unless one fell due in them
         ctx.two_hop_cache["due"] = 0
@@ -47,6 +48,7 @@ def measure_training(data: Any, config: Any, n_steps: int) -> tuple[Any, dict[st
     negatives = config.negatives + ("+sparse" if config.sparse_embeddings else "")
     return model, {
         "steps": len(steps),
+        "ms_per_step": round(elapsed / len(steps) * 1000, 1),
         "samples_per_s": round(rate),
         "epoch_s_extrapolated": round(epoch_s, 1),  # the training split's pairs
         "epochs": config.epochs,

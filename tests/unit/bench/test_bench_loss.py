@@ -10,7 +10,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_tiny_sweep_prints_the_table(capsys):
-    bench_loss.main(["--items", "150,300", "--rounds", "1", "--steps", "2", "--threads", "1"])
+    args = ["--items", "150,300", "--rounds", "1", "--steps", "2", "--threads", "1"]
+    bench_loss.main([*args, "--interactions", "6000"])  # 5 batches: 2 warm-up, 3 measured
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("| items |"))
     assert all(f"{loss} samples/s" in header for loss in bench_loss.LOSSES)
