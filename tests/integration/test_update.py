@@ -76,7 +76,7 @@ def test_update_rolls_a_warm_started_model_out_under_load(update_run, serve_port
             monkeypatch.setattr(rollout, "roll_out", under_full_load)  # what update.py calls
             time.sleep(1.0)
             # The local loader: Ray Data's adds ~10 s here and is tested with the pipeline in
-            # test_your_data.py and test_multinode.py.
+            # test_multinode.py.
             update = pipeline.PipelineConfig(
                 storage=storage.uri, update=True, num_workers=1, epochs=1, data_loader="local"
             )

@@ -90,7 +90,8 @@ def served_run(serve_port, tmp_path_factory) -> Storage:
     """The shop's pipeline run on the session's Ray, served as its own Serve app under
     ``/shop`` (in place of the apps deployed before). Training reads its shards locally: Ray
     Data's streamed shards add ~20 s to each run of this size, and are tested in
-    test_multinode.py (two workers, MovieLens-100K, train then train ∪ valid for the refit)."""
+    test_multinode.py (two workers, MovieLens-shaped files, train then train ∪ valid for the
+    refit)."""
     cfg, storage = prepared(SERVED, tmp_path_factory.mktemp(SERVED))
     pipeline.run(cfg)
     config = yaml.safe_load(CONFIG.read_text())
