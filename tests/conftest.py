@@ -18,8 +18,9 @@ from towers.storage.root import Storage
 # Tests never reach GroupLens; the one test of the RecBole fallback is marked `network`.
 os.environ.setdefault("RAY_TWO_TOWER_OFFLINE", "1")
 # Ray Train's controller takes its workers' reports and notices their end or failure when it
-# polls them, at least this far apart (Ray's default 2 s left ~2-6 s idle per tiny run); every
-# Ray started from here (the session's, the own clusters', their jobs) inherits it.
+# polls them, at least this far apart (Ray's default 2 s left ~2-6 s idle per tiny run; a local
+# instance of the jobs polls every 0.5 s, `LOCAL_RAY_ENV`); every Ray started from here (the
+# session's, the own clusters', their jobs) inherits it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 # Serve's proxy start-up and health-check limits of a local instance (`LOCAL_RAY_ENV`): with
 # Ray's 5 s ready check, a clean-clone CI run lost its one Serve proxy while the other side's

@@ -23,6 +23,12 @@ LOCAL_RAY_ENV = {
     # each health check of a running proxy, so that a loaded machine's slow answer is not a death.
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
     "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+    # Ray Train's controller collects a worker's report when it polls the worker group, every
+    # 2 s by Ray's default, and a worker's next report waits until the last one is collected (a
+    # queue of one): epochs under 2 s (small data sets) took 2 s each, and every fit ended up to
+    # 2 s after its last epoch. A tiny 12-epoch fit 67.5 -> 40.7 s; ML-100K's paper preset
+    # (9 epochs of ~5 s) 75.5 -> 73.3 s (docs/BENCHMARKS.md, "Training throughput").
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     # Ray Train's preemption watcher polls for spot-instance notices, which a local instance never
     # gets; its actor's creation prints an error-looking core_worker line on every fit().
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",

@@ -40,6 +40,7 @@ def test_a_local_instance_gets_the_local_defaults_before_ray_starts(init_calls, 
     [(kwargs, env)] = init_calls
     assert kwargs == {"num_cpus": 4}  # Ray's processes inherit the environment
     assert env[DRAIN] == "3" and env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"  # not Ray's 2 s: see LOCAL_RAY_ENV
     assert env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] == "60"  # not Ray's 5 s: see LOCAL_RAY_ENV
     assert env[DATA_LOGGING] == str(ray_init.QUIET_RAY_DATA_LOGGING)
     # A loopback-only node: the driver resolves its address now, Ray's processes inherit the switch.
