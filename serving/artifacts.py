@@ -2,7 +2,8 @@
 
 ``load_two_tower_service`` reads ``model/`` (the two-tower export), ``index/`` (the item index
 built for that export, plus precomputed known-user embeddings) and ``data/`` (raw ids, titles,
-genres); ``load_user_knn_service`` reads ``knn/`` and ``data/``, all through ``towers.artifacts``.
+genres); ``load_user_knn_service`` reads ``knn/`` and ``data/``, all through ``towers.artifacts``;
+``load_services`` loads both.
 Each refuses, with an :class:`ArtifactLoadError` naming the piece, an incomplete artifact (no
 manifest, a missing or truncated file), an index built for another model version or dimension, a
 pinned version that differs, or artifacts whose user/item counts disagree. Nothing is unpickled:
@@ -113,6 +114,19 @@ def load_user_knn_service(default_storage: str, settings: ModelSettings) -> User
         raise ArtifactLoadError(
             f"cannot serve UserKNN {uri}/{settings.model_artifact}: {type(err).__name__}: {err}"
         ) from err
+
+
+def load_services(
+    storage: str, model: str = "model", index: str = "index", knn: str = "knn"
+) -> dict[str, TwoTowerService | UserKNNService]:
+    """Both models of ``storage``, loaded in this process, by the names the app routes them
+    (``python -m serving --no-ray``; the tests that answer over the in-process backend)."""
+    return {
+        "two_tower": load_two_tower_service(
+            storage, ModelSettings(model_artifact=model, index_artifact=index)
+        ),
+        "user_knn": load_user_knn_service(storage, ModelSettings(model_artifact=knn)),
+    }
 
 
 def _check_version(uri: str, settings: ModelSettings, version: str) -> None:

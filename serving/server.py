@@ -63,20 +63,13 @@ def serve_without_ray(args: ServingArgs, host: str, port: int) -> None:
     import torch
     import uvicorn
 
-    from serving.artifacts import load_two_tower_service, load_user_knn_service
+    from serving.artifacts import load_services
     from serving.http import LocalBackend, create_app
-    from serving.schemas import ModelSettings
 
     torch.set_num_threads(1)
-    services = {
-        "two_tower": load_two_tower_service(
-            args.storage,
-            ModelSettings(model_artifact=args.model_artifact, index_artifact=args.index_artifact),
-        ),
-        "user_knn": load_user_knn_service(
-            args.storage, ModelSettings(model_artifact=args.knn_artifact)
-        ),
-    }
+    services = load_services(
+        args.storage, args.model_artifact, args.index_artifact, args.knn_artifact
+    )
     from serving.event_feed import resolve_events_path
     from towers.storage.events import EventLog
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.artifacts import load_two_tower_service, load_user_knn_service
+from serving.artifacts import load_services
 from serving.http import LocalBackend, create_app
 from serving.recommenders import ServingError
-from serving.schemas import ModelSettings
 from towers.artifacts import publish_small_run
 from towers.storage.root import Storage
 
@@ -35,9 +34,7 @@ def services(tiny_storage, tmp_path_factory):
     for artifact in ("data",):
         shutil.copytree(tiny_storage.path(artifact), storage.path(artifact))
     publish_small_run(storage, epochs=1, embedding_dim=16, seed=0)
-    two_tower = load_two_tower_service(storage.uri, ModelSettings())
-    user_knn = load_user_knn_service(storage.uri, ModelSettings(model_artifact="knn"))
-    return {"two_tower": two_tower, "user_knn": user_knn}
+    return load_services(storage.uri)
 
 
 @pytest.fixture(scope="module")

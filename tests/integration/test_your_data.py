@@ -23,9 +23,8 @@ import yaml
 from fastapi.testclient import TestClient
 
 from ray_jobs import evaluate, pipeline, prepare
-from serving.artifacts import load_two_tower_service, load_user_knn_service
+from serving.artifacts import load_services
 from serving.http import LocalBackend, create_app
-from serving.schemas import ModelSettings
 from tests.integration.test_serving_ray import CONFIG, deploy, wait_for
 from towers.artifacts import publish_small_run
 from towers.data.shop import ShopSpec, write_shop
@@ -109,11 +108,8 @@ def local_run(shape: str, folder: Path) -> tuple[Storage, TestClient]:
     prepare.run(cfg.prepare_config())
     publish_small_run(storage, epochs=5, embedding_dim=64)
     evaluate.run(evaluate.EvaluateConfig(storage=storage.uri), print_report=False)
-    services = {
-        "two_tower": load_two_tower_service(storage.uri, ModelSettings()),
-        "user_knn": load_user_knn_service(storage.uri, ModelSettings(model_artifact="knn")),
-    }
-    return storage, TestClient(create_app(LocalBackend(services)), raise_server_exceptions=False)
+    app = create_app(LocalBackend(load_services(storage.uri)))
+    return storage, TestClient(app, raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module", params=list(SHAPES))

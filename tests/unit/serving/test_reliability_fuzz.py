@@ -29,9 +29,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from serving.artifacts import load_two_tower_service, load_user_knn_service
+from serving.artifacts import load_services
 from serving.http import LocalBackend, create_app
-from serving.schemas import MAX_BODY_BYTES, ModelSettings
+from serving.schemas import MAX_BODY_BYTES
 from towers.artifacts import publish_small_run
 from towers.storage.root import Storage
 
@@ -203,11 +203,7 @@ def fuzz_client(tiny_storage, tmp_path_factory) -> TestClient:
     storage = Storage(tmp_path_factory.mktemp("fuzz-run"))
     shutil.copytree(tiny_storage.path("data"), storage.path("data"))
     publish_small_run(storage, epochs=1, embedding_dim=16, seed=0)
-    services = {
-        "two_tower": load_two_tower_service(storage.uri, ModelSettings()),
-        "user_knn": load_user_knn_service(storage.uri, ModelSettings(model_artifact="knn")),
-    }
-    app = create_app(LocalBackend(services))
+    app = create_app(LocalBackend(load_services(storage.uri)))
     with TestClient(app, raise_server_exceptions=False, follow_redirects=True) as client:
         yield client
 

@@ -201,14 +201,11 @@ def test_storage_and_artifact_names_cannot_escape_the_root(tmp_path):
 def test_http_ids_never_become_paths(served_run):
     from fastapi.testclient import TestClient
 
-    from serving.artifacts import load_two_tower_service, load_user_knn_service
+    from serving.artifacts import load_services
     from serving.http import LocalBackend, create_app
 
-    services = {
-        "two_tower": load_two_tower_service(served_run.uri, ModelSettings()),
-        "user_knn": load_user_knn_service(served_run.uri, ModelSettings(model_artifact="knn")),
-    }
-    client = TestClient(create_app(LocalBackend(services)), raise_server_exceptions=False)
+    app = create_app(LocalBackend(load_services(served_run.uri)))
+    client = TestClient(app, raise_server_exceptions=False)
     tricks = [
         "/recommend/..%2F..%2F..%2Fetc%2Fpasswd",
         "/similar/..%2f..%2fetc%2fpasswd",
