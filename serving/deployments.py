@@ -32,7 +32,7 @@ from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from serving.artifacts import load_two_tower_service, load_user_knn_service
+from serving.artifacts import load_two_tower_service, load_user_knn_service, settle_heap
 from serving.event_feed import EventFeed
 from serving.fresh import UserEvents
 from serving.http import Reply, create_app, encode
@@ -129,6 +129,7 @@ class ModelDeployment:
             self.events.apply(await self.event_store.changes.remote(self.follower, 0, 0.0))
             self.following = asyncio.get_running_loop().create_task(self._follow_events())
         self.service, self.settings, self.refused = service, settings, None
+        settle_heap()  # the new version out of the collector's walks, the old one collectable
         log.info(
             "%s: serving version %s (was %s), loaded in %.2fs",
             service.name,
@@ -239,6 +240,7 @@ class EventStoreDeployment:
     def __init__(self, path: str, ack_timeout_s: float = 1.0) -> None:
         keep_replica_grpc_on_loopback()
         self.feed = EventFeed(EventLog(path), ack_timeout_s)
+        settle_heap()
         log.info("event log %s: %d events", path, len(self.feed.events))
 
     async def append(self, rows: list[tuple]) -> tuple[int, dict[str, Any]]:
@@ -376,6 +378,7 @@ class Ingress:
         self.k_max, self.max_body_bytes = k_max, max_body_bytes
         models = {"two_tower": two_tower, "user_knn": user_knn}
         self.backend = HandleBackend(models, request_timeout_s, event_store)
+        settle_heap()
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(self.backend, self.k_max, self.max_body_bytes)

@@ -7,9 +7,11 @@ into a storage root of their own so other tests' artifacts are untouched.
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from serving.artifacts import (
     ArtifactLoadError,
     load_two_tower_service,
     load_user_knn_service,
+    settle_heap,
 )
 from serving.deployments import TwoTowerDeployment, UserKNNDeployment
 from serving.http import LocalBackend, create_app
@@ -243,7 +246,9 @@ def test_reconfigure_swaps_versions_and_refuses_broken_ones(run_storage, two_tow
     user_id = known_user(two_tower)
 
     async def scenario() -> None:
+        gc.unfreeze()
         await deployment.reconfigure({"model_artifact": "model", "index_artifact": "index"})
+        assert gc.get_freeze_count() > 0  # the loaded version is out of the collector's walks
         [(status, body)] = await batch(deployment, [(user_id, 3)])
         assert status == 200 and f'"model_version":"{two_tower.version}"' in body.decode()
         await deployment.reconfigure({"model_artifact": "model_v2", "index_artifact": "index"})
@@ -260,10 +265,32 @@ def test_reconfigure_swaps_versions_and_refuses_broken_ones(run_storage, two_tow
         await deployment.reconfigure({"storage": str(other)})  # back to what is served
         assert deployment.refused is None
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        gc.unfreeze()  # this test's process is pytest's
     fresh = UserKNNDeployment.func_or_class(run_storage.uri)
     with pytest.raises(RuntimeError, match="missing"):  # nothing to fall back to: fail to start
         asyncio.run(fresh.reconfigure({"model_artifact": "nope"}))
+
+
+def test_settle_heap_freezes_what_is_loaded_and_frees_a_replaced_version():
+    class Version:
+        pass
+
+    old = Version()
+    old.cycle = old  # only the cycle collector frees it
+    gone = weakref.ref(old)
+    try:
+        settle_heap()  # a version loaded
+        assert gc.get_freeze_count() > 0
+        del old
+        gc.collect()
+        assert gone() is not None  # frozen: full collections no longer walk it
+        settle_heap()  # the next version loaded: what the old one held is collected
+        assert gone() is None
+    finally:
+        gc.unfreeze()
 
 
 class _Response:
