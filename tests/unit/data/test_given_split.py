@@ -12,7 +12,7 @@ import pytest
 from ray_jobs import prepare
 from ray_jobs.pipeline import PipelineConfig
 from towers.data.errors import DataError
-from towers.data.prepared import load_prepared
+from towers.data.prepared import load_prepared, summary
 from towers.data.splits import split_given
 from towers.storage.root import Storage
 
@@ -78,6 +78,30 @@ def test_a_part_column_round_trips_into_the_prepared_parts(tmp_path):
         storage="both",
     )  # fmt: skip
     assert sum(both["split_counts"]["random"].values()) == len(frame)
+
+
+def test_the_parts_mean_item_popularity_is_reported(tmp_path):
+    """How popular each part's items are in train, so that a test part unlike its validation
+    part shows before anything is trained on it. Here the test rows move to the items with
+    the most training rows."""
+    frame = benchmark_rows(seed=2)
+    counts = frame[frame["part"] == "train"]["item"].value_counts()
+    popular = counts.index[:5].tolist()
+    test = frame.index[frame["part"] == "test"]
+    frame.loc[test, "item"] = [popular[i % 5] for i in range(len(test))]
+    frame = frame.drop_duplicates(["user", "item"], keep="last")  # a user's pair is in one part
+    path = write(tmp_path, frame)
+    args = ("--interactions", path, "--schema", str(tmp_path / "schema.yaml"), "--split", "given")
+    manifest = run_prepare(tmp_path, *args)
+    degree = frame[frame["part"] == "train"]["item"].value_counts()
+    want = {
+        part: round(float(degree.reindex(frame.loc[frame["part"] == part, "item"]).mean()), 1)
+        for part in ("train", "valid", "test")
+    }
+    assert manifest["given_popularity"] == want
+    assert want["test"] > want["valid"]
+    shown = ", ".join(f"{p} {v:,.1f}" for p, v in want.items())
+    assert f"mean training users of a row's item: {shown}" in summary(manifest)
 
 
 def test_one_file_per_part_carves_validation_per_user(tmp_path):
