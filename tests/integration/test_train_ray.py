@@ -13,6 +13,7 @@ import pytest
 
 from ray_jobs import train
 from ray_jobs.faults import ENV as FAULTS_ENV
+from tests.curves import scalars
 from towers.data.prepared import load_prepared
 from towers.recommenders.two_tower import TwoTowerRecommender
 from towers.storage.root import Storage
@@ -103,16 +104,6 @@ def test_worker_killed_mid_epoch_resumes_and_matches(tiny_storage, killed, in_pr
     ndcg_ref, ndcg_got = ref[-1]["ndcg@10"], got[-1]["ndcg@10"]
     print(f"final valid ndcg@10: in one process {ndcg_ref:.4f}, after both faults {ndcg_got:.4f}")
     assert abs(ndcg_got - ndcg_ref) <= KILL_NDCG_ATOL
-
-
-def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """``{tag: [(step, value)]}`` of the TensorBoard event files in ``folder``, read by
-    TensorBoard's own reader."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(folder))
-    events.Reload()
-    return {t: [(e.step, e.value) for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
 
 
 def test_fault_injection_is_not_a_user_flag():

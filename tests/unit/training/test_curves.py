@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tests.curves import scalars
 
 # Rank 0 of a worker group writes three epochs' points and is SIGKILLed at once, as a worker
 # killed by a fault (or by Ray when a peer dies) is: nothing closes the writer.
@@ -26,9 +26,7 @@ WRITE_AND_DIE = textwrap.dedent(
 
 
 def steps(folder: Path) -> dict[str, list[int]]:
-    events = EventAccumulator(str(folder))
-    events.Reload()
-    return {t: [e.step for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
+    return {tag: [step for step, _ in points] for tag, points in scalars(folder).items()}
 
 
 def test_every_epoch_point_is_on_disk_when_add_returns(tmp_path):
