@@ -290,9 +290,12 @@ def bench(args: argparse.Namespace, storage: str, workdir: Path) -> list[dict]:
                     run_wrk(server.url, script, 16, args.warmup)
                 rows += measure(args, script, bare, server)
                 if server is not None:
-                    model = httpx.get(f"{server.url}/healthz", timeout=10).json()["models"]
-                    mean = model[args.model].get("replica_mean_batch_size") or 0.0
+                    health = httpx.get(f"{server.url}/healthz", timeout=10).json()
+                    mean = health["models"][args.model].get("replica_mean_batch_size") or 0.0
                     print(f"{name}: mean @serve.batch size {mean:.2f}", flush=True)
+                    posts = (health.get("events") or {}).get("mean_batches_per_commit")
+                    if args.scenario == "events" and posts:
+                        print(f"{name}: mean POST /events batches per commit {posts:.2f}")
             except Exception as err:
                 print(f"{name} failed: {err}; last log lines:", file=sys.stderr)
                 print(server.tail() if server else "", file=sys.stderr)

@@ -15,8 +15,9 @@ ingress copies bytes instead of unpickling and re-encoding nested dicts.
 
 Events: one ``EventStore`` replica owns the event log (``serving.event_feed``); ``POST /events``
 is checked by a TwoTower replica (the served catalog and schema), then appended through the
-store's handle. Every model replica follows the store's change feed (a long poll that also
-acknowledges what it applied), so the store answers a ``POST`` once every replica has the events.
+store's handle, concurrent posts in one call of each (``Coalescer``). Every model replica follows
+the store's change feed (a long poll that also acknowledges what it applied), so the store
+answers a ``POST`` once every replica has the events.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from serving.artifacts import load_two_tower_service, load_user_knn_service, settle_heap
-from serving.event_feed import EventFeed
+from serving.event_feed import Coalescer, EventFeed
 from serving.fresh import UserEvents
 from serving.http import Reply, create_app, encode
-from serving.recommenders import ModelService, ServingError, answer
+from serving.recommenders import ModelService, answer
 from serving.schemas import K_MAX, MAX_BODY_BYTES, ModelSettings
 from towers.storage.events import EventLog
 
@@ -205,12 +206,13 @@ class TwoTowerDeployment(ModelDeployment):
     async def recommend_batch(self, requests: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
         return self._answer_batch(requests)
 
-    async def check_events(self, events: list[dict[str, Any]], now: int) -> tuple[int, Any]:
-        """``(200, rows to store)``, or ``(4xx, error body)``: checked by the served model."""
-        try:
-            return 200, self._require().check_events(events, now)  # type: ignore[attr-defined]
-        except ServingError as err:
-            return err.status, err.body()
+    async def check_events(
+        self, batches: list[list[dict[str, Any]]], now: int
+    ) -> list[tuple[int, Any]]:
+        """For each ``POST /events`` batch, ``(200, rows to store)`` or ``(4xx, error body)``:
+        checked by the served model, each batch on its own."""
+        check = self._require().check_events  # type: ignore[attr-defined]
+        return [answer(check, events, now) for events in batches]
 
 
 @serve.deployment(name="UserKNN", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
@@ -243,8 +245,9 @@ class EventStoreDeployment:
         settle_heap()
         log.info("event log %s: %d events", path, len(self.feed.events))
 
-    async def append(self, rows: list[tuple]) -> tuple[int, dict[str, Any]]:
-        return await self.feed.append(rows)
+    async def append(self, batches: list[list[tuple]]) -> list[tuple[int, dict[str, Any]]]:
+        """Each checked batch's answer: stored in one commit, then applied by the followers."""
+        return await self.feed.append_many(batches)
 
     async def changes(self, follower: str, since: int, wait_s: float) -> list:
         return await self.feed.changes(follower, since, wait_s)
@@ -271,6 +274,10 @@ class HandleBackend:
         self.models, self.timeout_s = models, timeout_s
         self.handles = {**models, **({"event_store": event_store} if event_store else {})}
         self.retries_after_replica_loss = 0
+        # POST /events: the batches of concurrent posts go to the TwoTower check, and then to
+        # the store, as one call each (a hop between replicas is the event path's main cost)
+        self.checks: Coalescer[list[dict[str, Any]], Reply] = Coalescer(self._check_round)
+        self.appends: Coalescer[list[tuple], Reply] = Coalescer(self._append_round)
 
     async def _call(self, model: str, method: str, *args: Any) -> Any:
         """``models[model].method.remote(*args)``'s result, or a ``(status, error body)``."""
@@ -311,10 +318,18 @@ class HandleBackend:
         (a replayed event_id is a duplicate)."""
         if "event_store" not in self.handles:
             return 400, {"error": "events_unsupported", "message": "no EventStore deployment"}
-        status, checked = await self._call("two_tower", "check_events", events, int(time.time()))
+        status, checked = await self.checks.submit(events)
         if status != 200:
             return status, checked
-        return await self._call("event_store", "append", checked)
+        return await self.appends.submit(checked)
+
+    async def _check_round(self, batches: list[list[dict[str, Any]]]) -> list[Reply]:
+        result = await self._call("two_tower", "check_events", batches, int(time.time()))
+        return result if isinstance(result, list) else [result] * len(batches)  # or a failure
+
+    async def _append_round(self, batches: list[list[tuple]]) -> list[Reply]:
+        result = await self._call("event_store", "append", batches)
+        return result if isinstance(result, list) else [result] * len(batches)
 
     async def user_features(self) -> dict[str, dict[str, Any]]:
         result = await self._call("two_tower", "user_features")

@@ -3,9 +3,9 @@
 One process writes the event log (``towers.storage.events.EventLog``); in Serve that is the
 single ``EventStore`` replica, which every other replica reaches through a handle:
 
-* ``append(rows)``: the batch joins the batches waiting for the next commit; one writer thread
-  commits all of them in one transaction (one fsync: group commit), and each ``append`` answers
-  only after its commit. Then it waits, at most ``ack_timeout_s``, until every replica that
+* ``append_many(batches)``: the batches join those waiting for the next commit; one writer
+  thread commits all of them in one transaction (one fsync: group commit), and ``append_many``
+  answers only after its commit. Then it waits, at most ``ack_timeout_s``, until every replica that
   follows the feed has applied the new events, so the client's next ``GET /recommend`` reflects
   them on whichever replica it lands (``applied: true``). A follower that does not confirm in
   time is presumed gone and dropped until it polls again (``applied: false``; the events are
@@ -24,13 +24,59 @@ import asyncio
 import bisect
 import contextlib
 import hashlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from towers.storage.events import BatchOutcome, EventLog, EventRow, StoredEvent
 from towers.storage.root import Storage
 
 EVENTS_FILE = "events/events.sqlite"
+T, R = TypeVar("T"), TypeVar("R")
+Reply = tuple[int, dict[str, Any]]
+
+
+class Coalescer(Generic[T, R]):
+    """Opportunistic batching: ``submit(item)`` returns ``run([..., item, ...])``'s answer for
+    ``item``, where ``run`` gets every item submitted while its previous round ran.
+
+    One round runs at a time; a lone item goes at once (no wait for a batch to fill, unlike
+    ``@serve.batch``), and under load the rounds grow with the load: group commit, and one hop
+    for many ``POST /events`` between replicas. ``run`` answers one result per item, in order;
+    if it raises, every item of its round gets the error.
+    """
+
+    def __init__(self, run: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+        self.run = run
+        self.queue: list[tuple[T, asyncio.Future[R]]] = []
+        self.worker: asyncio.Task | None = None
+        self.rounds = self.items = 0
+
+    async def submit(self, item: T) -> R:
+        return (await self.submit_many([item]))[0]
+
+    async def submit_many(self, items: Sequence[T]) -> list[R]:
+        """Each of ``items``' answers; they go in one round."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        self.queue.extend(zip(items, futures, strict=True))
+        if self.worker is None or self.worker.done():
+            self.worker = loop.create_task(self._drain())
+        return [await future for future in futures]
+
+    async def _drain(self) -> None:
+        while self.queue:
+            taken, self.queue = self.queue, []
+            try:
+                results = await self.run([item for item, _ in taken])
+            except Exception as err:
+                for _, future in taken:
+                    if not future.done():
+                        future.set_exception(err)
+                continue
+            self.rounds, self.items = self.rounds + 1, self.items + len(taken)
+            for (_, future), result in zip(taken, results, strict=True):
+                if not future.done():  # not cancelled by its caller meanwhile
+                    future.set_result(result)
 
 
 def resolve_events_path(storage: str, events_path: str | None) -> str:
@@ -53,10 +99,8 @@ class EventFeed:
         self.log, self.ack_timeout_s = log, ack_timeout_s
         self.events: list[StoredEvent] = log.since(0)  # every stored event, in seq order
         self.followers: dict[str, int] = {}  # follower id → the last seq it has applied
-        self.queue: list[tuple[Sequence[EventRow], asyncio.Future]] = []
-        self.writer: asyncio.Task | None = None
+        self.writes: Coalescer[Sequence[EventRow], BatchOutcome] = Coalescer(self._write)
         self._changed: asyncio.Condition | None = None  # created on the serving event loop
-        self.commits = self.committed_batches = 0
 
     @property
     def changed(self) -> asyncio.Condition:
@@ -68,41 +112,33 @@ class EventFeed:
     def last_seq(self) -> int:
         return self.events[-1].seq if self.events else 0
 
-    async def append(self, rows: Sequence[EventRow]) -> tuple[int, dict[str, Any]]:
-        """Stores a checked batch (durable when this returns) and waits for the followers."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[BatchOutcome] = loop.create_future()
-        self.queue.append((rows, done))
-        if self.writer is None or self.writer.done():
-            self.writer = loop.create_task(self._write())
-        outcome = await done
-        if outcome.error is not None:
-            return 503, {"error": "events_unavailable", "message": outcome.error[:300]}
-        applied = await self._wait_for_followers(self.last_seq)
-        body = {"accepted": outcome.accepted, "duplicates": outcome.duplicates, "applied": applied}
-        return 200, body
+    @property
+    def commits(self) -> int:
+        return self.writes.rounds
 
-    async def _write(self) -> None:
-        """Commits every waiting batch, in one transaction per round, until none waits."""
-        while self.queue:
-            taken, self.queue = self.queue, []
-            try:  # in a thread (one hop a round): the fsync must not stall the event loop
-                outcomes, new = await asyncio.to_thread(
-                    self._commit, [r for r, _ in taken], self.last_seq
-                )
-            except Exception as err:  # the disk, the database: no batch of the round is stored
-                for _, done in taken:
-                    if not done.done():
-                        done.set_result(BatchOutcome(error=f"{type(err).__name__}: {err}"))
-                continue
-            self.events.extend(new)
-            self.commits, self.committed_batches = (
-                self.commits + 1,
-                self.committed_batches + len(taken),
-            )
-            for (_, done), outcome in zip(taken, outcomes, strict=True):
-                if not done.done():
-                    done.set_result(outcome)
+    @property
+    def committed_batches(self) -> int:
+        return self.writes.items
+
+    async def append(self, rows: Sequence[EventRow]) -> Reply:
+        """Stores a checked batch (durable when this returns) and waits for the followers."""
+        return (await self.append_many([rows]))[0]
+
+    async def append_many(self, batches: Sequence[Sequence[EventRow]]) -> list[Reply]:
+        """``append`` of each batch, committed together, with one wait for the followers."""
+        outcomes = await self.writes.submit_many(batches)
+        stored = any(outcome.error is None for outcome in outcomes)
+        applied = await self._wait_for_followers(self.last_seq) if stored else False
+        return [_reply(outcome, applied) for outcome in outcomes]
+
+    async def _write(self, batches: list[Sequence[EventRow]]) -> list[BatchOutcome]:
+        """One round of the group commit: ``batches`` in one transaction."""
+        try:  # in a thread (one hop a round): the fsync must not stall the event loop
+            outcomes, new = await asyncio.to_thread(self._commit, batches, self.last_seq)
+        except Exception as err:  # the disk, the database: no batch of the round is stored
+            return [BatchOutcome(error=f"{type(err).__name__}: {err}")] * len(batches)
+        self.events.extend(new)
+        return outcomes
 
     def _commit(
         self, batches: list[Sequence[EventRow]], last_seq: int
@@ -155,3 +191,10 @@ class EventFeed:
             "followers": len(self.followers),
             "mean_batches_per_commit": mean,
         }
+
+
+def _reply(outcome: BatchOutcome, applied: bool) -> Reply:
+    if outcome.error is not None:
+        return 503, {"error": "events_unavailable", "message": outcome.error[:300]}
+    body = {"accepted": outcome.accepted, "duplicates": outcome.duplicates, "applied": applied}
+    return 200, body

@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.event_feed import EventFeed
 from serving.fresh import UserEvents
-from serving.recommenders import Answer, ModelService, ServingError, answer
+from serving.recommenders import Answer, ModelService, answer
 from serving.schemas import (
     K_MAX,
     MAX_BODY_BYTES,
@@ -111,10 +111,9 @@ class LocalBackend:
     async def post_events(self, events: list[dict[str, Any]]) -> Answer:
         if self.feed is None:
             return 400, {"error": "events_unsupported", "message": "no event log configured"}
-        try:
-            rows = self.services["two_tower"].check_events(events, int(time.time()))
-        except ServingError as err:
-            return err.status, err.body()
+        status, rows = answer(self.services["two_tower"].check_events, events, int(time.time()))
+        if status != 200:
+            return status, rows
         status, body = await self.feed.append(rows)  # durable (fsync'd) when it returns
         self.events.apply(self.feed.after(self.events.seq))
         return status, body
