@@ -27,12 +27,12 @@ import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from serving.catalog import Answer
 from towers.storage.events import BatchOutcome, EventLog, EventRow, StoredEvent
 from towers.storage.root import Storage
 
 EVENTS_FILE = "events/events.sqlite"
 T, R = TypeVar("T"), TypeVar("R")
-Reply = tuple[int, dict[str, Any]]
 
 
 class Coalescer(Generic[T, R]):
@@ -120,11 +120,11 @@ class EventFeed:
     def committed_batches(self) -> int:
         return self.writes.items
 
-    async def append(self, rows: Sequence[EventRow]) -> Reply:
+    async def append(self, rows: Sequence[EventRow]) -> Answer:
         """Stores a checked batch (durable when this returns) and waits for the followers."""
         return (await self.append_many([rows]))[0]
 
-    async def append_many(self, batches: Sequence[Sequence[EventRow]]) -> list[Reply]:
+    async def append_many(self, batches: Sequence[Sequence[EventRow]]) -> list[Answer]:
         """``append`` of each batch, committed together, with one wait for the followers."""
         outcomes = await self.writes.submit_many(batches)
         stored = any(outcome.error is None for outcome in outcomes)
@@ -193,7 +193,7 @@ class EventFeed:
         }
 
 
-def _reply(outcome: BatchOutcome, applied: bool) -> Reply:
+def _reply(outcome: BatchOutcome, applied: bool) -> Answer:
     if outcome.error is not None:
         return 503, {"error": "events_unavailable", "message": outcome.error[:300]}
     body = {"accepted": outcome.accepted, "duplicates": outcome.duplicates, "applied": applied}
