@@ -315,7 +315,7 @@ class HandleBackend:
 
     async def post_events(self, events: list[dict[str, Any]]) -> Reply:
         """Checked by a TwoTower replica, then stored; a repeat after a lost replica is safe
-        (a replayed event_id is a duplicate)."""
+        (a replayed event_id is a duplicate). Each call's deadline counts from the round."""
         if "event_store" not in self.handles:
             return 400, {"error": "events_unsupported", "message": "no EventStore deployment"}
         status, checked = await self.checks.submit(events)

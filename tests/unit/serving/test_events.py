@@ -214,7 +214,7 @@ def test_coalescer_runs_a_lone_item_at_once_and_later_ones_together():
         assert [await first] + [await t for t in later] == [2, 4, 6, 8]
         assert rounds == [[1], [2, 3, 4, 5]] and (together.rounds, together.items) == (2, 5)
         unlucky = [asyncio.create_task(together.submit(i)) for i in (12, 13)]
-        for task in unlucky:  # an error reaches its own round's items only
+        for task in unlucky:  # an error reaches every item of its round; the next one runs
             with pytest.raises(ValueError, match="thirteen"):
                 await task
         assert await together.submit_many([6, 7]) == [12, 14]
@@ -271,13 +271,21 @@ def test_the_ingress_sends_concurrent_posts_in_one_call_each_and_keeps_their_ans
     assert [a[0] for a in answers] == [200, 200, 422, 200, 200, 200]
     assert [len(args[0]) for args in checker.calls] == [1, 5]  # posts, not events, per call
     assert [len(args[0]) for args in store.calls] == [1, 4]  # the refused one is not sent
-    assert [b[0]["event_id"] for args in store.calls for b in args[0]] == [
-        "e0",
-        "e1",
-        "e3",
-        "e4",
-        "e5",
-    ]
+    stored = [b[0]["event_id"] for args in store.calls for b in args[0]]
+    assert stored == ["e0", "e1", "e3", "e4", "e5"]
+
+    from ray.exceptions import ActorDiedError
+
+    def lost(batches, now):  # the TwoTower replica is gone, also when sent once more
+        raise ActorDiedError()
+
+    gone = HandleBackend({"two_tower": type("Handle", (), {"check_events": _Replica(lost)})()},
+                         5.0, type("H", (), {"append": store})())  # fmt: skip
+
+    async def post_two() -> list:
+        return await asyncio.gather(*(gone.post_events(p) for p in posts[:2]))
+
+    assert [a[0] for a in asyncio.run(post_two())] == [503, 503]  # each post of the round
 
 
 @pytest.mark.slow
