@@ -2,7 +2,7 @@
 
 ``create_app(backend)`` defines the routes, parameter validation and the JSON error format; the
 backend answers ``(status, body)`` pairs. In Serve the backend forwards to the model deployments'
-handles (``serving.deployments.HandleBackend``); :class:`LocalBackend` calls the services in
+handles (``serving.handles.HandleBackend``); :class:`LocalBackend` calls the services in
 this process, which is what ``python -m serving --no-ray`` and the benchmark's reference run.
 
 Errors are JSON ``{"error": code, "message": text}`` with a 4xx status: 404 for an unknown

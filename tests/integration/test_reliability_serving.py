@@ -7,7 +7,7 @@ deployments at two fixed replicas each. Under steady load from client threads:
 
 * one TwoTower replica's actor is killed with ``ray.kill`` while it holds requests: Serve
   starts a replacement and at least 99.9% of the requests succeed (the requests lost with the
-  replica are sent once more by the ingress, ``serving.deployments.HandleBackend``);
+  replica are sent once more by the ingress, ``serving.handles.HandleBackend``);
 * one Ingress replica is killed the same way: the requests it held fail with a 500 (no more
   than one per client), the other replica answers the rest, Serve starts a replacement;
 * new versions that are broken (a file missing from the export; user embeddings, or an index

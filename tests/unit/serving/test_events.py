@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.artifacts import load_two_tower_service, load_user_knn_service
-from serving.event_feed import Coalescer, EventFeed
+from serving.event_feed import EventFeed
 from serving.http import LocalBackend, create_app
 from serving.schemas import ModelSettings
 from towers.artifacts import publish_small_run
@@ -191,101 +191,6 @@ def test_the_single_process_server_commits_concurrent_posts_together(services, t
     finally:
         for service in services.values():
             service.events = None
-
-
-def test_coalescer_runs_a_lone_item_at_once_and_later_ones_together():
-    rounds: list[list[int]] = []
-
-    async def run(items: list[int]) -> list[int]:
-        rounds.append(items)
-        await asyncio.sleep(0.02)
-        if 13 in items:
-            raise ValueError("thirteen")
-        return [2 * i for i in items]
-
-    async def scenario() -> None:
-        together = Coalescer(run)
-        first = asyncio.create_task(together.submit(1))
-        await asyncio.sleep(0.005)  # the first round runs: these wait for the next one
-        later = [asyncio.create_task(together.submit(i)) for i in (2, 3, 4)]
-        cancelled = asyncio.create_task(together.submit(5))
-        await asyncio.sleep(0)
-        cancelled.cancel()
-        assert [await first] + [await t for t in later] == [2, 4, 6, 8]
-        assert rounds == [[1], [2, 3, 4, 5]] and (together.rounds, together.items) == (2, 5)
-        unlucky = [asyncio.create_task(together.submit(i)) for i in (12, 13)]
-        for task in unlucky:  # an error reaches every item of its round; the next one runs
-            with pytest.raises(ValueError, match="thirteen"):
-                await task
-        assert await together.submit_many([6, 7]) == [12, 14]
-
-    asyncio.run(scenario())
-
-
-class _Replica:
-    """A deployment handle's ``method``: answers ``reply(*args)`` after a short wait."""
-
-    def __init__(self, reply) -> None:
-        self.reply, self.calls = reply, []
-
-    def remote(self, *args):
-        self.calls.append(args)
-
-        class Response:
-            def __await__(inner):
-                async def settle():
-                    await asyncio.sleep(0.01)
-                    return self.reply(*args)
-
-                return settle().__await__()
-
-            def cancel(inner) -> None:
-                pass
-
-        return Response()
-
-
-def test_the_ingress_sends_concurrent_posts_in_one_call_each_and_keeps_their_answers_apart():
-    """``HandleBackend.post_events``: posts that arrive while a check or an append is under way
-    share the next call to the TwoTower check and to the EventStore; each post gets its own
-    answer (a refused batch its 422, stored nowhere)."""
-    from serving.deployments import HandleBackend
-
-    def check(batches, now):
-        return [
-            (422, {"error": "unknown_item"}) if e[0]["item_id"] < 0 else (200, e) for e in batches
-        ]
-
-    checker = _Replica(check)
-    store = _Replica(lambda batches: [(200, {"accepted": len(b)}) for b in batches])
-    two_tower = type("Handle", (), {"check_events": checker})()
-    backend = HandleBackend({"two_tower": two_tower}, 5.0, type("H", (), {"append": store})())
-    posts = [[event(f"e{i}", 1, item)] for i, item in enumerate([3, 4, -1, 5, 6, 7])]
-
-    async def post_all() -> list:
-        first = asyncio.create_task(backend.post_events(posts[0]))
-        await asyncio.sleep(0.002)
-        return [await first, *await asyncio.gather(*map(backend.post_events, posts[1:]))]
-
-    answers = asyncio.run(post_all())
-    assert [a[0] for a in answers] == [200, 200, 422, 200, 200, 200]
-    assert [len(args[0]) for args in checker.calls] == [1, 5]  # posts, not events, per call
-    assert [len(args[0]) for args in store.calls] == [1, 4]  # the refused one is not sent
-    stored = [b[0]["event_id"] for args in store.calls for b in args[0]]
-    assert stored == ["e0", "e1", "e3", "e4", "e5"]
-
-    from ray.exceptions import ActorDiedError
-
-    def lost(batches, now):  # the TwoTower replica is gone, also when sent once more
-        raise ActorDiedError()
-
-    gone = HandleBackend({"two_tower": type("Handle", (), {"check_events": _Replica(lost)})()},
-                         5.0, type("H", (), {"append": store})())  # fmt: skip
-
-    async def post_two() -> list:
-        return await asyncio.gather(*(gone.post_events(p) for p in posts[:2]))
-
-    assert [a[0] for a in asyncio.run(post_two())] == [503, 503]  # each post of the round
 
 
 @pytest.mark.slow

@@ -327,26 +327,26 @@ class _Method:
 def test_ingress_sends_once_more_when_a_replica_is_lost():
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
-    from serving.deployments import HandleBackend
+    from serving.handles import HandleBackend
 
     def backend(method: _Method, timeout_s: float = 5.0) -> HandleBackend:
-        handle = type("Handle", (), {"recommend": method})()
+        handle = type("Handle", (), {"recommend_list": method})()
         return HandleBackend({"two_tower": handle}, timeout_s)
 
-    ok = (200, b"{}")
+    ok, answers = (200, b"{}"), [(200, b"{}")]  # the model answers a list of requests
     for lost in (ActorDiedError(), ActorUnavailableError("gone", None)):
-        method = _Method(lost, ok)
+        method = _Method(lost, answers)
         ingress = backend(method)
         assert asyncio.run(ingress.recommend("two_tower", 1, 5)) == ok
         assert method.calls == 2 and ingress.retries_after_replica_loss == 1
-    method = _Method(ActorDiedError(), ActorDiedError(), ok)  # lost twice: 503, no third call
+    method = _Method(ActorDiedError(), ActorDiedError(), answers)  # lost twice: 503, no third call
     status, body = asyncio.run(backend(method).recommend("two_tower", 1, 5))
     assert (status, body["error"], method.calls) == (503, "unavailable", 2)
     bug = RayTaskError("recommend", "Traceback ...", ValueError("bug"))
-    method = _Method(bug, ok)  # a bug in the model code: 500, not repeated
+    method = _Method(bug, answers)  # a bug in the model code: 500, not repeated
     status, body = asyncio.run(backend(method).recommend("two_tower", 1, 5))
     assert (status, body["error"], method.calls) == (500, "internal_error", 1)
-    method = _Method("hang", ok)  # no answer within the deadline: 504, not repeated
+    method = _Method("hang", answers)  # no answer within the deadline: 504, not repeated
     status, body = asyncio.run(backend(method, timeout_s=0.05).recommend("two_tower", 1, 5))
     assert (status, body["error"], method.calls) == (504, "timeout", 1)
 
