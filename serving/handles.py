@@ -2,7 +2,7 @@
 
 Every call has a deadline and is sent once more if its replica was lost while answering it.
 Requests that arrive while earlier ones are under way share one call
-(``serving.event_feed.Coalescer``): a call between replicas costs the ingress and the model
+(``serving.coalesce.Coalescer``): a call between replicas costs the ingress and the model
 replica more CPU than answering a known user does (``bench/serving_cpu.py``), so one call for
 several requests is the cheapest way to more requests a second (docs/BENCHMARKS.md).
 """
@@ -18,7 +18,7 @@ from typing import Any
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from serving.event_feed import Coalescer
+from serving.coalesce import Coalescer
 from serving.http import Reply
 
 log = logging.getLogger("ray.serve")

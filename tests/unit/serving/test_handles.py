@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from ray.exceptions import ActorDiedError
 
-from serving.event_feed import Coalescer
+from serving.coalesce import Coalescer
 from serving.handles import ROUNDS, HandleBackend
 
 
