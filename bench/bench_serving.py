@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -49,6 +48,7 @@ import httpx
 import psutil
 
 from bench.serving_report import table, write_outputs
+from bench.wrk import require_wrk, run_wrk, write_script
 
 TARGETS = {  # name -> (extra CLI flags, extra environment)
     "bare": (["--no-ray"], {}),
@@ -59,38 +59,6 @@ TARGETS = {  # name -> (extra CLI flags, extra environment)
         {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
     ),
 }
-LUA = """
-local ids = {%(ids)s}
-local counter = 0
-function setup(thread) counter = counter + 1; thread:set("seed", counter) end
-function init(args) math.randomseed(seed * 7919) end
-function request()
-  return wrk.format("GET", "/recommend/" .. ids[math.random(#ids)] .. "?k=%(k)d&model=%(model)s")
-end
-%(events)s
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRK_JSON {"requests": %%d, "duration_us": %%d, "errors": %%d, "non2xx": %%d, '
-    .. '"p50_us": %%d, "p99_us": %%d}\\n', summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.timeout + e.status, e.status,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
-
-
-EVENTS_LUA = """
-local items = {%(items)s}
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-function request()
-  counter = (counter or 0) + 1
-  local body = string.format('{"events": [{"event_id": "w%%d-%%d-%%d", "user_id": %%d, '
-    .. '"item_id": %%d, "rating": 4}]}', seed, counter, math.random(1e9),
-    ids[math.random(#ids)], items[math.random(#items)])
-  return wrk.format(nil, "/events", nil, body)
-end
-"""
 
 
 def free_port() -> int:
@@ -151,23 +119,6 @@ def stop_target(proc: subprocess.Popen, clean_s: float = 60) -> None:
         with contextlib.suppress(psutil.Error):
             child.kill()
     proc.wait()
-
-
-def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict[str, float]:
-    threads, duration = min(connections, 2), max(1, round(seconds))
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "5s"]
-    out = subprocess.run(
-        [*command, "-s", str(script), url], capture_output=True, text=True, check=True
-    ).stdout
-    line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
-    raw = json.loads(line.removeprefix("WRK_JSON "))
-    return {
-        "rps": raw["requests"] / (raw["duration_us"] / 1e6),
-        "p50_ms": raw["p50_us"] / 1e3,
-        "p99_ms": raw["p99_us"] / 1e3,
-        "errors": raw["errors"],
-        "requests": raw["requests"],
-    }
 
 
 # The ML-100K artifacts the servers load, each with the job that writes it (in order: each needs
@@ -269,9 +220,7 @@ def bench(args: argparse.Namespace, storage: str, workdir: Path) -> list[dict]:
     script = workdir / "recommend.lua"
     ids = user_ids(storage)
     items = item_ids(storage)
-    events = EVENTS_LUA % {"items": ",".join(map(str, items))} if args.scenario == "events" else ""
-    values = {"ids": ",".join(map(str, ids)), "k": args.k, "model": args.model, "events": events}
-    script.write_text(LUA % values)
+    write_script(script, ids, items, args.scenario, args.k, args.model)
     rows: list[dict] = []
     bare = Server("bare", args, storage, workdir)
     try:
@@ -376,8 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.out:
             write_outputs(rows, args.out)
         return
-    if shutil.which("wrk") is None:
-        sys.exit("wrk not found: install it with `apt-get install -y wrk` (Debian/Ubuntu)")
+    require_wrk()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         storage = args.storage
         if args.smoke_test:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -30,17 +28,15 @@ from pathlib import Path
 import psutil
 
 from bench.bench_serving import (
-    EVENTS_LUA,
-    LUA,
     TARGETS,
     Server,
     ensure_artifacts,
     item_ids,
-    run_wrk,
     smoke_storage,
     stop_target,
     user_ids,
 )
+from bench.wrk import require_wrk, run_wrk, write_script
 
 
 def process_name(process: psutil.Process) -> str:
@@ -94,8 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--startup-timeout", type=float, default=240.0, help="seconds")
     parser.add_argument("--smoke-test", action="store_true", help="tiny data, bare, 2 s")
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        sys.exit("wrk not found: install it with `apt-get install -y wrk` (Debian/Ubuntu)")
+    require_wrk()
     with tempfile.TemporaryDirectory(prefix="serving-cpu-") as tmp:
         storage = args.storage
         if args.smoke_test:
@@ -104,10 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             ensure_artifacts(storage, prepare=False)
         ids, items = user_ids(storage), item_ids(storage)
-        events = EVENTS_LUA % {"items": ",".join(map(str, items))}
         script = Path(tmp) / "load.lua"
-        values = {"ids": ",".join(map(str, ids)), "k": args.k, "model": "two_tower"}
-        script.write_text(LUA % {**values, "events": events if args.scenario == "events" else ""})
+        write_script(script, ids, items, args.scenario, args.k, "two_tower")
         settings = argparse.Namespace(max_batch_size=16, batch_wait_timeout_s=0.002, bare_nice=0)
         server = Server(args.target, settings, storage, Path(tmp))
         try:

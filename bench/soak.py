@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -32,15 +31,8 @@ from pathlib import Path
 
 import psutil
 
-from bench.bench_serving import (
-    LUA,
-    Server,
-    ensure_artifacts,
-    run_wrk,
-    smoke_storage,
-    stop_target,
-    user_ids,
-)
+from bench.bench_serving import Server, ensure_artifacts, smoke_storage, stop_target, user_ids
+from bench.wrk import require_wrk, run_wrk, write_script
 
 MIB = 1 << 20
 # cmdline fragment → role; Ray names a worker process after its actor ("ray::ProxyActor").
@@ -108,8 +100,7 @@ class Soak:
 def soak(args: argparse.Namespace, storage: str, workdir: Path) -> Soak:
     script = workdir / "recommend.lua"
     ids = user_ids(storage)
-    values = {"ids": ",".join(map(str, ids)), "k": args.k, "model": "two_tower", "events": ""}
-    script.write_text(LUA % values)  # GET /recommend only: no events part in the script
+    write_script(script, ids, [], "known", args.k, "two_tower")  # GET /recommend only
     server = Server(args.target, args, storage, workdir)
     try:
         server.ready(ids[0], args.k, args.startup_timeout)
@@ -186,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "--prepare", action="store_true", help="first write the artifacts the storage lacks"
     )
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        sys.exit("wrk not found: install it with `apt-get install -y wrk` (Debian/Ubuntu)")
+    require_wrk()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         storage = args.storage
         if args.smoke_test:
