@@ -165,16 +165,11 @@ class ModelDeployment:
             raise RuntimeError("no model loaded: reconfigure was never called")
         return self.service
 
-    async def recommend(self, user_id: Any, k: int) -> tuple[int, bytes]:
-        """One known user's answer, computed in a batch with concurrent requests."""
-        batched: Any = self.recommend_batch  # takes one request, returns its answer
-        return await batched((user_id, k))
-
     async def recommend_list(self, requests: list[tuple[Any, int]]) -> list[tuple[int, bytes]]:
-        """Known users' answers for the ingress's coalesced requests, through the same
-        ``@serve.batch`` queue as single requests (its size and wait apply, and the lists of
-        several ingress replicas merge)."""
-        batched: Any = self.recommend_batch
+        """Known users' answers for the ingress's coalesced requests, through the replica's
+        ``@serve.batch`` queue (its size and wait apply, and the lists of several ingress
+        replicas merge into one batch)."""
+        batched: Any = self.recommend_batch  # takes one request, returns its answer
         return list(await asyncio.gather(*(batched(request) for request in requests)))
 
     async def recommend_cold_start(self, body: dict[str, Any], k: int) -> tuple[int, bytes]:

@@ -50,11 +50,14 @@ class HandleBackend:
         # POST /events: the batches of concurrent posts go to the TwoTower check, and then to
         # the store, as one call each (a hop between replicas is the event path's main cost)
         self.checks: Coalescer[list[dict[str, Any]], Reply] = Coalescer(self._check_round)
-        self.appends: Coalescer[list[tuple], Reply] = Coalescer(self._append_round)
+        self.appends: Coalescer[list[tuple], Reply] = Coalescer(
+            functools.partial(self._call_each, "event_store", "append")
+        )
         # GET /recommend likewise, with up to ROUNDS calls in flight a model, so that Serve
         # still spreads them over the model's replicas
         self.known = {
-            m: Coalescer(functools.partial(self._recommend_round, m), ROUNDS) for m in models
+            m: Coalescer(functools.partial(self._call_each, m, "recommend_list"), ROUNDS)
+            for m in models
         }
 
     async def _call(self, model: str, method: str, *args: Any) -> Any:
@@ -79,10 +82,6 @@ class HandleBackend:
     async def recommend(self, model: str, user_id: Any, k: int) -> Reply:
         return await self.known[model].submit((user_id, k))
 
-    async def _recommend_round(self, model: str, requests: list[tuple[Any, int]]) -> list[Reply]:
-        result = await self._call(model, "recommend_list", requests)
-        return result if isinstance(result, list) else [result] * len(requests)
-
     async def recommend_cold_start(self, model: str, body: dict[str, Any], k: int) -> Reply:
         return await self._call(model, "recommend_cold_start", body, k)
 
@@ -106,12 +105,12 @@ class HandleBackend:
         return await self.appends.submit(checked)
 
     async def _check_round(self, batches: list[list[dict[str, Any]]]) -> list[Reply]:
-        result = await self._call("two_tower", "check_events", batches, int(time.time()))
-        return result if isinstance(result, list) else [result] * len(batches)  # or a failure
+        return await self._call_each("two_tower", "check_events", batches, int(time.time()))
 
-    async def _append_round(self, batches: list[list[tuple]]) -> list[Reply]:
-        result = await self._call("event_store", "append", batches)
-        return result if isinstance(result, list) else [result] * len(batches)
+    async def _call_each(self, model: str, method: str, items: list, *args: Any) -> list[Reply]:
+        """``method(items, *args)``'s answer for each item, or the call's failure for each."""
+        result = await self._call(model, method, items, *args)
+        return result if isinstance(result, list) else [result] * len(items)
 
     async def user_features(self) -> dict[str, dict[str, Any]]:
         result = await self._call("two_tower", "user_features")
