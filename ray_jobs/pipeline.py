@@ -48,8 +48,10 @@ class PipelineConfig:
     items: str | None = help_field(None, "your items table")
     users: str | None = help_field(None, "your users table")
     schema: str | None = help_field(None, "your data set's schema file (inferred if absent)")
-    split: Literal["random", "temporal", "given"] = help_field(
-        "random", "split to train and report on (given: your data's own parts, docs/YOUR_DATA.md)"
+    split: Literal["random", "temporal", "leave-one-out", "given"] = help_field(
+        "random",
+        "split to train and report on (leave-one-out: each user's last item is test, the one "
+        "before valid; given: your data's own parts, docs/YOUR_DATA.md)",
     )
     synthetic_users: int | None = help_field(None, "--dataset synthetic: users (preset: small)")
     synthetic_items: int | None = help_field(None, "--dataset synthetic: items (preset: small)")
@@ -99,9 +101,13 @@ class PipelineConfig:
         )
         if self.interactions is None:  # MovieLens/synthetic: both splits, as prepare does
             sizes = {k: getattr(self, k) for k in SYNTHETIC_SIZES}
+            splits = prepare.PrepareConfig.split  # the default, plus a split it does not hold
+            if self.split not in splits.split(","):
+                splits += f",{self.split}"
             return prepare.PrepareConfig(
-                storage=self.storage, dataset=self.dataset, data_dir=self.data_dir, **own, **sizes
-            )
+                storage=self.storage, dataset=self.dataset, data_dir=self.data_dir,
+                split=splits, **own, **sizes,
+            )  # fmt: skip
         return prepare.PrepareConfig(storage=self.storage, split=self.split, **own)
 
 

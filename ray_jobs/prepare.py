@@ -70,7 +70,9 @@ class PrepareConfig:
     data_dir: str | None = help_field(None, "folder with the data set's files (skips fetching)")
     split: str = help_field(
         "random,temporal",
-        "comma-separated splits to prepare: random, temporal, given (the data's own parts: the "
+        "comma-separated splits to prepare: random, temporal, leave-one-out (each user's last "
+        "interaction by time is test, the one before valid: the next-item protocol), given "
+        "(the data's own parts: the "
         "schema's interactions.part column, or --test-interactions)",
     )
     seed: int = help_field(42, "seed of the random split (42 = the Recommenders benchmark)")

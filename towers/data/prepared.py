@@ -8,7 +8,8 @@ Layout under the storage root::
     data/source_schema.json         the schema as your files name the columns (files only)
     data/features.json              the fitted encoders: vocabularies, statistics
     data/splits/<split>/{train,valid,test}.parquet   user_idx, item_idx, rating, timestamp
-                                    (<split>: random, temporal, or given: the data's own parts)
+                                    (<split>: random, temporal, leave-one-out, or given:
+                                    the data's own parts)
     data/manifest.json              counts, split settings, seed, source, schema version (last)
 
 Ids keep their type (integer or string); ``user_idx``/``item_idx`` are positions in the sorted
@@ -34,7 +35,15 @@ from towers.data.interactions import Interactions
 from towers.data.movielens import movielens_schema
 from towers.data.raw import DataError, RawData
 from towers.data.schema import Schema
-from towers.data.splits import PARTS, SplitIndices, split_given, split_interactions
+from towers.data.splits import (
+    LEAVE_ONE_OUT,
+    LOO_MIN_INTERACTIONS,
+    PARTS,
+    SplitIndices,
+    leave_one_out,
+    split_given,
+    split_interactions,
+)
 from towers.storage.root import ArtifactError, Storage
 
 log = logging.getLogger(__name__)
@@ -74,11 +83,12 @@ class PreparedData:
 
     @property
     def time_ordered(self) -> bool:
-        """The held-out parts are each user's latest interactions: the ``temporal`` split, or a
-        given split whose data has timestamps (validation then carved as each user's latest).
+        """The held-out parts are each user's latest interactions: the ``temporal`` and
+        ``leave-one-out`` splits, or a given split whose data has timestamps (validation then
+        carved as each user's latest).
         A model for such data should weigh recent interests (``history_decay``); under the
         ``random`` split the held-out items are a random draw, and recency tells nothing."""
-        if self.split not in ("temporal", "given"):
+        if self.split not in ("temporal", LEAVE_ONE_OUT, "given"):
             return False
         stamps = self.train.timestamp
         return bool(len(stamps) and stamps.min() != stamps.max())
@@ -143,6 +153,18 @@ def _split(
     source: str,
 ) -> SplitIndices:
     """One split's row positions; ``given`` reads the interactions' ``part`` column."""
+    if kind == LEAVE_ONE_OUT:
+        try:
+            parts, short_users = leave_one_out(user_idx, ts, with_valid=valid_ratio > 0)
+        except ValueError as err:
+            raise DataError(f"{source}: {err}") from None
+        if short_users:
+            log.info(
+                "leave-one-out: %d users with fewer than %d interactions stay in train only",
+                short_users,
+                LOO_MIN_INTERACTIONS,
+            )
+        return parts
     if kind != "given":
         return split_interactions(
             user_idx, item_idx, ts, kind, DEFAULT_TEST_RATIO[kind], valid_ratio, seed
@@ -186,11 +208,15 @@ def write_prepared(
         The published manifest.
     """
     schema = raw.schema or movielens_schema(list(raw.users.columns), raw.rating_scale)
-    if "temporal" in splits and schema.interactions.timestamp is None:
-        raise DataError(
-            f"{raw.source}: the temporal split needs timestamps and the schema names none "
-            "(interactions.timestamp); prepare --split random, or add the timestamp column"
-        )
+    for kind in {"temporal", LEAVE_ONE_OUT} & set(splits):
+        if schema.interactions.timestamp is None:
+            raise DataError(
+                f"{raw.source}: the {kind} split needs each user's interactions in time order "
+                "and the schema names no timestamp (interactions.timestamp), so there is none "
+                "to read (file order is not taken for time). Add the timestamp column (where "
+                "the file lists each user's items oldest first, a column of their positions "
+                "will do: docs/YOUR_DATA.md), or prepare --split random"
+            )
     items = raw.items.sort_values("item_id", kind="stable").reset_index(drop=True)
     users = raw.users.sort_values("user_id", kind="stable").reset_index(drop=True)
     items.insert(0, "item_idx", np.arange(len(items), dtype=np.int64))
@@ -247,6 +273,10 @@ def write_prepared(
         "drops": drops or {},
         **(extra or {}),
     }
+    if LEAVE_ONE_OUT in splits:  # users too short for a test and a validation row
+        counts = np.bincount(user_idx, minlength=len(users))
+        short = int(((counts > 0) & (counts < LOO_MIN_INTERACTIONS)).sum())
+        manifest["leave_one_out_short_users"] = short
     if "given" in splits:  # the validation part: given, or carved per user (latest or drawn)
         given_valid = np.any(_column(inter, "part", np.int8) == PARTS.index("valid"))
         manifest["given_valid"] = "given" if given_valid else "latest" if timed else "random"
@@ -346,6 +376,11 @@ def summary(manifest: dict[str, Any]) -> str:
         lines.append(
             f"  split {kind:<8} train {counts['train']:>9,}  valid {counts['valid']:>8,}  "
             f"test {counts['test']:>8,}"
+        )
+    if manifest.get("leave_one_out_short_users"):
+        lines.append(
+            f"  leave-one-out: {manifest['leave_one_out_short_users']:,} users with fewer than "
+            f"{LOO_MIN_INTERACTIONS} interactions stay in train only"
         )
     if "given" in manifest["split_counts"]:
         lines.append(f"  given split's validation: {given_validation(manifest)}")

@@ -8,6 +8,10 @@ most ``round(ratio × item count)`` (NumPy's round-half-to-even), test otherwise
 
 ``temporal`` holds out each user's last ``test_ratio`` of interactions by time (ties: file order).
 
+``leave-one-out`` is the next-item protocol (RecBole's ``LS``, SASRec and S3-Rec): each user's last
+interaction by time is test, the one before it validation, the rest train (ties in time: file
+order); a user with fewer than :data:`LOO_MIN_INTERACTIONS` interactions stays in train only.
+
 ``given`` is the split the data gives (a benchmark's own train/valid/test,
 :mod:`towers.data.given`): each row's part is read, not drawn.
 
@@ -24,7 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SPLITS = ("random", "temporal", "given")
+SPLITS = ("random", "temporal", "leave-one-out", "given")
+LEAVE_ONE_OUT = "leave-one-out"
+LOO_MIN_INTERACTIONS = 3  # a test, a validation and at least one training interaction
 PARTS = ("train", "valid", "test")  # a given split's part codes are positions here (int8)
 
 
@@ -63,11 +69,48 @@ def stratified_mask(groups: np.ndarray, ratio: float, seed: int) -> np.ndarray:
     return rank <= np.round(ratio * size)
 
 
+def _time_ranks(groups: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_group_ranks` by time, file order breaking ties (1 = a group's oldest row)."""
+    position = np.arange(len(groups))
+    key = np.asarray(timestamps, np.float64) + position / (len(groups) + 1)
+    return _group_ranks(groups, key)
+
+
 def chronological_mask(groups: np.ndarray, timestamps: np.ndarray, ratio: float) -> np.ndarray:
     """Mask of each group's earliest ``ratio`` of rows (stable: file order breaks time ties)."""
-    position = np.arange(len(groups))
-    rank, size = _group_ranks(groups, timestamps.astype(np.float64) + position / (len(groups) + 1))
+    rank, size = _time_ranks(groups, timestamps)
     return rank <= np.round(ratio * size)
+
+
+def leave_one_out(
+    user_id: np.ndarray, timestamp: np.ndarray, with_valid: bool = True
+) -> tuple[SplitIndices, int]:
+    """Each user's last interaction by time is test, the one before validation (``with_valid``;
+    else it stays in train), the rest train; ties in time keep file order.
+
+    Returns:
+        The parts, and how many users have fewer than :data:`LOO_MIN_INTERACTIONS` interactions
+        (all their rows stay in train).
+
+    Raises:
+        ValueError: no user has :data:`LOO_MIN_INTERACTIONS` interactions.
+    """
+    users = np.asarray(user_id)
+    rank, size = _time_ranks(users, timestamp)
+    eligible = size >= LOO_MIN_INTERACTIONS
+    short_users = len(np.unique(users[~eligible])) if (~eligible).any() else 0
+    if not eligible.any():
+        raise ValueError(
+            f"the leave-one-out split needs users with at least {LOO_MIN_INTERACTIONS} "
+            f"interactions (a test, a validation and a training one); none of the "
+            f"{len(np.unique(users)):,} users has (most has {int(size.max(initial=0))})"
+        )
+    test = eligible & (rank == size)
+    valid = eligible & (rank == size - 1) if with_valid else np.zeros(len(users), bool)
+    parts = SplitIndices(
+        np.flatnonzero(~(test | valid)), np.flatnonzero(valid), np.flatnonzero(test)
+    )
+    return parts, short_users
 
 
 def split_interactions(
@@ -83,7 +126,8 @@ def split_interactions(
 
     Args:
         user_id, item_id, timestamp: ``(N,)`` columns in file order.
-        kind: ``"random"`` (per-item stratified, the benchmark protocol) or ``"temporal"``.
+        kind: ``"random"`` (per-item stratified, the benchmark protocol) or ``"temporal"``
+            (:func:`leave_one_out` for the next-item split, :func:`split_given` for given parts).
         test_ratio: share held out for test (0.25 for ``random`` as in the benchmark; the CLI uses
             0.2 for ``temporal``, "each user's last 20%").
         valid_ratio: share of the *training* rows carved out for validation (0 for none).
