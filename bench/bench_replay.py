@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {"epochs": args.epochs} if args.epochs else {}
     config = TwoTowerConfig.from_preset("default", **overrides)
     config = config.sized_for(
-        data.features, data.has_ratings, data.time_ordered, n_train=len(first)
+        data.features, data.has_ratings, data.time_ordered, len(first), data.next_item
     )
     warm_epochs = args.warm_epochs or warm_start_epochs(config.epochs)
     warm_overrides = {"epochs": warm_epochs, **({"lr": args.warm_lr} if args.warm_lr else {})}

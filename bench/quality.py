@@ -52,9 +52,7 @@ def run_row(
     data = load_prepared(storage, split)
     config = TwoTowerConfig.from_preset(preset, **overrides)
     # Implicit data: no rating parts; time-ordered data: a decayed history pool.
-    config = config.sized_for(
-        data.features, data.has_ratings, data.time_ordered, n_train=len(data.train)
-    )
+    config = config.for_data(data)
     metric = config.early_stopping_metric
     start = time.perf_counter()
     scale = data.rating_scale
@@ -70,8 +68,8 @@ def run_row(
     search = [h for h in history if h["phase"] == "search"]
     values = [h[metric] for h in search]
     best_epoch = values.index(min(values) if metric == "rmse" else max(values))
-    train = data.full_train if refit else data.train
-    rec = TwoTowerRecommender.from_model(model, data.features, train, data.rating_scale)
+    # Refit or not, the user tower reads every known interaction (ray_jobs.train's export).
+    rec = TwoTowerRecommender.from_model(model, data.features, data.full_train, data.rating_scale)
     test = evaluate_model(rec, data.full_train, data.test, with_ratings=data.has_ratings)
     return {
         "split": data.split,

@@ -34,9 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = load_prepared(Storage(args.storage), args.split)
-    config = TwoTowerConfig().sized_for(
-        data.features, data.has_ratings, data.time_ordered, n_train=len(data.train)
-    )
+    config = TwoTowerConfig().for_data(data)
     training = TrainingData(data.features, data.train, data.valid, data.rating_scale)
     _, measured = measure_training(training, config, args.steps)
     print(f"{measured['ms_per_step']:.1f}")

@@ -308,8 +308,9 @@ def export(
     _, _, state = load_checkpoint(checkpoint_dir)
     refit = state.phase == "refit"
     model = model_from_checkpoint(checkpoint_dir, weights="final" if refit else "best")
-    train = data.full_train if refit else data.train
-    rec = TwoTowerRecommender.from_model(model, data.features, train, data.rating_scale)
+    # The histories it reads are every known interaction, refit or not: the validation part
+    # holds each user's latest items on a time-ordered split, the next-item model's best input.
+    rec = TwoTowerRecommender.from_model(model, data.features, data.full_train, data.rating_scale)
     search = (h for h in state.history if h["phase"] == "search")
     best = next((h for h in search if h["epoch"] == state.best_epoch), {})  # the refit's epochs
     return artifacts.publish_two_tower(

@@ -101,9 +101,7 @@ class TrainConfig:
         if self.num_workers > 1:  # DDP: dense tables (SPARSE_ONE_WORKER)
             overrides["sparse_embeddings"] = False
         cfg = TwoTowerConfig.from_preset(self.preset, **overrides, bf16=self.use_gpu)
-        cfg = cfg.sized_for(
-            data.features, data.has_ratings, data.time_ordered, n_train=len(data.train)
-        )
+        cfg = cfg.for_data(data)
         for workers in range(self.min_workers or self.num_workers, self.num_workers + 1):
             if cfg.batch_size % workers:
                 raise ValueError(f"batch size {cfg.batch_size} not divisible by {workers} workers")

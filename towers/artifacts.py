@@ -288,7 +288,7 @@ def publish_small_run(
     data = prepared.load_prepared(storage)
     config = TwoTowerConfig.from_preset(
         "default", epochs=epochs, embedding_dim=embedding_dim, seed=seed
-    ).sized_for(data.features, data.has_ratings, data.time_ordered, n_train=len(data.train))
+    ).for_data(data)
     rec = TwoTowerRecommender(config, data.features, data.valid).fit(data.full_train)
     vocab = Vocabularies.of_tables(data.users, data.items)
     publish_two_tower(storage, rec, model_artifact, vocabularies=vocab)

@@ -100,9 +100,7 @@ def trial(params: dict[str, Any]) -> None:
     overrides = {k: params[k] for k in ("lr", "embedding_dim", "temperature")}
     epochs = job["max_epochs"]
     config = TwoTowerConfig.from_preset(job["preset"], **overrides, epochs=epochs, patience=epochs)
-    config = config.sized_for(
-        prepared.features, prepared.has_ratings, prepared.time_ordered, len(prepared.train)
-    )
+    config = config.for_data(prepared)
     torch.manual_seed(config.seed)
     data = TrainingData(prepared.features, prepared.train, prepared.valid, prepared.rating_scale)
 
@@ -121,9 +119,8 @@ def run(cfg: TuneJobConfig) -> dict[str, Any]:
 
     storage = Storage(cfg.storage)
     data = load_prepared(storage, cfg.split)  # fail fast, before Ray starts, if data/ is missing
-    default = TwoTowerConfig.from_preset(cfg.preset).sized_for(
-        data.features, data.has_ratings, data.time_ordered, len(data.train)
-    )  # what the data resolves to: the search centres its learning rate there
+    default = TwoTowerConfig.from_preset(cfg.preset).for_data(data)
+    # what the data resolves to: the search centres its learning rate there
     if cfg.max_epochs is None:
         # The budget the chosen config will be trained with: a shorter search favours settings
         # that learn fast, not the ones that end best (measured: docs/BENCHMARKS.md).

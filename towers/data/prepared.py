@@ -94,6 +94,12 @@ class PreparedData:
         return bool(len(stamps) and stamps.min() != stamps.max())
 
     @property
+    def next_item(self) -> bool:
+        """The held-out part is each user's next interaction (the ``leave-one-out`` split):
+        what a sequence user tower is trained to predict."""
+        return self.split == LEAVE_ONE_OUT
+
+    @property
     def full_train(self) -> Interactions:
         """Train plus validation: what final models are fitted on."""
         return self.train.concat(self.valid)

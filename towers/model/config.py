@@ -23,67 +23,24 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from towers.data.features import FeatureTables
+from towers.model.defaults import (  # noqa: F401 (the rules' constants, named where they're read)
+    DEEP_TOWERS,
+    FULL_SOFTMAX_MAX_ITEMS,
+    HISTORY_DECAY,
+    MAX_EPOCHS,
+    MIN_WIDE_EPOCHS,
+    SEQUENCE_MODELS,
+    SEQUENCE_TOWERS,
+    TARGETS_PER_ITEM,
+    USER_FULL_MAX_ITEMS,
+    WIDE_TOWERS,
+    WIDE_TRAIN_PAIRS,
+    is_sequential,
+    resolve_defaults,
+)
 
 LOSSES = ("pointwise", "softmax", "hybrid")
 NEGATIVES = ("auto", "full", "user_full", "in_batch", "mixed")
-# negatives="auto": the full-catalog softmax of training pairs up to this many items (the
-# crossover measured by bench/bench_loss.py on 2 cores, docs/BENCHMARKS.md), with the wide towers
-# (above it, or time-ordered) the full softmax of user rows ("user_full") up to
-# USER_FULL_MAX_ITEMS, mixed negatives above, whose step cost does not grow with the catalog.
-FULL_SOFTMAX_MAX_ITEMS = 2_500
-USER_FULL_MAX_ITEMS = 100_000
-# history_decay=None where the held-out parts are each user's latest interactions (a temporal
-# split; PreparedData.time_ordered): the k-th newest item weighs 0.8^k in the history pool. On
-# Amazon Beauty's temporal validation part, NDCG@10 after 3 epochs: 0.0416 at 1.0, 0.0469 at 0.8
-# (an EASE model scored with the same decayed histories: 0.0543 -> 0.0621; 0.6: 0.0603). Under
-# ML-100K's random split it costs (epoch 1: 0.1153 vs 0.1432): resolved from the time order.
-HISTORY_DECAY = 0.8
-# epochs=None: 20 for the deep towers (ML-100K's early stopping lands well inside it); for the wide
-# towers the more of two counts, MIN_WIDE_EPOCHS to 20: as many as make about WIDE_TRAIN_PAIRS
-# training pairs (the shared maps' steps: Amazon Beauty's 143k pairs flatten after a few hundred
-# thousand pairs' worth) and as many as make each item a target about TARGETS_PER_ITEM times (its
-# own row's updates; an epoch makes it n_train / n_items times). Beauty (12 an epoch) flattens
-# from its fifth epoch of seven (~60-80 targets an item); Gowalla (730k pairs, 41k items: 18 an
-# epoch, 1 epoch by the pairs) still climbs at its sixth (~107 an item), and its test values all
-# rise from 4 epochs to 6 (docs/QUALITY.md). Beauty gets 8 epochs, Gowalla 6.
-WIDE_TRAIN_PAIRS = 1_000_000
-TARGETS_PER_ITEM = 100
-MIN_WIDE_EPOCHS = 4
-MAX_EPOCHS = 20
-# The towers' shape by catalog size and split (docs/QUALITY.md has the runs behind both). Up to
-# FULL_SOFTMAX_MAX_ITEMS items under a random split (ML-100K), deep towers: two ReLU layers with
-# dropout over a 64-d history pool generalise best (tuned on ML-100K's validation part). On a
-# time-ordered split at any size the wide towers, whose user rows train in causal folds with the
-# decay (ML-100K temporal, validation NDCG@10 0.1691 vs the deep towers' 0.1133; test, not
-# refitted, 0.2260 vs 0.1816). Above it, sparse catalogs (Amazon Beauty, Gowalla:
-# ~10-30 interactions an item): the user is the mean of their items' own embeddings (the item
-# tower's table, as in YouTube-DNN and SimpleX), both towers end in one linear map, nothing is
-# dropped, the space is 256-d, and Adam steps at 3e-2: there the model must hold many specific
-# item-item relations, and capacity and faster table updates mattered more than regularisation.
-# Each item also reads its two-hop neighbourhood (item_two_hop: the mean over its users of their
-# mean item row, LightGCN's second layer): an item with ~10-30 interactions learns little from
-# its own row, its co-occurring items say more. Validation NDCG@10 with it: Gowalla after a
-# 2-epoch cosine 0.0866 -> 0.0967 (0.0969 gated), Amazon Beauty 0.0648 -> 0.0680 (docs/QUALITY.md).
-DEEP_TOWERS: dict[str, Any] = dict(
-    embedding_dim=64,
-    id_dim=64,
-    hidden_dims=(256, 256),
-    dropout=0.3,
-    share_history_embeddings=False,
-    history_dropout=0.2,
-    item_two_hop=False,
-    lr=3e-3,
-)
-WIDE_TOWERS: dict[str, Any] = dict(
-    embedding_dim=256,
-    id_dim=256,
-    hidden_dims=(),
-    dropout=0.0,
-    share_history_embeddings=True,
-    history_dropout=0.0,
-    item_two_hop=True,
-    lr=3e-2,
-)
 LR_SCHEDULES = ("cosine", "constant")
 TWO_HOP_MIXES = ("concat", "gated")
 
@@ -140,6 +97,17 @@ class TwoTowerConfig:
     # None: HISTORY_DECAY with the wide towers where the held-out parts are the latest
     # (time_ordered), else 1
     time_ordered: bool = False  # held-out parts are each user's latest interactions (sized_for)
+    next_item: bool = False  # the held-out part is each user's next interaction (leave-one-out)
+    # --- The sequence user tower (towers/model/sequence.py).
+    sequence_model: str | None = None  # "attention": the user tower reads the user's most recent
+    # items in order through a causal self-attention stack (it replaces the history pools);
+    # "none": the pooled towers; None: "attention" where next_item, else "none"
+    sequence_length: int = 50  # the most recent items it reads (memory per user is fixed)
+    sequence_layers: int = 2  # self-attention blocks (SASRec's 2)
+    sequence_heads: int = 1  # attention heads per block
+    sequence_dropout: float = 0.2  # dropout in the blocks and on their input
+    sequence_lr: float | None = None  # the attention stack's own peak Adam rate (the tables
+    # step at lr); None: lr
     use_profiles: bool = True  # mean of the history's small-vocabulary item features (genres)
     use_rating_history: bool = True  # history pooled by centred rating (+ mean rating): tastes
     rating_history_dropout: float = 0.1  # train-time chance a row's ratings are hidden (cold start)
@@ -221,6 +189,22 @@ class TwoTowerConfig:
             raise ValueError(
                 "TwoTowerConfig.share_history_embeddings needs use_item_id and history"
             )
+        if self.sequence_model is not None and self.sequence_model not in SEQUENCE_MODELS:
+            raise ValueError(f"TwoTowerConfig.sequence_model must be one of {SEQUENCE_MODELS}")
+        if self.sequence_length < 1 or self.sequence_layers < 1 or self.sequence_heads < 1:
+            raise ValueError("TwoTowerConfig: sequence_length, _layers and _heads must be >= 1")
+        if self.sequential and not (self.use_item_id and self.use_history):
+            raise ValueError("TwoTowerConfig.sequence_model reads the item table's rows of the "
+                             "user's history: needs use_item_id and use_history")  # fmt: skip
+        if self.sequential and self.id_dim is not None and self.id_dim % self.sequence_heads:
+            raise ValueError(
+                f"TwoTowerConfig: id_dim {self.id_dim} must divide into {self.sequence_heads} heads"
+            )
+        if self.sequential and self.negatives not in ("user_full", "auto"):
+            raise ValueError(
+                "TwoTowerConfig.sequence_model trains user rows (every prefix of a sequence): "
+                f"negatives must be 'user_full' or 'auto', got {self.negatives!r}"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"TwoTowerConfig.lr_schedule must be one of {LR_SCHEDULES}")
         if self.history_decay is not None and not 0.0 < self.history_decay <= 1.0:
@@ -230,6 +214,7 @@ class TwoTowerConfig:
         if self.temperature <= 0:
             raise ValueError(f"TwoTowerConfig.temperature must be > 0, got {self.temperature}")
         rates = ("dropout", "user_id_dropout", "item_id_dropout", "history_dropout")
+        rates += ("sequence_dropout",)
         for name in (*rates, "rating_history_dropout"):
             rate = getattr(self, name)
             if rate is not None and not 0.0 <= rate < 1.0:
@@ -253,46 +238,18 @@ class TwoTowerConfig:
 
     def _resolve_auto(self) -> None:
         """Once the catalog size is known (``n_items > 0``), ``negatives="auto"``,
-        ``sparse_embeddings=None`` and the towers' None fields become what they stand for, so a
-        stored config says what ran."""
+        ``sparse_embeddings=None`` and the towers' None fields become what they stand for
+        (``towers.model.defaults``), so a stored config says what ran."""
         if self.n_items <= 0:
             return
-        wide = self.n_items > FULL_SOFTMAX_MAX_ITEMS or bool(self.time_ordered)
-        if self.history_decay is None:
-            decay = HISTORY_DECAY if self.time_ordered and wide else 1.0
-            object.__setattr__(self, "history_decay", decay)
-        if self.causal_folds is None:
-            object.__setattr__(self, "causal_folds", self.time_ordered and wide)
-        if self.epochs is None:
-            epochs = MAX_EPOCHS
-            if wide and self.n_train > 0:
-                by_pairs = round(WIDE_TRAIN_PAIRS / self.n_train)
-                by_items = round(TARGETS_PER_ITEM * self.n_items / self.n_train)
-                epochs = min(MAX_EPOCHS, max(MIN_WIDE_EPOCHS, by_pairs, by_items))
-            object.__setattr__(self, "epochs", epochs)
-        towers = WIDE_TOWERS if wide else DEEP_TOWERS
-        for name, value in towers.items():
-            if getattr(self, name) is None:
-                if name == "share_history_embeddings":  # only where there is a shared table
-                    value = value and self.use_item_id and self.use_history
-                if name == "item_two_hop":  # only where there is an item table
-                    value = value and self.use_item_id
-                object.__setattr__(self, name, value)
-        if self.negatives == "auto":
-            if not wide:
-                negatives = "full"
-            else:
-                negatives = "user_full" if self.n_items <= USER_FULL_MAX_ITEMS else "mixed"
-            object.__setattr__(self, "negatives", negatives)
-        if self.sparse_embeddings is None:
-            # Sparse rows pay off when a step touches few of them; a full softmax touches all
-            # (user_full samples its negatives above row_negatives items).
-            sampled = self.negatives in ("mixed", "in_batch") or (
-                self.negatives == "user_full" and self.n_items > self.row_negatives
-            )
-            large = self.n_items > FULL_SOFTMAX_MAX_ITEMS
-            sparse = large and sampled and self.weight_decay == 0
-            object.__setattr__(self, "sparse_embeddings", sparse)
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in resolve_defaults(values).items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def sequential(self) -> bool:
+        """The user tower reads the history as a sequence (``sequence_model`` "attention")."""
+        return is_sequential(self.sequence_model)
 
     @property
     def has_rating_head(self) -> bool:
@@ -309,6 +266,7 @@ class TwoTowerConfig:
         has_ratings: bool | None = None,
         time_ordered: bool | None = None,
         n_train: int | None = None,
+        next_item: bool | None = None,
     ) -> TwoTowerConfig:
         """Returns a copy with the data sizes and feature inputs taken from ``features``.
 
@@ -317,8 +275,12 @@ class TwoTowerConfig:
         pointwise loss needs ratings. ``time_ordered`` (None keeps ``self.time_ordered``): the
         held-out parts are each user's latest interactions (``PreparedData.time_ordered``).
         ``n_train`` (None keeps ``self.n_train``): the training pairs, for ``epochs=None``.
+        ``next_item`` (None keeps ``self.next_item``): the held-out part is each user's next
+        interaction (``PreparedData.next_item``), for ``sequence_model=None``.
         """
         implicit: dict[str, Any] = {}
+        if next_item is not None:
+            implicit["next_item"] = bool(next_item)
         if n_train is not None:
             implicit["n_train"] = int(n_train)
         if time_ordered is not None:
@@ -334,6 +296,17 @@ class TwoTowerConfig:
             item_inputs=features.items.inputs(),
             item_profiles=features.item_profiles(),
             **implicit,
+        )
+
+    def for_data(self, data: Any) -> TwoTowerConfig:
+        """:meth:`sized_for` a prepared split (``towers.data.prepared.PreparedData``): every
+        fact about the data that a default is resolved from, read in one place."""
+        return self.sized_for(
+            data.features,
+            data.has_ratings,
+            data.time_ordered,
+            n_train=len(data.train),
+            next_item=data.next_item,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -363,7 +336,8 @@ class TwoTowerConfig:
 
 # Fields added after models were first stored, and what a stored config without them ran with.
 STORED_BEFORE: dict[str, Any] = {
-    "item_bias": False, "item_two_hop": False, "two_hop_mix": "concat", "two_hop_debias": 0.0
+    "item_bias": False, "item_two_hop": False, "two_hop_mix": "concat", "two_hop_debias": 0.0,
+    "sequence_model": "none",
 }  # fmt: skip
 
 # Overrides of the dataclass defaults. "paper": the paper's weak setting (pointwise BCE on observed

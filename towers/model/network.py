@@ -35,94 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from towers.model.config import TwoTowerConfig
+from towers.model.layers import FeatureEncoders, drop_ids, feature_key, mlp, weighted_bags
+from towers.model.sequence import SequenceEncoder
 
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU mask comes from half-precision uniforms.
-
-    PyTorch's CPU ``bernoulli_`` draws one double per element and was ~18% of a training step;
-    a float16 ``rand`` (resolution 2^-11, ample for a keep probability) costs half as much. On
-    accelerators the fused kernel is used unchanged.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu":
-            return super().forward(x)
-        keep = torch.rand(x.shape, dtype=torch.float16) >= self.p
-        return x * keep * (1.0 / (1.0 - self.p))
-
-
-def mlp(in_dim: int, hidden_dims: tuple[int, ...], out_dim: int, dropout: float) -> nn.Sequential:
-    """``in_dim`` → (Linear, ReLU, Dropout) per hidden width → Linear to ``out_dim``."""
-    layers: list[nn.Module] = []
-    for width in hidden_dims:
-        layers += [nn.Linear(in_dim, width), nn.ReLU()]
-        if dropout > 0:
-            layers.append(Dropout(dropout))
-        in_dim = width
-    layers.append(nn.Linear(in_dim, out_dim))
-    return nn.Sequential(*layers)
-
-
-def weighted_bags(
-    indices: torch.Tensor, table: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor
-) -> torch.Tensor:
-    """``(B, E)`` per bag (``offsets (B,)`` into ``indices (H,)``) the sum of its ``table`` rows
-    times their ``weights (H,)``: a mean when the weights are ``1 / bag size``."""
-    return F.embedding_bag(indices, table, offsets, mode="sum", per_sample_weights=weights)
-
-
-def drop_ids(ids: torch.Tensor, rate: float, unknown: int) -> torch.Tensor:
-    """Train-time id dropout: each id becomes the ``unknown`` row with chance ``rate``, so the
-    tower also learns to work without it (cold-start users, items added after training)."""
-    if rate <= 0:
-        return ids
-    dropped = torch.rand(ids.shape, device=ids.device) < rate
-    return torch.where(dropped, torch.full_like(ids, unknown), ids)
-
-
-class FeatureEncoders(nn.Module):
-    """One encoder per schema feature, each to ``(N, F)``: an embedding (``index`` inputs), a
-    mean-pooled embedding bag (``bag``: lists, hashed text) or a linear map (``dense``).
-
-    Batches carry feature ``name`` as ``feat:name`` (and ``feat:name:offsets`` for bags), built
-    by ``towers.training.inputs``; index 0 of every table is the reserved unknown value.
-    """
-
-    def __init__(self, inputs: tuple[tuple[str, str, int], ...], dim: int) -> None:
-        super().__init__()
-        self.inputs, self.dim = inputs, dim
-        encoders: dict[str, nn.Module] = {}
-        for name, kind, size in inputs:
-            if kind == "index":
-                encoders[name] = nn.Embedding(max(size, 1), dim)
-            elif kind == "bag":
-                encoders[name] = nn.EmbeddingBag(max(size, 1), dim, mode="mean")
-            elif kind == "dense":
-                encoders[name] = nn.Linear(size, dim)
-            else:
-                raise ValueError(f"feature {name!r}: unknown input kind {kind!r}")
-        # ModuleDict keys may not contain "."; feature names are the schema's column names.
-        self.encoders = nn.ModuleDict({_key(n): m for n, m in encoders.items()})
-
-    @property
-    def out_dim(self) -> int:
-        return len(self.inputs) * self.dim
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        parts = []
-        for name, kind, _ in self.inputs:
-            encoder = self.encoders[_key(name)]
-            x = batch[f"feat:{name}"]
-            if kind == "bag":
-                parts.append(encoder(x, batch[f"feat:{name}:offsets"]))  # (N, F)
-            else:
-                parts.append(encoder(x))  # (N, F)
-        return parts
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "_")
+__all__ = ["ItemTower", "RatingHead", "TwoTower", "UserTower", "weighted_bags"]
 
 
 class ItemTower(nn.Module):
@@ -210,7 +126,13 @@ class UserTower(nn.Module):
         if config.use_features and config.user_inputs:
             self.features = FeatureEncoders(config.user_inputs, config.feature_dim)
             in_dim += self.features.out_dim
-        if config.use_history:
+        self.sequence = None
+        if config.sequential:
+            # The history as a sequence, not pools: the bags below would show a training slot
+            # the items after it (towers/model/sequence.py).
+            self.sequence = SequenceEncoder(config)
+            in_dim += config.id_dim
+        elif config.use_history:
             # Own table (not the item tower's): "what I watched" and "what I am" are different
             # roles, as in YouTube-DNN. Mode "sum" with weights that sum to 1 per bag is a mean.
             # With share_history_embeddings the bag reads the item tower's id table instead.
@@ -219,18 +141,19 @@ class UserTower(nn.Module):
                     config.n_items, config.id_dim, mode="sum", sparse=sparse
                 )
             in_dim += config.id_dim
-        if config.recent_history > 0:
+        if config.recent_history > 0 and not config.sequential:
             self.recent_history = nn.EmbeddingBag(
                 config.n_items, config.id_dim, mode="sum", sparse=sparse
             )
             in_dim += config.id_dim
         self.profiles = nn.ModuleDict()
-        if config.use_profiles and config.use_features:
+        if config.use_profiles and config.use_features and not config.sequential:
             # A bias-free map of the mean multi-hot: the mean of per-value embeddings.
             for name, width in config.item_profiles:
-                self.profiles[_key(name)] = nn.Linear(max(width, 1), config.feature_dim, bias=False)
+                profile = nn.Linear(max(width, 1), config.feature_dim, bias=False)
+                self.profiles[feature_key(name)] = profile
                 in_dim += config.feature_dim
-        if config.use_rating_history:
+        if config.use_rating_history and not config.sequential:
             # Like SVD++'s implicit factors but signed: items rated above the user's own mean
             # pull one way, below it the other. Plus the mean rating itself (1 column).
             self.rated_history = nn.EmbeddingBag(
@@ -244,10 +167,26 @@ class UserTower(nn.Module):
     def forward(
         self, user_batch: dict[str, torch.Tensor], item_table: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``item_table``: the item tower's id embeddings, which the history bag reads when
-        ``share_history_embeddings`` is on."""
+        """``item_table``: the item tower's id embeddings, which the history bag (with
+        ``share_history_embeddings``) and the sequence read.
+
+        With the sequence tower, ``user_batch["sequence_items"] (B, L)`` is each row's items and
+        the output is one user vector per row, read at its newest slot, or with
+        ``sequence_slots (T,)`` (flat indices ``row * L + slot``) one per listed slot: ``(T, D)``.
+        """
         cfg = self.config
         parts = []
+        rows = None  # the row of each output, where outputs are slots of sequences
+        if self.sequence is not None:
+            assert item_table is not None
+            items = user_batch["sequence_items"]  # (B, L)
+            states = self.sequence(items, item_table).flatten(0, 1)  # (B * L, E)
+            length = items.shape[1]
+            slots = user_batch.get("sequence_slots")
+            if slots is None:  # the newest slot of each row
+                slots = torch.arange(len(items), device=items.device) * length + length - 1
+            parts.append(states[slots])  # (T, E)
+            rows = slots // length  # (T,)
         if cfg.use_user_id:
             user_idx = user_batch["user_idx"]  # (B,)
             if self.training:
@@ -255,6 +194,9 @@ class UserTower(nn.Module):
             parts.append(self.user_id(user_idx))  # (B, E)
         if self.features is not None:
             parts += self.features(user_batch)  # per feature (B, F)
+        if rows is not None:  # a row's id and features beside each of its slots
+            parts[1:] = [part[rows] for part in parts[1:]]  # (T, ...)
+            return self.mlp(torch.cat(parts, dim=-1))  # (T, D)
         if cfg.use_history:
             bag = (user_batch["history_items"], user_batch["history_offsets"])  # (H,), (B,)
             weights = user_batch["history_weights"]  # (H,)
@@ -279,7 +221,7 @@ class UserTower(nn.Module):
             )  # (B, E)
             parts.append(recent)
         for name, _ in cfg.item_profiles if len(self.profiles) else ():
-            parts.append(self.profiles[_key(name)](user_batch[f"profile:{name}"]))  # (B, F)
+            parts.append(self.profiles[feature_key(name)](user_batch[f"profile:{name}"]))  # (B, F)
         if cfg.use_rating_history:
             rated = self.rated_history(
                 user_batch["history_items"],  # (H,)
@@ -353,7 +295,9 @@ class TwoTower(nn.Module):
 
     def user_embeddings(self, user_batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(B, D)`` retrieval embeddings of a user batch (normalised and divided by T if on)."""
-        shared = self.item_tower.item_id.weight if self.config.share_history_embeddings else None
+        shared = None
+        if self.config.share_history_embeddings or self.config.sequential:
+            shared = self.item_tower.item_id.weight
         user_emb = self.user_tower(user_batch, shared)  # (B, D)
         if self.config.normalize:
             user_emb = F.normalize(user_emb, dim=-1) * self.inv_temperature

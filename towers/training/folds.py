@@ -72,11 +72,11 @@ def make_fold_batches(
     targets = -((fold - lengths[users]) // folds[users])  # (rows,)
     order = np.random.default_rng([seed, epoch, 7]).permutation(n_rows)
     mine = order[rank::world_size][: n_rows // world_size]
-    rows_per_batch = _rows_per_batch(n_rows, n_pairs, batch_size, world_size)
+    per_batch = rows_per_batch(n_rows, n_pairs, batch_size, world_size)
     epoch_seed = fold_seed(seed, epoch)
     batches = []
-    for start in range(0, len(mine), rows_per_batch):
-        idx = mine[start : start + rows_per_batch]
+    for start in range(0, len(mine), per_batch):
+        idx = mine[start : start + per_batch]
         batches.append(
             {
                 "user_idx": torch.as_tensor(users[idx], dtype=torch.int64),
@@ -92,11 +92,11 @@ def fold_steps(history_lengths: np.ndarray, history_folds: int, batch_size: int,
     """Optimizer steps of one epoch of :func:`make_fold_batches` (the schedule's unit)."""
     lengths = np.asarray(history_lengths, dtype=np.int64)
     n_rows = int(folds_per_user(lengths, history_folds).sum())
-    rows_per_batch = _rows_per_batch(n_rows, int(lengths.sum()), batch_size, world)
-    return max(1, -(-(n_rows // world) // rows_per_batch))
+    per_batch = rows_per_batch(n_rows, int(lengths.sum()), batch_size, world)
+    return max(1, -(-(n_rows // world) // per_batch))
 
 
-def _rows_per_batch(n_rows: int, n_pairs: int, batch_size: int, world: int) -> int:
+def rows_per_batch(n_rows: int, n_pairs: int, batch_size: int, world: int) -> int:
     """User rows per worker batch so that a step holds about ``batch_size`` targets in all."""
     return max(1, round(batch_size / world * n_rows / max(n_pairs, 1)))
 

@@ -24,8 +24,10 @@ from towers.training.tables import (
     TableTensors,
     csr_gather,
     csr_recency,
+    newest_sequence,
     recent_entries,
     two_hop_bags,
+    unknown_row,
 )
 
 
@@ -103,6 +105,7 @@ class TrainingContext:
             config.recent_history > 0
             or (config.history_decay or 1.0) < 1.0
             or bool(config.causal_folds)
+            or config.sequential
         )
         recency = csr_recency(train) if needed else None
         recent_indptr, recent = recent_entries(csr, recency, config.recent_history)
@@ -263,7 +266,7 @@ class TrainingContext:
             raw = torch.as_tensor(np.asarray(ratings, np.float32), device=self.device)
             scaled = self.scale_rating(raw).clamp(0.0, 1.0)
         if features is None:  # every feature unknown: the encoders' reserved values
-            features = self._unknown_user_features()
+            features = unknown_row(self.user_inputs.inputs)
         row = TableTensors(
             self.user_inputs.inputs,
             {k: torch.as_tensor(np.asarray(v), device=self.device) for k, v in features.items()},
@@ -281,19 +284,6 @@ class TrainingContext:
             recent = items[-self.config.recent_history :] if len(items) else items
             batch.update(self.recent_bag(recent, torch.zeros_like(recent), 1))
         return batch
-
-    def _unknown_user_features(self) -> dict[str, np.ndarray]:
-        """One row with every feature unknown: index 0, empty bags, zeros plus missing flags."""
-        out: dict[str, np.ndarray] = {}
-        for name, kind, size in self.user_inputs.inputs:
-            if kind == "index":
-                out[name] = np.zeros(1, np.int64)
-            elif kind == "bag":
-                out[name], out[f"{name}:offsets"] = np.zeros(0, np.int64), np.zeros(2, np.int64)
-            else:
-                out[name] = np.zeros((1, size), np.float32)
-                out[name][0, -1] = 1.0  # the missing flag (numeric: [z, missing]; vectors: last)
-        return out
 
     def pool_history(
         self,
@@ -318,6 +308,12 @@ class TrainingContext:
         # The mean over the pooled entries only: the target's own rating must not leak into it.
         mean_rating = zeros.index_add(0, rows, weights * ratings)  # (B,) in [0, 1]
         rating_weights = weights * (ratings - mean_rating[rows])  # (H,)
+        sequence = {}
+        if self.config.sequential and recency is not None:
+            length = self.config.sequence_length
+            sequence["sequence_items"] = newest_sequence(
+                items, rows, recency, len(user_idx), length, self.n_items
+            )  # (B, L)
         profiles = {
             f"profile:{name}": F.embedding_bag(
                 items, matrix, offsets, mode="sum", per_sample_weights=weights
@@ -328,6 +324,7 @@ class TrainingContext:
             "user_idx": user_idx,
             **user_features,
             **profiles,
+            **sequence,
             "history_items": items,
             "history_rows": rows,
             "history_offsets": offsets,

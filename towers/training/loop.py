@@ -35,6 +35,7 @@ from towers.model.config import TwoTowerConfig
 from towers.model.network import TwoTower
 from towers.training.folds import fold_steps, make_fold_batches
 from towers.training.inputs import Batch, TrainingContext
+from towers.training.sequences import make_sequence_batches, sequence_steps
 from towers.training.steps import (
     make_batches,
     make_optimizer,
@@ -127,19 +128,29 @@ class LocalBatches:
 
     def steps_per_epoch(self, phase: str) -> int:
         if self._user_rows():
-            folds = self.config.history_folds  # type: ignore[union-attr]
-            # batch_size is this worker's share: fold_steps divides the global one by world.
-            global_batch = self.batch_size * self.shard[1]
-            return fold_steps(self._history_lengths(phase), folds, global_batch, self.shard[1])
+            cfg = self.config
+            assert cfg is not None
+            # batch_size is this worker's share: the row batches divide the global one by world.
+            global_batch, world = self.batch_size * self.shard[1], self.shard[1]
+            lengths = self._history_lengths(phase)
+            if cfg.sequential:
+                return sequence_steps(lengths, cfg.sequence_length, global_batch, world)
+            return fold_steps(lengths, cfg.history_folds, global_batch, world)
         per_rank = len(self._interactions(phase)) // self.shard[1]
         return max(1, math.ceil(per_rank / self.batch_size))
 
     def batches(self, phase: str, epoch: int) -> list[Batch]:
         if self._user_rows():
-            folds = self.config.history_folds  # type: ignore[union-attr]
-            global_batch = self.batch_size * self.shard[1]
+            cfg = self.config
+            assert cfg is not None
+            global_batch, lengths = self.batch_size * self.shard[1], self._history_lengths(phase)
+            if cfg.sequential:
+                length = cfg.sequence_length
+                return make_sequence_batches(
+                    lengths, length, global_batch, self.seed, epoch, self.shard
+                )
             return make_fold_batches(
-                self._history_lengths(phase), folds, global_batch, self.seed, epoch, self.shard
+                lengths, cfg.history_folds, global_batch, self.seed, epoch, self.shard
             )
         return make_batches(
             self._interactions(phase), self.batch_size, self.seed, epoch, self.shard

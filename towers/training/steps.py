@@ -42,6 +42,7 @@ from towers.model.network import TwoTower
 from towers.training.folds import fold_user_batch
 from towers.training.inputs import Batch, TrainingContext
 from towers.training.lazy_adam import LazyAdam
+from towers.training.sequences import sequence_user_batch
 from towers.training.two_hop import leave_out_own_users, refresh_two_hop
 
 
@@ -79,12 +80,19 @@ def make_batches(
 
 def make_optimizer(model: nn.Module, config: TwoTowerConfig) -> torch.optim.Optimizer:
     """Adam as in the paper; AdamW (decoupled decay) when ``weight_decay > 0``; with sparse
-    embeddings, Adam whose sparse rows update lazily (``LazyAdam``)."""
+    embeddings, Adam whose sparse rows update lazily (``LazyAdam``). With ``sequence_lr`` the
+    sequence tower's attention stack is a group of its own at that rate."""
+    params: list = list(model.parameters())
+    if config.sequential and config.sequence_lr is not None:
+        named = list(unwrap(model).named_parameters())
+        stack = [p for n, p in named if n.startswith("user_tower.sequence.")]
+        rest = [p for n, p in named if not n.startswith("user_tower.sequence.")]
+        params = [{"params": rest}, {"params": stack, "lr": config.sequence_lr}]
     if config.sparse_embeddings:
-        return LazyAdam(model.parameters(), lr=config.lr)
+        return LazyAdam(params, lr=config.lr)
     if config.weight_decay > 0:
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=config.lr)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr)
 
 
 def make_scheduler(
@@ -117,8 +125,8 @@ def batch_loss(model: nn.Module, batch: Batch, ctx: TrainingContext) -> torch.Te
     cfg = core.config
     targets = int(batch["pairs"]) if "pairs" in batch else len(batch["user_idx"])
     refresh_two_hop(core, ctx, targets)
-    if "fold" in batch:  # user rows of the user_full softmax (towers/training/folds.py)
-        return user_rows_loss(model, batch, ctx)
+    if "fold" in batch or "window" in batch:  # user rows of the user_full softmax
+        return user_rows_loss(model, batch, ctx)  # (towers/training/folds.py, sequences.py)
     user_idx, item_idx = batch["user_idx"], batch["item_idx"]  # (B,), (B,)
     target = ctx.scale_rating(batch["rating"])  # (B,) in [0, 1]
     full = cfg.loss != "pointwise" and cfg.negatives == "full"
@@ -163,12 +171,18 @@ def user_rows_loss(
     model: nn.Module, batch: Batch, ctx: TrainingContext, distinct: bool = True
 ) -> torch.Tensor:
     """The ``user_full`` loss of one batch of user rows: each row's fold of targets against the
-    whole catalog (the user's training items masked), its other folds pooled as the history.
+    whole catalog (the user's training items masked), its other folds pooled as the history; or,
+    with the sequence tower, every slot of a window of a user's sequence against the item that
+    came next (``towers.training.sequences``: one row per slot).
     ``distinct``: sampled candidates go through the item tower once per distinct item where its
     output depends on the item alone (the same loss and gradients, less work)."""
     core = unwrap(model)
     cfg = core.config
-    user_batch = fold_user_batch(ctx, batch, cfg.history_dropout, cfg.max_history)
+    if cfg.sequential:
+        user_batch = sequence_user_batch(ctx, batch)
+    else:
+        user_batch = fold_user_batch(ctx, batch, cfg.history_dropout, cfg.max_history)
+    row_users = user_batch.get("row_users", user_batch["user_idx"])  # (R,) each row's user
     rows, items = user_batch["target_rows"], user_batch["target_items"]  # (T,), (T,)
     raw = user_batch["target_ratings"]  # (T,)
     weights = None if cfg.has_ratings else raw  # implicit data: each target counts its weight
@@ -187,7 +201,7 @@ def user_rows_loss(
             embedded, inverse = torch.unique(candidates, return_inverse=True)  # (K,), (T + M,)
         item_batch = ctx.item_batch(embedded, training=True)
         if cfg.two_hop_leave_out:
-            item_batch = leave_out_own_users(ctx, item_batch, user_batch["user_idx"][rows])
+            item_batch = leave_out_own_users(ctx, item_batch, row_users[rows])
         user_emb, item_emb = model(user_batch, item_batch)  # (R, D), (K, D)
         if inverse is not None:
             item_emb = item_emb[inverse]  # (T + M, D)
@@ -202,7 +216,7 @@ def user_rows_loss(
             weights, log_expected,
         )  # fmt: skip
     if cfg.loss == "hybrid":
-        user_idx = user_batch["user_idx"][rows]  # (T,)
+        user_idx = row_users[rows]  # (T,)
         predicted = core.predict_rating(user_emb[rows], target_emb, user_idx, items)
         loss = loss + cfg.rating_weight * rating_mse(predicted, ctx.scale_rating(raw))
     return loss

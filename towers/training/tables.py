@@ -163,3 +163,50 @@ def user_mean_weights(
         weights = degree[items] ** -debias  # (H,)
     total = weights.new_zeros(n_users).index_add_(0, users, weights)  # (U,)
     return weights / total[users]
+
+
+def unknown_row(inputs: tuple[tuple[str, str, int], ...]) -> dict[str, np.ndarray]:
+    """One row of a table with every feature unknown: index 0, empty bags, zeros plus missing
+    flags (the encoders' reserved values), for ``inputs`` (``EncodedTable.inputs``)."""
+    out: dict[str, np.ndarray] = {}
+    for name, kind, size in inputs:
+        if kind == "index":
+            out[name] = np.zeros(1, np.int64)
+        elif kind == "bag":
+            out[name], out[f"{name}:offsets"] = np.zeros(0, np.int64), np.zeros(2, np.int64)
+        else:
+            out[name] = np.zeros((1, size), np.float32)
+            out[name][0, -1] = 1.0  # the missing flag (numeric: [z, missing]; vectors: last)
+    return out
+
+
+def newest_sequence(
+    items: torch.Tensor,
+    rows: torch.Tensor,
+    recency: torch.Tensor,
+    n_rows: int,
+    length: int,
+    pad: int,
+) -> torch.Tensor:
+    """``(B, L)`` each row's ``length`` newest entries in time order, the newest at slot
+    ``L - 1``, left-padded with ``pad`` (the sequence user tower's input).
+
+    Args:
+        items: ``(H,)`` history entries; ``rows (H,)`` their rows; ``recency (H,)`` their
+            recency (0 = the newest; ranks need not be consecutive).
+        n_rows: ``B``.
+        length: ``L``.
+        pad: the padding item (the item table's "unknown" row).
+    """
+    sequence = torch.full((n_rows, length), pad, dtype=torch.int64, device=items.device)
+    if len(items) == 0:
+        return sequence
+    key = rows.double() * (float(recency.max()) + 1.0) + recency.double()
+    order = torch.argsort(key)  # by row, newest first
+    sorted_rows = rows[order]
+    rank = torch.arange(len(order), device=items.device) - torch.searchsorted(
+        sorted_rows, sorted_rows
+    )  # (H,) 0 = the row's newest
+    keep = rank < length
+    sequence[sorted_rows[keep], length - 1 - rank[keep]] = items[order][keep]
+    return sequence

@@ -180,6 +180,7 @@ def test_train_flags_for_the_large_catalog_path():
         features=random_features(50, 3_000),
         has_ratings=True,
         time_ordered=False,
+        next_item=False,
         train=range(250_000),  # its length: the training pairs
     )
     one = TrainConfig(num_workers=1).model_config(large)

@@ -1,0 +1,142 @@
+"""How the training defaults are chosen from the data: every rule in one place.
+
+A :class:`~towers.model.config.TwoTowerConfig` field left ``None`` (or ``"auto"``) is resolved
+here once the config is sized for a data set (``TwoTowerConfig.for_data``), from the facts of
+the data the config carries: catalog size, training pairs, whether the held-out parts are each
+user's latest interactions (``time_ordered``) or each user's next one (``next_item``), explicit
+or implicit feedback. The resolved values are stored with the model, so a checkpoint says what
+ran (STYLE rule 12: no per-data-set presets, nothing chosen on a test part). The comments give
+the evidence in a line; the runs behind each rule are in docs/QUALITY.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# negatives="auto": the full-catalog softmax of training pairs up to this many items (the
+# crossover measured by bench/bench_loss.py on 2 cores, docs/BENCHMARKS.md), with the wide towers
+# (above it, or time-ordered) the full softmax of user rows ("user_full") up to
+# USER_FULL_MAX_ITEMS, mixed negatives above, whose step cost does not grow with the catalog.
+FULL_SOFTMAX_MAX_ITEMS = 2_500
+USER_FULL_MAX_ITEMS = 100_000
+# history_decay=None where the held-out parts are each user's latest interactions (a temporal
+# split; PreparedData.time_ordered): the k-th newest item weighs 0.8^k in the history pool. On
+# Amazon Beauty's temporal validation part, NDCG@10 after 3 epochs: 0.0416 at 1.0, 0.0469 at 0.8
+# (an EASE model scored with the same decayed histories: 0.0543 -> 0.0621; 0.6: 0.0603). Under
+# ML-100K's random split it costs (epoch 1: 0.1153 vs 0.1432): resolved from the time order.
+HISTORY_DECAY = 0.8
+# epochs=None: 20 for the deep towers (ML-100K's early stopping lands well inside it); for the wide
+# towers the more of two counts, MIN_WIDE_EPOCHS to 20: as many as make about WIDE_TRAIN_PAIRS
+# training pairs (the shared maps' steps: Amazon Beauty's 143k pairs flatten after a few hundred
+# thousand pairs' worth) and as many as make each item a target about TARGETS_PER_ITEM times (its
+# own row's updates; an epoch makes it n_train / n_items times). Beauty (12 an epoch) flattens
+# from its fifth epoch of seven (~60-80 targets an item); Gowalla (730k pairs, 41k items: 18 an
+# epoch, 1 epoch by the pairs) still climbs at its sixth (~107 an item), and its test values all
+# rise from 4 epochs to 6 (docs/QUALITY.md). Beauty gets 8 epochs, Gowalla 6.
+WIDE_TRAIN_PAIRS = 1_000_000
+TARGETS_PER_ITEM = 100
+MIN_WIDE_EPOCHS = 4
+MAX_EPOCHS = 20
+# The towers' shape by catalog size and split (docs/QUALITY.md has the runs behind both). Up to
+# FULL_SOFTMAX_MAX_ITEMS items under a random split (ML-100K), deep towers: two ReLU layers with
+# dropout over a 64-d history pool generalise best (tuned on ML-100K's validation part). On a
+# time-ordered split at any size the wide towers, whose user rows train in causal folds with the
+# decay (ML-100K temporal, validation NDCG@10 0.1691 vs the deep towers' 0.1133; test, not
+# refitted, 0.2260 vs 0.1816). Above it, sparse catalogs (Amazon Beauty, Gowalla:
+# ~10-30 interactions an item): the user is the mean of their items' own embeddings (the item
+# tower's table, as in YouTube-DNN and SimpleX), both towers end in one linear map, nothing is
+# dropped, the space is 256-d, and Adam steps at 3e-2: there the model must hold many specific
+# item-item relations, and capacity and faster table updates mattered more than regularisation.
+# Each item also reads its two-hop neighbourhood (item_two_hop: the mean over its users of their
+# mean item row, LightGCN's second layer): an item with ~10-30 interactions learns little from
+# its own row, its co-occurring items say more. Validation NDCG@10 with it: Gowalla after a
+# 2-epoch cosine 0.0866 -> 0.0967 (0.0969 gated), Amazon Beauty 0.0648 -> 0.0680 (docs/QUALITY.md).
+DEEP_TOWERS: dict[str, Any] = dict(
+    embedding_dim=64,
+    id_dim=64,
+    hidden_dims=(256, 256),
+    dropout=0.3,
+    share_history_embeddings=False,
+    history_dropout=0.2,
+    item_two_hop=False,
+    lr=3e-3,
+)
+WIDE_TOWERS: dict[str, Any] = dict(
+    embedding_dim=256,
+    id_dim=256,
+    hidden_dims=(),
+    dropout=0.0,
+    share_history_embeddings=True,
+    history_dropout=0.0,
+    item_two_hop=True,
+    lr=3e-2,
+)
+# The sequence user tower (sequence_model="attention", towers/model/sequence.py): the user's
+# SEQUENCE_LENGTH most recent items, in order, through a small causal self-attention stack, trained
+# on every prefix of each training sequence (each position predicts the next item). None: on where
+# the held-out part is each user's next item (the leave-one-out split: PreparedData.next_item),
+# the towers above elsewhere. Its own width and step size: a transformer does not train at the
+# wide towers' 3e-2 (docs/QUALITY.md, "Next item").
+SEQUENCE_MODELS = ("none", "attention")
+SEQUENCE_TOWERS: dict[str, Any] = dict(
+    embedding_dim=64,
+    id_dim=64,
+    hidden_dims=(),
+    dropout=0.0,
+    share_history_embeddings=True,
+    history_dropout=0.0,
+    item_two_hop=True,
+    lr=1e-3,
+)
+
+
+def is_sequential(sequence_model: str | None) -> bool:
+    """The user tower reads the history as a sequence."""
+    return sequence_model not in (None, "none")
+
+
+def resolve_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """What the data-dependent ``None``/``"auto"`` fields of a sized config (its fields by
+    name, ``n_items > 0``) stand for: only the fields that change, each resolved once here."""
+    v = dict(config)
+    if v["sequence_model"] is None:
+        sequence = "attention" if v["next_item"] and v["loss"] != "pointwise" else "none"
+        v["sequence_model"] = sequence
+    sequential = is_sequential(v["sequence_model"])
+    wide = v["n_items"] > FULL_SOFTMAX_MAX_ITEMS or bool(v["time_ordered"])
+    if v["history_decay"] is None:
+        v["history_decay"] = HISTORY_DECAY if v["time_ordered"] and wide else 1.0
+    if v["causal_folds"] is None:
+        v["causal_folds"] = bool(v["time_ordered"] and wide)
+    if v["epochs"] is None:
+        epochs = MAX_EPOCHS
+        if wide and v["n_train"] > 0:
+            by_pairs = round(WIDE_TRAIN_PAIRS / v["n_train"])
+            by_items = round(TARGETS_PER_ITEM * v["n_items"] / v["n_train"])
+            epochs = min(MAX_EPOCHS, max(MIN_WIDE_EPOCHS, by_pairs, by_items))
+        v["epochs"] = epochs
+    towers = SEQUENCE_TOWERS if sequential else WIDE_TOWERS if wide else DEEP_TOWERS
+    for name, value in towers.items():
+        if v[name] is None:
+            if name == "share_history_embeddings":  # only where there is a shared table
+                value = value and v["use_item_id"] and v["use_history"]
+            if name == "item_two_hop":  # only where there is an item table
+                value = value and v["use_item_id"]
+            v[name] = value
+    if v["negatives"] == "auto":
+        if sequential:
+            negatives = "user_full"  # rows of sequences, the catalog softmax or draws
+        elif not wide:
+            negatives = "full"
+        else:
+            negatives = "user_full" if v["n_items"] <= USER_FULL_MAX_ITEMS else "mixed"
+        v["negatives"] = negatives
+    if v["sparse_embeddings"] is None:
+        # Sparse rows pay off when a step touches few of them; a full softmax touches all
+        # (user_full samples its negatives above row_negatives items).
+        sampled = v["negatives"] in ("mixed", "in_batch") or (
+            v["negatives"] == "user_full" and v["n_items"] > v["row_negatives"]
+        )
+        large = v["n_items"] > FULL_SOFTMAX_MAX_ITEMS
+        v["sparse_embeddings"] = large and sampled and v["weight_decay"] == 0
+    return {k: value for k, value in v.items() if config[k] != value}
