@@ -66,7 +66,7 @@ def test_interactions_only_and_an_inferred_schema(tmp_path, caplog):
     assert "rating scale inferred from the data: [2, 4]" in caplog.text
     assert not manifest["implicit"] and manifest["rating_scale"] == [2.0, 4.0]
     assert manifest["features"] == {"users": [], "items": []}
-    with pytest.raises(DataError, match="temporal split needs each user.s interactions in time order"):
+    with pytest.raises(DataError, match="temporal split needs each user.s interactions in time"):
         run_prepare(tmp_path, "--interactions", str(path), "--split", "temporal")
 
 

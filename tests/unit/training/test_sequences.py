@@ -71,7 +71,8 @@ def test_the_sequence_tower_is_the_default_where_the_next_item_is_held_out(data)
     assert base.sized_for(features, False, True, next_item=True).sequence_model == "attention"
     assert base.sized_for(features, False, True, next_item=False).sequence_model == "none"
     sized = base.sized_for(features, False, True, next_item=True)
-    assert sized.negatives == "user_full" and sized.lr == 1e-3 and sized.embedding_dim == 64
+    assert sized.negatives == "user_full" and sized.embedding_dim == 256
+    assert (sized.lr, sized.sequence_lr) == (3e-2, 1e-3)  # the tables' rate, the stack's
     with pytest.raises(ValueError, match="negatives must be 'user_full'"):
         TwoTowerConfig(sequence_model="attention", negatives="mixed")
     with pytest.raises(ValueError, match="divide into 3 heads"):
