@@ -2,8 +2,9 @@
 answered over HTTP.
 
 - ``shop``: implicit, string ids, a category, a brand, a numeric price and text tags (Parquet):
-  the whole pipeline on the session's Ray (Ray Train), served by the real Serve app of
-  ``serving/config.yaml`` under ``/shop``;
+  the whole pipeline on the session's Ray (Ray Train, two workers) on the leave-one-out split,
+  so its model is the sequence user tower, served by the real Serve app of ``serving/config.yaml`` under
+  ``/shop``;
 - ``movielens_like``: explicit ratings, user demographics, genres as ``|``-joined CSV text;
 - ``interactions_only``: the shop's interactions alone, no feature tables, the schema inferred.
 
@@ -78,9 +79,12 @@ def prepared(shape: str, folder: Path) -> tuple[pipeline.PipelineConfig, Storage
     """Writes the shape's files to ``folder``; the pipeline's config for them and its storage."""
     files = {k: str(folder / v) for k, v in SHAPES[shape](folder).items()}
     storage = Storage(folder / "run")
+    # The served shape: the sequence tower (leave-one-out), trained by two DDP workers.
+    split, workers = ("leave-one-out", 2) if shape == SERVED else ("random", 1)
     cfg = pipeline.PipelineConfig(
-        storage=storage.uri, **files, num_workers=1, epochs=2, paper=False, data_loader="local"
-    )
+        storage=storage.uri, **files, num_workers=workers, epochs=2, paper=False,
+        data_loader="local", split=split,
+    )  # fmt: skip
     return cfg, storage
 
 
@@ -142,6 +146,8 @@ def ids(storage: Storage) -> tuple[list, list]:
 def test_report_says_which_metrics_apply(served):
     shape, storage, _ = served
     report = storage.read_json("reports/metrics.json")
+    model = storage.read_json("model/config.json")
+    assert (model["model_config"]["sequence_model"] == "attention") is (shape == SERVED)
     assert set(report["models"]) == {"two_tower", "user_knn", "item_item", "popularity"}
     explicit = shape == "movielens_like"
     assert report["feedback"] == ("explicit" if explicit else "implicit")

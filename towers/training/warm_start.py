@@ -77,6 +77,10 @@ ARCHITECTURE = (
     "has_ratings",
     "learn_temperature",
     "item_bias",
+    "sequence_model",
+    "sequence_length",
+    "sequence_layers",
+    "sequence_heads",
 )
 
 

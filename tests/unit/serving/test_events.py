@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -22,6 +23,7 @@ from serving.event_feed import EventFeed
 from serving.http import LocalBackend, create_app
 from serving.schemas import ModelSettings
 from towers.artifacts import publish_small_run
+from towers.data.prepared import write_prepared
 from towers.storage.events import EventLog
 from towers.storage.root import Storage
 
@@ -80,6 +82,40 @@ def test_an_event_changes_the_next_answer_of_both_models(served, services):
     assert history["n_events"] == 1 and history["items"][0]["event_id"] == "e1"
     assert [i["source"] for i in history["items"]] == ["event", "training", "training"]
     assert len(log) == 1
+
+
+@pytest.fixture(scope="module")
+def sequence_services(tiny_raw, tmp_path_factory):
+    """The two-tower service of a model trained on the leave-one-out split: the sequence tower."""
+    storage = Storage(tmp_path_factory.mktemp("sequence-run"))
+    write_prepared(storage, tiny_raw, "synthetic", ["leave-one-out"], seed=42)
+    publish_small_run(storage, epochs=1, embedding_dim=8, seed=0)
+    return {"two_tower": load_two_tower_service(storage.uri, ModelSettings())}
+
+
+def test_an_event_is_the_newest_item_the_sequence_tower_reads(sequence_services, tmp_path):
+    service = sequence_services["two_tower"]
+    assert service.recommender.config.sequence_model == "attention"
+    log = EventLog(tmp_path / "events.sqlite")
+    client = TestClient(create_app(LocalBackend(sequence_services, log)))
+    try:
+        user = int(service.catalog.user_ids[0])
+        before = top_items(client, user, "two_tower")
+        for n, item in enumerate(before[:2]):  # two events, one after the other
+            posted = client.post("/events", json={"events": [event(f"s{n}", user, item)]})
+            assert posted.status_code == 200 and posted.json()["applied"], posted.text
+            after = top_items(client, user, "two_tower")
+            assert after != before and item not in after
+            before = after
+        # The second event's item is the newest slot: the same two in the other order differ.
+        rec = service.recommender
+        history = list(rec.history_in_time_order(0))
+        one = rec.user_embedding_cold_start(None, [*history, 3, 5])
+        two = rec.user_embedding_cold_start(None, [*history, 5, 3])
+        assert not np.allclose(one, two, atol=1e-5)
+    finally:
+        service.events = None
+        log.close()
 
 
 def test_a_new_user_is_known_from_the_first_event(served, services):

@@ -186,3 +186,31 @@ def test_the_sequence_loss_is_finite_on_a_batch_with_short_users(data) -> None:
     loss = batch_loss(model, batch, ctx)
     loss.backward()
     assert torch.isfinite(loss) and model.user_tower.sequence.slots.grad is not None
+
+
+def test_a_sequence_epoch_under_ddp_steps_both_rates(data, tmp_path) -> None:
+    """One-process gloo DDP (what each Ray Train worker runs): dense tables, the attention
+    stack in its own optimizer group at ``sequence_lr``, every parameter with a gradient."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from towers.training.steps import make_optimizer, train_epoch
+
+    train, _, features = data
+    config = config_for(features, sparse_embeddings=False, lr=1e-2, sequence_lr=1e-3)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = TwoTower(config)
+        wrapped = DistributedDataParallel(model)
+        optimizer = make_optimizer(wrapped, config)
+        assert [g["lr"] for g in optimizer.param_groups] == [1e-2, 1e-3]
+        ctx = TrainingContext.build(features, train, config)
+        lengths = np.bincount(train.user_idx, minlength=train.n_users)
+        batches = make_sequence_batches(lengths, 4, 64, 0, 0, shard=(0, 1))
+        before = model.user_tower.sequence.slots.detach().clone()
+        stats = train_epoch(wrapped, optimizer, batches, ctx)
+        assert np.isfinite(stats["loss"]) and stats["samples"] == (lengths - 1).clip(0).sum()
+        assert not torch.equal(before, model.user_tower.sequence.slots)
+    finally:
+        dist.destroy_process_group()
