@@ -1,11 +1,12 @@
-"""Amazon Beauty (the S3-Rec preprocessing) → the contract's tables, for docs/YOUR_DATA.md.
+"""Amazon Beauty or Yelp (the S3-Rec preprocessing) → the contract's tables, for docs/YOUR_DATA.md.
 
     python -m bench.amazon_beauty --source ../shared/data/amazon-beauty --out /tmp/beauty
     python -m ray_jobs.pipeline --interactions /tmp/beauty/interactions.parquet \\
         --items /tmp/beauty/items.parquet --schema /tmp/beauty/schema.yaml \\
         --split temporal --storage runs/beauty --no-paper
 
-``Beauty.txt`` has one line per user (``user item item …``, oldest first) and no timestamps: the
+``Beauty.txt`` (``Yelp.txt``: any ``NAME.txt`` beside a ``NAME_item2attributes.json``) has one
+line per user (``user item item …``, oldest first) and no timestamps: the
 position in the line is the order, so it becomes the timestamp (seconds 0, 1, 2, … per user),
 which is all the temporal split needs (each user's last 20% by time are the test part).
 ``Beauty_item2attributes.json`` maps items to anonymised category and brand ids: one
@@ -35,16 +36,29 @@ items:
 """
 
 
+def s3rec_files(source: Path) -> tuple[Path, Path]:
+    """``(NAME.txt, NAME_item2attributes.json)`` of an S3-Rec data folder (Beauty, Yelp, …)."""
+    found = sorted(source.glob("*_item2attributes.json"))
+    if len(found) != 1:
+        raise SystemExit(f"{source}: expected one *_item2attributes.json (S3-Rec), found {found}")
+    name = found[0].name.removesuffix("_item2attributes.json")
+    lines = source / f"{name}.txt"
+    if not lines.exists():
+        raise SystemExit(f"{source}: {found[0].name} but no {lines.name} beside it")
+    return lines, found[0]
+
+
 def convert(source: Path, out: Path) -> dict[str, int]:
     """Writes ``interactions.parquet``, ``items.parquet`` and ``schema.yaml`` into ``out``."""
     users, items, positions = [], [], []
-    for line in (source / "Beauty.txt").read_text().splitlines():
+    lines, attribute_file = s3rec_files(source)
+    for line in lines.read_text().splitlines():
         user, *bought = (int(x) for x in line.split())
         users += [user] * len(bought)
         items += bought
         positions += range(len(bought))
     interactions = pd.DataFrame({"user_id": users, "item_id": items, "position": positions})
-    attributes = json.loads((source / "Beauty_item2attributes.json").read_text())
+    attributes = json.loads(attribute_file.read_text())
     catalog = sorted(set(items) | {int(i) for i in attributes})
     table = pd.DataFrame(
         {
