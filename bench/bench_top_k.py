@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.bench_top_k [--users 10000] [--items 40981] [--rounds 3]
 
 Every epoch's validation ranks the whole catalog for up to 10,000 users, and evaluation ranks
-it for every test user of every model, in blocks of ``BLOCK_CELLS`` scores. Until issue 24's
-thirteenth stop ``top_k_excluding`` negated each block, argpartitioned it (numpy, one thread)
+it for every test user of every model, in blocks of ``BLOCK_CELLS`` scores. Until 2026-12-05
+``top_k_excluding`` negated each block, argpartitioned it (numpy, one thread)
 and sorted the k; now ``torch.topk`` selects k + 1 in blocks of at least ``TORCH_FROM_CELLS``
 scores (both threads, no copy) and rows whose k-th and (k+1)-th scores are equal are resolved by
 index. Both run here on the same blocks, alternated, for two kinds of scores: continuous (a
@@ -28,7 +28,7 @@ from towers.metrics.top_k import top_k_excluding, users_per_block
 
 
 def argpartition_top_k(scores: np.ndarray, k: int, exclude: sp.csr_matrix) -> np.ndarray:
-    """The implementation before stop 38 (items only): exact but for ties across the k-th place,
+    """The earlier implementation (items only): exact but for ties across the k-th place,
     where argpartition picks any of them."""
     coo = exclude.tocoo()
     scores[coo.row, coo.col] = -np.inf

@@ -68,6 +68,14 @@ class TrainConfig:
     sparse_embeddings: bool | None = help_field(
         None, "sparse gradients + LazyAdam for id tables (default: on with auto's mixed, 1 worker)"
     )
+    sequence_model: Literal["none", "attention"] | None = help_field(
+        None,
+        "the user tower: attention reads the user's recent items in order through causal "
+        "self-attention, none pools them (default: attention on the leave-one-out split)",
+    )
+    sequence_length: int | None = help_field(
+        None, "the sequence tower's most recent items per user (default 50)"
+    )
     refit: bool = help_field(
         True, "after early stopping, retrain on train+valid for the best epochs"
     )

@@ -6,7 +6,7 @@ the data the config carries: catalog size, training pairs, whether the held-out 
 user's latest interactions (``time_ordered``) or each user's next one (``next_item``), explicit
 or implicit feedback. The resolved values are stored with the model, so a checkpoint says what
 ran (STYLE rule 12: no per-data-set presets, nothing chosen on a test part). The comments give
-the evidence in a line; the runs behind each rule are in docs/QUALITY.md.
+the evidence in a line; docs/QUALITY.md summarises each rule, docs/QUALITY_LOG.md has the runs.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ WIDE_TOWERS: dict[str, Any] = dict(
 # step (3e-2); the attention stack its own step (sequence_lr 1e-3: at 1e-2 for everything Amazon
 # Beauty's validation NDCG@10 stalled at 0.012, at 1e-3 for everything it crawled, 0.012 after
 # 4 epochs; tables at 3e-2 and the stack at 1e-3: 0.041 at 64-d, 0.059 at 256-d;
-# docs/QUALITY.md, "Next item").
+# docs/QUALITY.md, "Amazon Beauty, leave-one-out").
 SEQUENCE_MODELS = ("none", "attention")
 SEQUENCE_TOWERS: dict[str, Any] = dict(
     embedding_dim=256,
