@@ -177,3 +177,28 @@ def test_a_warm_start_keeps_what_the_old_model_learned() -> None:
     warm, _ = fit(config, train, None, features, epochs=1, initial=state)
     cold, _ = fit(config, train, None, features, epochs=1)
     assert recall(old) > 0.8 and recall(warm) > 0.8 and recall(cold) < 0.5
+
+
+def test_a_sequence_tower_warm_starts_on_a_grown_catalog() -> None:
+    """The attention stack carries over bit for bit; its padding row is the new catalog's
+    unknown item, so a new model reads old and new items in order."""
+    old_vocab, new_vocab = grown_vocab()
+    sequence = dict(
+        sequence_model="attention", sequence_length=4, embedding_dim=16, id_dim=16,
+        use_user_id=False, recent_history=0, use_features=False,
+    )  # fmt: skip
+    old = model_for(len(old_vocab.users), len(old_vocab.items), seed=7, **sequence)
+    features = random_features(len(new_vocab.users), len(new_vocab.items), seed=1)
+    config = warm_config(old.config, features, old.config.has_ratings, old.config.time_ordered)
+    assert config.sequence_model == "attention" and config.n_items == len(new_vocab.items)
+    state, report = warm_start_weights(old, old_vocab, config, new_vocab)
+    stack = [name for name in state if name.startswith("user_tower.sequence.")]
+    assert stack and set(stack) <= set(report.copied)
+    assert all(torch.equal(state[name], old.state_dict()[name]) for name in stack)
+    new = TwoTower(config)
+    new.load_state_dict(state)
+    with pytest.raises(WarmStartError, match="sequence_length"):
+        warm_config(old.config, features, True, False, {"sequence_length": 8})
+    items = torch.tensor([[config.n_items, 0, 5, len(new_vocab.items) - 1]])  # pad, old, new
+    out = new.eval().user_embeddings({"sequence_items": items, "user_idx": torch.tensor([0])})
+    assert out.shape == (1, config.retrieval_dim) and torch.isfinite(out).all()
