@@ -28,6 +28,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
 from ray import serve
@@ -49,6 +50,10 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 # EventStore replica's shutdown waits: Serve drains the polls it holds before it stops it (an
 # app deleted, redeployed, Ctrl-C); 10 s made each of those ~6 s slower than 2 s.
 POLL_S = 2.0
+# How long a stopping model replica waits for the EventStore to forget it: ~10-40 ms when the
+# store runs (a scale-down), never when the whole app is deleted, the store stopping too; each
+# replica's stop takes that much longer then (2 s made deleting the app 3.0 s → 5.0 s).
+LEAVE_S = 0.5
 
 
 def keep_replica_grpc_on_loopback() -> None:
@@ -154,6 +159,30 @@ class ModelDeployment:
                 log.warning("event feed: %s: %s; retrying", type(err).__name__, err)
                 await asyncio.sleep(0.5)
 
+    def __del__(self) -> Coroutine[Any, Any, None] | None:
+        """Serve's graceful stop of this replica (scale-down, a redeploy, the app deleted): Serve
+        calls ``__del__`` once its requests have drained and awaits what it returns. Leaving the
+        event feed then keeps the store from making the next ``POST /events`` wait
+        ``events_ack_timeout_s`` for a replica that is gone. A plain method, not ``async def``:
+        Python's own finalizer also calls ``__del__`` (a replica object collected outside Serve,
+        as in the unit tests), and a coroutine made there would never be awaited."""
+        if self.event_store is None or self.following is None:
+            return None
+        return self._leave_feed(self.event_store, self.following)
+
+    async def _leave_feed(self, event_store: DeploymentHandle, following: asyncio.Task) -> None:
+        """Stops polling first, so that no poll of this replica reaches the store after it has
+        forgotten it (the store answers the one in flight then). A store that does not answer
+        within ``LEAVE_S`` (stopping too, or restarting) stops waiting for this replica by
+        itself: ``events_ack_timeout_s`` after its last poll."""
+        self.following = None
+        following.cancel()
+        await asyncio.wait([following])
+        try:
+            await asyncio.wait_for(event_store.forget.remote(self.follower), LEAVE_S)
+        except Exception as err:  # every app deletion: debug, not a warning per replica
+            log.debug("event feed: left unanswered: %s: %s", type(err).__name__, err)
+
     def _refuse(self, user_config: Any, message: str) -> None:
         if self.service is None:  # nothing to fall back to: fail the replica, Serve shows why
             raise RuntimeError(message)
@@ -254,6 +283,10 @@ class EventStoreDeployment:
 
     async def changes(self, follower: str, since: int, wait_s: float) -> list:
         return await self.feed.changes(follower, since, wait_s)
+
+    async def forget(self, follower: str) -> None:
+        """A model replica that Serve stops leaves the feed (``EventFeed.forget``)."""
+        await self.feed.forget(follower)
 
     async def health(self) -> dict[str, Any]:
         return {**self.feed.health(), "pid": os.getpid()}

@@ -9,10 +9,15 @@ single ``EventStore`` replica, which every other replica reaches through a handl
   follows the feed has applied the new events, so the client's next ``GET /recommend`` reflects
   them on whichever replica it lands (``applied: true``). A follower that does not confirm in
   time is presumed gone and dropped until it polls again (``applied: false``; the events are
-  stored either way and it catches up from its own ``seq``).
+  stored either way and it catches up from its own ``seq``). So is, before the wait, one that
+  has had no poll in flight for ``ack_timeout_s`` (a replica killed without a word: a live one
+  polls again as soon as its poll is answered), without making the answer ``false``.
 * ``changes(follower, since, wait_s)``: a long poll. It records that ``follower`` has applied
   everything up to ``since`` (its acknowledgement), then returns the events after ``since``,
   waiting up to ``wait_s`` for some when there are none.
+* ``forget(follower)``: a replica that Serve stops says so on its way out, so that no append
+  waits ``ack_timeout_s`` for it first; its long poll is answered at once. One that polls
+  again is followed again.
 
 All stored events are kept in memory (the feed's source, and each replica's copy): the events
 since the last training run, which ``--update`` folds into ``data/`` (docs/ARCHITECTURE.md).
@@ -55,6 +60,7 @@ class EventFeed:
         self.log, self.ack_timeout_s = log, ack_timeout_s
         self.events: list[StoredEvent] = log.since(0)  # every stored event, in seq order
         self.followers: dict[str, int] = {}  # follower id → the last seq it has applied
+        self.idle: dict[str, float] = {}  # follower id → when its last poll ended (none since)
         self.writes: Coalescer[Sequence[EventRow], BatchOutcome] = Coalescer(self._write)
         self._changed: asyncio.Condition | None = None  # created on the serving event loop
 
@@ -104,10 +110,14 @@ class EventFeed:
 
     async def _wait_for_followers(self, seq: int) -> bool:
         """True once every follower has applied ``seq``; False (and the laggards dropped) after
-        ``ack_timeout_s``."""
+        ``ack_timeout_s``. A follower without a poll for ``ack_timeout_s`` already is dropped
+        first: a replica killed without leaving (``forget``) would cost every append that."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ack_timeout_s
         async with self.changed:
+            quiet_since = loop.time() - self.ack_timeout_s
+            for follower in [f for f, ended in self.idle.items() if ended < quiet_since]:
+                self._drop(follower)  # gone before this append: not worth waiting for
             self.changed.notify_all()  # wakes the followers' long polls
             while True:
                 behind = [f for f, applied in self.followers.items() if applied < seq]
@@ -116,7 +126,7 @@ class EventFeed:
                     return True
                 if remaining <= 0:
                     for follower in behind:
-                        del self.followers[follower]
+                        self._drop(follower)
                     return False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), remaining)
@@ -124,15 +134,40 @@ class EventFeed:
     async def changes(self, follower: str, since: int, wait_s: float) -> list[StoredEvent]:
         """The events after ``since`` (waiting up to ``wait_s`` for some); ``follower`` has
         applied everything up to ``since``."""
+
+        def news_or_gone() -> bool:
+            # A follower forgotten meanwhile is answered at once, while its replica can still
+            # take the answer: a poll answered after its replica had exited held up the store's
+            # other replies, and with them the next append's acknowledgements, for ~1 s.
+            return self.last_seq > since or follower not in self.followers
+
         async with self.changed:
             self.followers[follower] = since
+            self.idle.pop(follower, None)
             self.changed.notify_all()  # an append may be waiting for this acknowledgement
-            if self.last_seq <= since and wait_s > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self.changed.wait_for(lambda: self.last_seq > since), wait_s
-                    )
-            return self.after(since)
+            try:
+                if self.last_seq <= since and wait_s > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.changed.wait_for(news_or_gone), wait_s)
+                return self.after(since)
+            finally:  # answered, or its caller gone: silent from now until its next poll
+                if follower in self.followers:
+                    self.idle[follower] = asyncio.get_running_loop().time()
+
+    async def forget(self, follower: str) -> None:
+        """Stops waiting for ``follower``'s acknowledgements: a model replica that Serve stops
+        (scale-down, a redeploy with fewer replicas) would otherwise keep the next append
+        waiting ``ack_timeout_s`` for it and answering ``applied: false``. An unknown follower
+        is nothing to forget; a forgotten one that polls again (it did not stop after all) is
+        followed again from that poll, as a dropped one is."""
+        async with self.changed:
+            if follower in self.followers:
+                self._drop(follower)
+                self.changed.notify_all()  # its own long poll, and an append waiting for it
+
+    def _drop(self, follower: str) -> None:
+        del self.followers[follower]
+        self.idle.pop(follower, None)
 
     def after(self, seq: int) -> list[StoredEvent]:
         """The stored events after ``seq``, in commit order."""

@@ -1,29 +1,33 @@
 """POST /events on the real Serve app, over HTTP, with two replicas of each model.
 
 After a 2xx every replica answers with the event (the EventStore waits for their feeds); a new
-user becomes known; a replay is ignored; bad events store nothing; and the EventStore replica,
-SIGKILLed while clients post, comes back with every event it acknowledged.
+user becomes known; a replay is ignored; bad events store nothing; the EventStore replica,
+SIGKILLed while clients post, comes back with every event it acknowledged; and a model replica
+that Serve stops (a scale-down) is not waited for.
 
 The app is the Serve modules' shared one (``tests/integration/conftest.py``: two replicas of each
-deployment but the EventStore), its event log under the shared storage root. This module runs
-before the ones that kill replicas of that app (the file names' order): a killed model replica
-stays a follower of the feed until an append has waited ``events_ack_timeout_s`` for it, which
-would turn the first ``applied`` here false. The events posted here stay in the log for the
-modules after this one, so none is posted for the first user, the one
+deployment but the EventStore), its event log under the shared storage root. It may come after
+a module that killed or stopped model replicas of that app (``test_reliability_serving.py``
+before this one, an order that once turned the first ``applied`` here false): a replica that
+Serve stops leaves the feed, and the store stops waiting for one killed outright once its last
+poll is ``events_ack_timeout_s`` old. The events posted here stay in the log for the modules
+after this one, so none is posted for the first user, the one
 ``tests/integration/test_serving_ray.py`` asks for.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.integration.test_serving_ray import wait_for
+from tests.integration.test_serving_ray import APP, deploy, wait_for
 from towers.storage.events import EventLog
 from towers.storage.root import Storage
 
@@ -142,3 +146,41 @@ def test_the_event_store_killed_mid_stream_loses_no_acknowledged_event(http, eve
     assert killed_with > 5
     stored = {e.event_id for e in EventLog(storage.path("events/events.sqlite")).since()}
     assert set(acknowledged) <= stored
+
+
+def with_replicas(config: dict[str, Any], deployment: str, n: int) -> dict[str, Any]:
+    """A copy of ``config`` with ``n`` replicas of ``deployment``."""
+    config = copy.deepcopy(config)
+    for entry in config["applications"][0]["deployments"]:
+        if entry["name"] == deployment:
+            entry["num_replicas"] = n
+    return config
+
+
+def two_tower_replicas() -> dict[str, int]:
+    from ray import serve
+
+    status = serve.status().applications[APP].deployments["TwoTower"]
+    return {str(state): n for state, n in status.replica_states.items()}
+
+
+def test_a_replica_serve_stops_is_not_waited_for(http, events_app, serve_app):
+    """Scaled down from two TwoTower replicas to one, Serve stops one gracefully: it tells the
+    EventStore on its way out, so the next post neither waits ``events_ack_timeout_s`` for it
+    nor answers ``applied: false``. (The app is given its two replicas back afterwards.)"""
+    _, storage = events_app
+    _, config = serve_app
+    user, item = ids(storage, "users")[2], ids(storage, "items")[7]
+    wait_for(lambda: http.get("/healthz").json()["events"]["followers"] == 4, 60)
+    try:
+        deploy(with_replicas(config, "TwoTower", 1))
+        wait_for(lambda: two_tower_replicas() == {"RUNNING": 1}, 60)  # the other one stopped
+        start = time.monotonic()
+        posted = http.post("/events", json={"events": [event("d1", user, item)]})
+        took_s = time.monotonic() - start
+        assert posted.status_code == 200 and posted.json()["applied"] is True, posted.text
+        assert took_s < 1.0, took_s  # events_ack_timeout_s: no wait for the stopped replica
+    finally:
+        deploy(config)
+    wait_for(lambda: http.get("/healthz").json()["events"]["followers"] == 4, 120)
+    assert http.get(f"/history/{user}").json()["items"][0]["event_id"] == "d1"

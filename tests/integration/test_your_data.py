@@ -3,8 +3,8 @@ answered over HTTP.
 
 - ``shop``: implicit, string ids, a category, a brand, a numeric price and text tags (Parquet):
   the whole pipeline on the session's Ray (Ray Train, two workers) on the leave-one-out split,
-  so its model is the sequence user tower, served by the real Serve app of ``serving/config.yaml`` under
-  ``/shop``;
+  so its model is the sequence user tower, served by the real Serve app of
+  ``serving/config.yaml`` under ``/shop``;
 - ``movielens_like``: explicit ratings, user demographics, genres as ``|``-joined CSV text;
 - ``interactions_only``: the shop's interactions alone, no feature tables, the schema inferred.
 

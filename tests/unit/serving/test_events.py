@@ -12,13 +12,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from serving.artifacts import load_two_tower_service, load_user_knn_service
+from serving.deployments import TwoTowerDeployment
 from serving.event_feed import EventFeed
 from serving.http import LocalBackend, create_app
 from serving.schemas import ModelSettings
@@ -205,6 +208,103 @@ def test_the_feed_answers_once_followers_applied_and_drops_a_silent_one(tmp_path
         assert all(a[0] == 200 for a in together) and feed.commits < feed.committed_batches
 
     asyncio.run(scenario())
+
+
+def test_a_forgotten_follower_is_not_waited_for(tmp_path):
+    """A follower that leaves (``forget``: a replica that Serve stops) is not waited for, not even
+    by an append already waiting, and its long poll is answered at once; forgetting an unknown
+    follower does nothing; a forgotten one that polls again (it did not stop after all) is
+    followed again."""
+
+    async def scenario() -> None:
+        feed = EventFeed(EventLog(tmp_path / "feed.sqlite"), ack_timeout_s=5.0)
+        for follower in ("stopped", "stopping"):
+            await feed.changes(follower, 0, 0.0)
+        await feed.forget("stopped")
+        await feed.forget("never-seen")
+        assert feed.followers == {"stopping": 0}
+        waiting = asyncio.create_task(feed.append([("x", 1, 2, 4.0, 0)]))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # stored, waiting for "stopping" to apply it
+        started = time.monotonic()
+        await feed.forget("stopping")
+        assert (await waiting)[1]["applied"] is True and time.monotonic() - started < 1
+        assert feed.followers == {}
+        polling = asyncio.create_task(feed.changes("stopped", 1, 5.0))  # back after all
+        await asyncio.sleep(0.1)
+        assert feed.followers == {"stopped": 1} and not polling.done()
+        started = time.monotonic()
+        await feed.forget("stopped")
+        assert await polling == [] and time.monotonic() - started < 1  # not left waiting 5 s
+
+    asyncio.run(scenario())
+
+
+def test_a_follower_without_a_poll_for_the_ack_timeout_is_not_waited_for(tmp_path):
+    """A replica killed without leaving the feed: its last poll ended and no other came. An
+    append ``ack_timeout_s`` later drops it without waiting (``applied``: every follower that
+    polls has the events); one whose long poll is in flight, begun however long ago, is waited
+    for."""
+
+    async def scenario() -> None:
+        feed = EventFeed(EventLog(tmp_path / "feed.sqlite"), ack_timeout_s=0.5)
+        await feed.changes("killed", 0, 0.0)
+        applied: list[int] = []
+
+        async def follow() -> None:  # long polls of 2 s: longer than the ack timeout
+            seq = 0
+            while True:
+                events = await feed.changes("live", seq, 2.0)
+                seq = events[-1].seq if events else seq
+                applied.extend(e.seq for e in events)
+
+        live = asyncio.create_task(follow())
+        await asyncio.sleep(0.7)
+        assert set(feed.followers) == {"killed", "live"}
+        assert (await feed.append([("x", 1, 2, 4.0, 0)]))[1]["applied"] is True
+        assert applied == [1] and set(feed.followers) == {"live"}
+        live.cancel()
+
+    asyncio.run(scenario())
+
+
+class FeedHandle:
+    """An ``EventFeed`` called as the model replicas call the ``EventStore``'s handle."""
+
+    def __init__(self, feed: EventFeed) -> None:
+        self.changes, self.forget = self.Method(feed.changes), self.Method(feed.forget)
+
+    class Method:
+        def __init__(self, method: Any) -> None:
+            self.remote = method  # its coroutine is awaited as a DeploymentResponse is
+
+
+def test_a_model_replica_that_serve_stops_leaves_the_feed(tmp_path):
+    """Serve's graceful stop calls the replica's ``__del__`` and awaits what it returns: the
+    replica stops polling, then the store forgets it. A replica that does not follow the feed
+    (or already left it) has nothing to do, and returns no coroutine for Python's finalizer
+    to drop."""
+    threads = torch.get_num_threads()  # the deployment's constructor sets one
+
+    async def scenario() -> None:
+        feed = EventFeed(EventLog(tmp_path / "feed.sqlite"), ack_timeout_s=5.0)
+        replica = TwoTowerDeployment.func_or_class(str(tmp_path), FeedHandle(feed))
+        assert replica.__del__() is None  # not following yet: no model loaded
+        replica.following = asyncio.get_running_loop().create_task(replica._follow_events())
+        await asyncio.sleep(0.1)
+        assert feed.followers == {replica.follower: 0}
+        following = replica.following
+        await replica.__del__()
+        assert following.cancelled() and feed.followers == {}
+        started = time.monotonic()
+        assert (await feed.append([("x", 1, 2, 4.0, 0)]))[1]["applied"] is True
+        assert time.monotonic() - started < 1 and feed.followers == {}  # no poll came after
+        assert replica.__del__() is None  # left once
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_the_single_process_server_commits_concurrent_posts_together(services, tmp_path):
