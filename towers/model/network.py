@@ -1,7 +1,9 @@
 """The two-tower model: a user tower and an item tower that map ids and features into one space.
 
-Read top to bottom: the MLP both towers end in, the item tower, the user tower, the optional
-rating head, and ``TwoTower`` which joins them. Each module takes the one config dataclass
+Read top to bottom: the item tower, the user tower (its history pooled, or read in order by the
+sequence encoder of ``towers/model/sequence.py``), the optional rating head, and ``TwoTower``
+which joins them; the layers they are built from (the MLP both towers end in, the feature
+encoders) are in ``towers/model/layers.py``. Each module takes the one config dataclass
 (``towers/model/config.py``), which every checkpoint stores so the model rebuilds from it alone.
 
 ``TwoTower.forward`` returns ``(user_emb, item_emb)`` already prepared for retrieval: when
@@ -11,7 +13,7 @@ maximum-inner-product index needs no extra step). Losses live beside it in
 ``towers/model/losses.py``.
 
 The defaults of :class:`TwoTowerConfig` and why (what helped, what did not, on which data) are
-in ``towers/model/config.py``'s notes and docs/QUALITY.md.
+in ``towers/model/defaults.py``'s notes and docs/QUALITY.md.
 
 Batches are dicts of tensors built by ``towers.training.inputs.TrainingContext``:
 
@@ -19,7 +21,8 @@ Batches are dicts of tensors built by ``towers.training.inputs.TrainingContext``
   ``history_offsets (B,)``, ``history_weights (H,)`` (``1/n`` per kept item, so the bag is a
   mean; 0 for removed items), ``profile:<name> (B, V)`` (mean multi-hot of an item feature),
   ``history_rating_weights (H,)`` (centred rating / bag size) and ``history_mean_rating (B,)``
-  (ratings scaled to [0, 1]).
+  (ratings scaled to [0, 1]); with the sequence tower ``sequence_items (B, L)`` (the newest
+  items in order, left-padded with ``n_items``) and, in training, ``sequence_slots (T,)``.
 - item batch: ``item_idx (N,)``, ``item_id_row (N,)`` (``n_items`` for items never trained),
   the item features ``feat:<name>`` (``feat:<name>:offsets`` for bags) and, with
   ``item_two_hop``, the item's neighbourhood in the user-item graph (``hop_*``: the bags of
