@@ -4,8 +4,9 @@
 
 Runs ``ray_jobs.pipeline --dataset ml-100k --serve`` (prepare, train the default and paper
 presets with Ray Train, evaluate against UserKNN and popularity, build the ScaNN index), prints
-the comparison table and example requests, and serves on 127.0.0.1:8000 until Ctrl-C. A second
-run skips every step whose outputs are already up to date.
+the comparison table and example requests, and serves on 127.0.0.1:8000 until Ctrl-C or a
+SIGTERM (to it or to its whole process group). A second run skips every step whose outputs are
+already up to date.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from ray_jobs import pipeline
-from serving.server import require_free_port
+from serving.server import require_free_port, run_in_own_session
 
 # One Ray Train worker with both cores: with the full-catalog softmax every DDP rank recomputes
 # the whole item tower, so on 2 cores 2 workers x 1 CPU train no faster than 1 worker x 1 CPU,
@@ -33,12 +34,15 @@ Try, from another terminal, while this one serves (Ctrl-C here stops it):
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    serve = "--no-serve" not in argv
-    argv = [a for a in argv if a != "--no-serve"]
+    given = list(sys.argv[1:] if argv is None else argv)
+    serve = "--no-serve" not in given
+    argv = [a for a in given if a != "--no-serve"]
     cfg = pipeline.parse_config(pipeline.PipelineConfig, [*DEMO_DEFAULTS, *argv])
     if serve:  # before minutes of work, not after
         require_free_port("127.0.0.1", cfg.port)
+    # The local Ray and this pipeline in a session of their own, under a process that passes
+    # Ctrl-C and SIGTERM on: a signal to the whole process group stops it cleanly too.
+    run_in_own_session("ray_jobs.demo", given)
     pipeline.run(cfg)
     if serve:
         pipeline.serve_forever(cfg, EXAMPLES.format(port=cfg.port))

@@ -2,20 +2,22 @@
 
 Starts (or joins) a local Ray instance, starts Serve's HTTP ingress on ``--host``/``--port``
 (127.0.0.1:8000 by default: not reachable from other machines), deploys the app and blocks until
-Ctrl-C, which shuts Serve down. ``--no-ray`` serves the same FastAPI app and models in this one
-process with uvicorn instead (no batching, no replicas, no roll-outs): the reference the
-benchmark compares Serve with. Every ``ServingArgs`` field is a flag (``--k-max``,
-``--max-batch-size``, ...). For HAProxy as Serve's ingress, start with
-``RAY_SERVE_ENABLE_HA_PROXY=1`` in the environment.
+Ctrl-C or a SIGTERM (to it or to its whole process group), which shuts Serve down: the server
+and its Ray run in a session of their own under this process (``run_in_own_session``).
+``--no-ray`` serves the same FastAPI app and models in this one process with uvicorn instead
+(no batching, no replicas, no roll-outs): the reference the benchmark compares Serve with. Every
+``ServingArgs`` field is a flag (``--k-max``, ``--max-batch-size``, ...). For HAProxy as Serve's
+ingress, start with ``RAY_SERVE_ENABLE_HA_PROXY=1`` in the environment.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from serving.schemas import ServingArgs
-from serving.server import run_server
+from serving.server import run_in_own_session, run_server
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, ServingArgs]:
@@ -49,6 +51,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
 
 def main(argv: Sequence[str] | None = None) -> None:
     ns, args = parse_args(argv)
+    if not ns.no_ray:  # uvicorn alone stops by itself
+        run_in_own_session("serving", sys.argv[1:] if argv is None else argv)
     run_server(args, ns.host, ns.port, access_log=ns.access_log, no_ray=ns.no_ray)
 
 
