@@ -162,6 +162,15 @@ def user_ids(storage: str, limit: int = 1000) -> list[int]:
     return [int(i) for i in ids.to_numpy()[:limit]]
 
 
+def event_value(storage: str) -> dict[str, float]:
+    """What an event of this data set carries: a rating inside its scale (explicit data), or a
+    weight (implicit data takes no rating)."""
+    from towers.storage.root import Storage
+
+    manifest = Storage(storage).read_manifest("data", checksums=False)
+    return {"weight": 1.0} if manifest.get("implicit") else {"rating": 4.0}
+
+
 def item_ids(storage: str, limit: int = 1000) -> list[int]:
     from towers.data.prepared import ITEMS
     from towers.storage.root import Storage
@@ -188,6 +197,7 @@ class Server:
     """One ``python -m serving`` target on a free port, checked to answer before use."""
 
     def __init__(self, name: str, args: argparse.Namespace, storage: str, workdir: Path) -> None:
+        self.storage = storage
         self.name, self.log = name, workdir / f"{name}.log"
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -205,7 +215,8 @@ class Server:
 
     def post_fresh_events(self, users: list[int], item: int) -> None:
         """One event for each of ``users``: every later request for them takes the fresh path."""
-        events = [{"event_id": f"f{u}", "user_id": u, "item_id": item, "rating": 4} for u in users]
+        value = event_value(self.storage)
+        events = [{"event_id": f"f{u}", "user_id": u, "item_id": item, **value} for u in users]
         for start in range(0, len(events), 500):
             body = {"events": events[start : start + 500]}
             httpx.post(f"{self.url}/events", json=body, timeout=60).raise_for_status()
@@ -220,7 +231,7 @@ def bench(args: argparse.Namespace, storage: str, workdir: Path) -> list[dict]:
     script = workdir / "recommend.lua"
     ids = user_ids(storage)
     items = item_ids(storage)
-    write_script(script, ids, items, args.scenario, args.k, args.model)
+    write_script(script, ids, items, args.scenario, args.k, args.model, event_value(storage))
     rows: list[dict] = []
     bare = Server("bare", args, storage, workdir)
     try:

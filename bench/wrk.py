@@ -40,7 +40,7 @@ wrk.headers["Content-Type"] = "application/json"
 function request()
   counter = (counter or 0) + 1
   local body = string.format('{"events": [{"event_id": "w%%d-%%d-%%d", "user_id": %%d, '
-    .. '"item_id": %%d, "rating": 4}]}', seed, counter, math.random(1e9),
+    .. '"item_id": %%d, %(value)s}]}', seed, counter, math.random(1e9),
     ids[math.random(#ids)], items[math.random(#items)])
   return wrk.format(nil, "/events", nil, body)
 end
@@ -53,11 +53,21 @@ def require_wrk() -> None:
 
 
 def write_script(
-    path: Path, ids: Sequence[int], items: Sequence[int], scenario: str, k: int, model: str
+    path: Path,
+    ids: Sequence[int],
+    items: Sequence[int],
+    scenario: str,
+    k: int,
+    model: str,
+    value: dict[str, float] | None = None,
 ) -> None:
     """The Lua script of ``scenario``: GET a random known user of ``ids`` each request, or, for
-    ``events``, POST one event with a new ``event_id`` (a random user and item of ``items``)."""
-    events = EVENTS_LUA % {"items": ",".join(map(str, items))} if scenario == "events" else ""
+    ``events``, POST one event with a new ``event_id`` (a random user and item of ``items``)
+    carrying ``value`` (default ``{"rating": 4}``; implicit data: ``{"weight": 1.0}``)."""
+    fields = json.dumps(value or {"rating": 4})[1:-1]  # '"rating": 4'
+    events = ""
+    if scenario == "events":
+        events = EVENTS_LUA % {"items": ",".join(map(str, items)), "value": fields}
     values = {"ids": ",".join(map(str, ids)), "k": k, "model": model, "events": events}
     path.write_text(LUA % values)
 
