@@ -81,17 +81,7 @@ WIDE_TOWERS: dict[str, Any] = dict(
 # 4 epochs; tables at 3e-2 and the stack at 1e-3: 0.041 at 64-d, 0.059 at 256-d;
 # docs/QUALITY.md, "Amazon Beauty, leave-one-out").
 SEQUENCE_MODELS = ("none", "attention")
-SEQUENCE_TOWERS: dict[str, Any] = dict(
-    embedding_dim=256,
-    id_dim=256,
-    hidden_dims=(),
-    dropout=0.0,
-    share_history_embeddings=True,
-    history_dropout=0.0,
-    item_two_hop=True,
-    lr=3e-2,
-    sequence_lr=1e-3,
-)
+SEQUENCE_TOWERS: dict[str, Any] = {**WIDE_TOWERS, "sequence_lr": 1e-3}
 
 
 def is_sequential(sequence_model: str | None) -> bool:

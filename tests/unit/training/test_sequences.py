@@ -65,6 +65,14 @@ def config_for(features, **overrides) -> TwoTowerConfig:
     return config.sized_for(features, has_ratings=False, time_ordered=True, next_item=True)
 
 
+def built(data, **overrides) -> tuple[TwoTower, TrainingContext]:
+    """A seeded sequence model (eval mode) and its context over ``data``'s training part."""
+    train, _, features = data
+    config = config_for(features, **overrides)
+    torch.manual_seed(0)
+    return TwoTower(config).eval(), TrainingContext.build(features, train, config)
+
+
 def test_the_sequence_tower_is_the_default_where_the_next_item_is_held_out(data) -> None:
     features = data[2]
     base = TwoTowerConfig()
@@ -129,11 +137,8 @@ def test_a_window_reads_the_items_before_each_target() -> None:
 
 
 def test_the_same_items_in_another_order_give_another_user(data) -> None:
-    train, _, features = data
-    config = config_for(features)
-    torch.manual_seed(0)
-    model = TwoTower(config).eval()
-    ctx = TrainingContext.build(features, train, config)
+    train = data[0]
+    model, ctx = built(data)
     with torch.no_grad():
         forward = model.user_embeddings(ctx.cold_user_batch(None, [1, 2, 3]))
         backward = model.user_embeddings(ctx.cold_user_batch(None, [3, 2, 1]))
@@ -162,11 +167,7 @@ def test_training_learns_the_next_item_from_the_order(data) -> None:
 
 
 def test_a_new_event_changes_the_next_answer(data) -> None:
-    train, _, features = data
-    config = config_for(features)
-    torch.manual_seed(0)
-    model = TwoTower(config).eval()
-    ctx = TrainingContext.build(features, train, config)
+    model, ctx = built(data)
     history = [5, 9, 2]
     with torch.no_grad():
         before = model.user_embeddings(ctx.cold_user_batch(None, history))
@@ -175,11 +176,9 @@ def test_a_new_event_changes_the_next_answer(data) -> None:
 
 
 def test_the_sequence_loss_is_finite_on_a_batch_with_short_users(data) -> None:
-    train, _, features = data
-    config = config_for(features)
-    torch.manual_seed(0)
-    model = TwoTower(config)
-    ctx = TrainingContext.build(features, train, config)
+    train = data[0]
+    model, ctx = built(data)
+    model.train()
     batch = make_sequence_batches(
         np.bincount(train.user_idx, minlength=train.n_users), 4, 64, 0, 0
     )[0]
