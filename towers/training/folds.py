@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from towers.training.inputs import TrainingContext
-from towers.training.tables import Batch, csr_gather
+from towers.training.tables import Batch, checked_shard, csr_gather
 
 _MASK31 = 0x7FFFFFFF
 
@@ -60,9 +60,7 @@ def make_fold_batches(
         Batches ``{"user_idx": (R,), "fold": (R,), "fold_seed": (R,), "pairs": ()}`` where
         ``pairs`` is the number of targets in the batch (samples, for throughput).
     """
-    rank, world_size = shard
-    if not 0 <= rank < world_size:
-        raise ValueError(f"shard rank {rank} outside [0, {world_size})")
+    rank, world_size = checked_shard(shard)
     lengths = np.asarray(history_lengths, dtype=np.int64)
     folds = folds_per_user(lengths, history_folds)  # (U,)
     users = np.repeat(np.arange(len(lengths)), folds)  # (rows,)

@@ -114,7 +114,8 @@ class TrainingContext:
         log_q = np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))
         t = torch.tensor  # copies: the inputs may be read-only views
         item_inputs = TableTensors.build(features.items)
-        profiles = {n: item_inputs.profile_matrix(n) for n, _ in config.item_profiles}
+        pooled = config.use_profiles and not config.sequential  # the sequence tower reads none
+        profiles = {n: item_inputs.profile_matrix(n) for n, _ in config.item_profiles if pooled}
         id_row = np.where(counts > 0, np.arange(train.n_items), train.n_items)
         by_item = csr.T.tocsr() if config.item_two_hop else sp.csr_matrix((0, 0))
         return cls(
@@ -122,7 +123,7 @@ class TrainingContext:
             rating_scale=(float(lo), float(hi)),
             user_inputs=TableTensors.build(features.users),
             item_inputs=item_inputs,
-            item_profiles=profiles if config.use_profiles else {},
+            item_profiles=profiles,
             item_id_row=t(id_row, dtype=torch.int64),
             history_indptr=t(csr.indptr, dtype=torch.int64),
             history_items=t(csr.indices, dtype=torch.int64),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from towers.training.inputs import TrainingContext
-from towers.training.tables import Batch, csr_gather
+from towers.training.tables import Batch, checked_shard, csr_gather
 
 
 def windows_per_user(history_lengths: np.ndarray, length: int) -> np.ndarray:
@@ -76,9 +76,7 @@ def make_sequence_batches(
         Batches ``{"user_idx": (R,), "window": (R,), "pairs": ()}``, ``pairs`` this worker's
         targets in the batch (samples, for throughput).
     """
-    rank, world_size = shard
-    if not 0 <= rank < world_size:
-        raise ValueError(f"shard rank {rank} outside [0, {world_size})")
+    rank, world_size = checked_shard(shard)
     users, window, targets = _windows(history_lengths, length)
     rng = np.random.default_rng([seed, epoch, 11])
     order = np.lexsort((rng.random(len(users)), targets))  # by targets, ties at random

@@ -43,6 +43,7 @@ from towers.training.folds import fold_user_batch
 from towers.training.inputs import Batch, TrainingContext
 from towers.training.lazy_adam import LazyAdam
 from towers.training.sequences import sequence_user_batch
+from towers.training.tables import checked_shard
 from towers.training.two_hop import leave_out_own_users, refresh_two_hop
 
 
@@ -63,9 +64,7 @@ def make_batches(
     Every worker gets ``len(train) // world_size`` pairs (the remainder is skipped this epoch) so
     that all DDP ranks take the same number of steps.
     """
-    rank, world_size = shard
-    if not 0 <= rank < world_size:
-        raise ValueError(f"shard rank {rank} outside [0, {world_size})")
+    rank, world_size = checked_shard(shard)
     order = np.random.default_rng([seed, epoch]).permutation(len(train))
     mine = order[rank::world_size][: len(train) // world_size]
     user = torch.tensor(train.user_idx, dtype=torch.int64)  # copies: inputs may be read-only

@@ -210,3 +210,12 @@ def newest_sequence(
     keep = rank < length
     sequence[sorted_rows[keep], length - 1 - rank[keep]] = items[order][keep]
     return sequence
+
+
+def checked_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """``(rank, world_size)`` of a worker's share of an epoch, or ValueError when the rank is
+    outside ``[0, world_size)`` (every batch maker takes its share this way)."""
+    rank, world_size = shard
+    if not 0 <= rank < world_size:
+        raise ValueError(f"shard rank {rank} outside [0, {world_size})")
+    return rank, world_size
