@@ -182,20 +182,22 @@ def test_a_malformed_batch_is_a_422_that_stores_nothing(served, body):
     assert len(log) == 0
 
 
+async def follow(feed: EventFeed, follower: str, wait_s: float, applied: list[int]) -> None:
+    """A model replica's loop over the feed: long polls of ``wait_s``, each acknowledging what
+    the last one brought; every applied ``seq`` goes to ``applied``."""
+    seq = 0
+    while True:
+        events = await feed.changes(follower, seq, wait_s)
+        seq = events[-1].seq if events else seq
+        applied.extend(e.seq for e in events)
+
+
 def test_the_feed_answers_once_followers_applied_and_drops_a_silent_one(tmp_path):
     async def scenario() -> None:
         feed = EventFeed(EventLog(tmp_path / "feed.sqlite"), ack_timeout_s=0.3)
         assert await feed.changes("a", 0, 0.0) == []  # "a" follows from now on
         applied: list[int] = []
-
-        async def follow() -> None:
-            seq = 0
-            while True:
-                events = await feed.changes("a", seq, 1.0)
-                seq = events[-1].seq if events else seq
-                applied.extend(e.seq for e in events)
-
-        follower = asyncio.create_task(follow())
+        follower = asyncio.create_task(follow(feed, "a", 1.0, applied))
         status, body = await feed.append([("x", 1, 2, 4.0, 0), ("y", 1, 3, 4.0, 0)])
         assert (status, body) == (200, {"accepted": 2, "duplicates": 0, "applied": True})
         assert applied == [1, 2]  # applied before the answer
@@ -250,15 +252,8 @@ def test_a_follower_without_a_poll_for_the_ack_timeout_is_not_waited_for(tmp_pat
         feed = EventFeed(EventLog(tmp_path / "feed.sqlite"), ack_timeout_s=0.5)
         await feed.changes("killed", 0, 0.0)
         applied: list[int] = []
-
-        async def follow() -> None:  # long polls of 2 s: longer than the ack timeout
-            seq = 0
-            while True:
-                events = await feed.changes("live", seq, 2.0)
-                seq = events[-1].seq if events else seq
-                applied.extend(e.seq for e in events)
-
-        live = asyncio.create_task(follow())
+        # Long polls of 2 s: longer than the ack timeout.
+        live = asyncio.create_task(follow(feed, "live", 2.0, applied))
         await asyncio.sleep(0.7)
         assert set(feed.followers) == {"killed", "live"}
         assert (await feed.append([("x", 1, 2, 4.0, 0)]))[1]["applied"] is True
