@@ -82,12 +82,30 @@ def run_row(
         "valid": {k: round(v, 4) for k, v in search[best_epoch].items() if "@" in k or k == "rmse"},
         "valid_by_epoch": [round(v, 4) for v in values],  # the early-stopping metric, each epoch
         "test": {k: round(float(v), 4) for k, v in test.items()},
+        "temperature": model.config.temperature,  # chosen on validation where searched
+        "selection": selection(history, metric),
     }
+
+
+def selection(history: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Each candidate of the validation search (towers/training/selection.py): its temperature
+    and best validation value over its epochs, in the order tried."""
+    runs: dict[int, dict[str, Any]] = {}
+    for h in history:
+        if h["phase"] == "select":
+            run = runs.setdefault(
+                h["candidate"], {"temperature": h["temperature"], metric: h[metric]}
+            )
+            better = min if metric == "rmse" else max
+            run[metric] = round(better(run[metric], h[metric]), 4)
+    return list(runs.values())
 
 
 def progress_line(row: dict[str, Any], metric: str) -> str:
     """One epoch's progress: phase, epoch, seconds, and the validation metric where there is one."""
     shown = f" valid {metric} {row[metric]:.4f}" if metric in row else ""
+    if "candidate" in row:  # a candidate of the validation search
+        shown = f" temperature {row['temperature']}{shown}"
     return f"[quality] {row['phase']} epoch {row['epoch']} {row['seconds']:.0f}s{shown}"
 
 

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, Literal
 
 from ray_jobs import build_index, evaluate, prepare, train
@@ -170,6 +171,21 @@ class Steps:
         return manifest
 
 
+def sized_ray(cfg: PipelineConfig) -> None:
+    """Starts the local Ray (unless one is up or joined) for every training step of the run:
+    the workers plus 1 CPU for Ray Data's reads. The default preset reads user rows locally
+    and needs no such CPU, the paper's streams its pairs: a Ray sized by the first step alone
+    would be too small for the next."""
+    from towers.launch.ray_init import init_ray
+
+    init_ray(max(2, cfg.num_workers * cfg.cpus_per_worker + 1))
+
+
+def train_sized(cfg: PipelineConfig, train_cfg: train.TrainConfig) -> dict[str, Any]:
+    sized_ray(cfg)
+    return train.run(train_cfg)
+
+
 def run(cfg: PipelineConfig) -> dict[str, Any]:
     if cfg.update:
         from ray_jobs import update
@@ -204,11 +220,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         tune_inputs = fingerprint(data=data_fp, **settings)
 
         def run_tune() -> None:
-            from towers.launch.ray_init import init_ray
-
-            # Size the local Ray for the training steps after the search too (workers + 1 CPU
-            # for Ray Data's reads): a Ray started for 2 trials would be too small for them.
-            init_ray(max(2, cfg.num_workers * cfg.cpus_per_worker + 1))
+            sized_ray(cfg)  # a Ray started for 2 trials would be too small for the training
             tune.run(tune_cfg)
 
         tuned = steps.step("tune", artifacts.TUNING, tune_inputs, run_tune)
@@ -242,7 +254,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             f"train:{preset}" if not best else "train:tuned",
             artifact,
             inputs,
-            lambda c=train_cfg: train.run(c),
+            partial(train_sized, cfg, train_cfg),
         )
         model_versions[artifact] = manifest["version"]
 

@@ -175,7 +175,7 @@ def _report(end: EpochEnd, rank: int, curves: Curves | None, world_size: int) ->
     shown = "  ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in metrics.items()
-        if k in ("epoch", "phase", "loss", "samples_per_s", "recall@10", "ndcg@10")
+        if k in ("epoch", "phase", "temperature", "loss", "samples_per_s", "recall@10", "ndcg@10")
     )
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
@@ -328,6 +328,7 @@ def export(
         valid_metrics={k: v for k, v in best.items() if "@" in k or k == "rmse"},
         history=state.history,
         resumed_at=state.resumed_at,
+        selection=state.selection,  # the validation search's candidates and scores
         **fields,
     )
 

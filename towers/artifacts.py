@@ -289,7 +289,9 @@ def publish_small_run(
     config = TwoTowerConfig.from_preset(
         "default", epochs=epochs, embedding_dim=embedding_dim, seed=seed
     ).for_data(data)
-    rec = TwoTowerRecommender(config, data.features, data.valid).fit(data.full_train)
+    # Fitted on train ∪ valid for all its epochs, as a refit is: the validation part is in what
+    # it trains on, so nothing is chosen on it (no early stopping, no temperature search).
+    rec = TwoTowerRecommender(config, data.features).fit(data.full_train)
     vocab = Vocabularies.of_tables(data.users, data.items)
     publish_two_tower(storage, rec, model_artifact, vocabularies=vocab)
     index = make_index("scann", rec.n_items, model_version=rec.version)

@@ -21,11 +21,11 @@ def test_search_runs_at_most_max_concurrent_trials():
 
 
 def test_the_learning_rate_is_searched_around_the_datas_default():
-    from towers.model.config import DEEP_TOWERS, WIDE_TOWERS
+    from towers.model.config import WIDE_TOWERS
 
-    deep = tune.search_space(DEEP_TOWERS["lr"])["lr"]
+    paper = tune.search_space(1e-3)["lr"]
     wide = tune.search_space(WIDE_TOWERS["lr"])["lr"]
-    assert (deep.lower, deep.upper) == pytest.approx((3e-4, 9e-3))
+    assert (paper.lower, paper.upper) == pytest.approx((1e-4, 3e-3))
     assert (wide.lower, wide.upper) == pytest.approx((3e-3, 9e-2))  # the wide towers' 3e-2 inside
 
 

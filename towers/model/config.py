@@ -4,17 +4,15 @@
 and the optimisation settings, each with a comment on its default; ``PRESETS`` names the two
 settings the project reports (``default`` and ``paper``, the paper's own). What depends on the data
 is resolved from it once the catalog size is known (``sized_for``) and stored: the negatives,
-sparse tables, and the towers' shape (``DEEP_TOWERS``, tuned on ML-100K's validation split, up to
-2,500 items under a random split; ``WIDE_TOWERS`` above, and on time-ordered splits at any size).
+sparse tables, the towers' shape (``WIDE_TOWERS``, or ``SEQUENCE_TOWERS`` on a next-item split)
+and the epochs; the temperature is chosen on the validation part before training
+(``towers/training/selection.py``).
 ``towers.model.network`` builds the towers from it.
 
-On ML-100K's random split (validation part) what helped: full-catalog softmax (vs in-batch), a
-cosine learning-rate decay (also removes most epoch-to-epoch noise), not using the user's other
-training items as negatives, no user-id embedding (it overfits; the history carries the user),
-dropout 0.3, two hidden layers, the hybrid rating loss at weight 30 (it regularises the towers for
-ranking too). Neutral or worse: temperature 0.05 / 0.1 or learned, unnormalised dot products,
-weight decay, 128-d embeddings, sum/sqrt(n) history pooling, history dropout 0.5, a recent-items
-pool; batches of 2048 or a narrower item tower cost quality (docs/QUALITY.md has the tables).
+What was measured behind each rule is beside it in ``towers/model/defaults.py`` and, with the
+runs, in docs/QUALITY.md. On ML-100K's random split, with the towers of the time (two ReLU
+layers over a pair-wise softmax), neutral or worse: a learned temperature, unnormalised dot
+products, weight decay, sum/sqrt(n) history pooling, a recent-items pool.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from typing import Any
 
 from towers.data.features import FeatureTables
 from towers.model.defaults import (  # noqa: F401 (the rules' constants, named where they're read)
-    DEEP_TOWERS,
     FULL_SOFTMAX_MAX_ITEMS,
     HISTORY_DECAY,
     MAX_EPOCHS,
@@ -32,6 +29,8 @@ from towers.model.defaults import (  # noqa: F401 (the rules' constants, named w
     SEQUENCE_MODELS,
     SEQUENCE_TOWERS,
     TARGETS_PER_ITEM,
+    TEMPERATURE,
+    TEMPERATURES,
     USER_FULL_MAX_ITEMS,
     WIDE_TOWERS,
     WIDE_TRAIN_PAIRS,
@@ -59,8 +58,8 @@ class TwoTowerConfig:
     item_profiles: tuple[tuple[str, int], ...] = ()  # item features pooled over the history
     has_ratings: bool = True  # explicit ratings; False (implicit data) drops rating losses/inputs
     n_train: int = 0  # training pairs (sized_for), for the epoch budget of epochs=None
-    # --- Towers. The defaults are the tuned ML-100K setting (the "default" preset).
-    # "| None" fields: DEEP_TOWERS or WIDE_TOWERS by the catalog size and split, once known.
+    # --- Towers.
+    # "| None" fields: WIDE_TOWERS or SEQUENCE_TOWERS by the split, once known.
     embedding_dim: int | None = None  # D: output width of both towers, the retrieval space
     id_dim: int | None = None  # width of the user-id, item-id and history embeddings
     feature_dim: int = 16  # width of each demographic / genre / year embedding
@@ -112,7 +111,12 @@ class TwoTowerConfig:
     use_rating_history: bool = True  # history pooled by centred rating (+ mean rating): tastes
     rating_history_dropout: float = 0.1  # train-time chance a row's ratings are hidden (cold start)
     normalize: bool = True  # L2-normalise both towers (cosine); logits are cos / temperature
-    temperature: float = 0.07  # softmax temperature for normalised embeddings (initial if learned)
+    temperature: float | None = None  # softmax temperature for normalised embeddings (initial
+    # if learned); None: chosen on validation among temperature_candidates before training
+    # (towers/training/selection.py), TEMPERATURE (0.07) where there is no search
+    temperature_candidates: tuple[float, ...] | None = None  # what the search tries, in order
+    # (the first is built first); (): no search; None: TEMPERATURES where the scores are cosines
+    # of pooled towers (towers/model/defaults.py)
     learn_temperature: bool = False  # learn the temperature (as log 1/T, clamped at 1/T <= 100)
     item_bias: bool = True  # a learned per-item term added to the logit (cos / T + b_i): what
     # cosine scores cannot say (an item's pull on everyone); served as one more coordinate (the
@@ -211,8 +215,15 @@ class TwoTowerConfig:
             raise ValueError(
                 f"TwoTowerConfig.history_decay must be in (0, 1], got {self.history_decay}"
             )
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             raise ValueError(f"TwoTowerConfig.temperature must be > 0, got {self.temperature}")
+        if self.temperature_candidates is not None:
+            candidates = tuple(float(t) for t in self.temperature_candidates)
+            if any(t <= 0 for t in candidates):
+                raise ValueError(
+                    f"TwoTowerConfig.temperature_candidates must be > 0, got {candidates}"
+                )
+            object.__setattr__(self, "temperature_candidates", candidates)
         rates = ("dropout", "user_id_dropout", "item_id_dropout", "history_dropout")
         rates += ("sequence_dropout",)
         for name in (*rates, "rating_history_dropout"):
@@ -337,12 +348,12 @@ class TwoTowerConfig:
 # Fields added after models were first stored, and what a stored config without them ran with.
 STORED_BEFORE: dict[str, Any] = {
     "item_bias": False, "item_two_hop": False, "two_hop_mix": "concat", "two_hop_debias": 0.0,
-    "sequence_model": "none",
+    "sequence_model": "none", "temperature_candidates": (),
 }  # fmt: skip
 
 # Overrides of the dataclass defaults. "paper": the paper's weak setting (pointwise BCE on observed
 # pairs only, small ReLU towers, constant Adam 1e-3, ids and features but no history). "default":
-# the dataclass defaults, tuned on the ML-100K random split's validation part (see the module doc).
+# the dataclass defaults, resolved from the data (towers/model/defaults.py).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(
         loss="pointwise",

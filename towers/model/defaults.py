@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-# negatives="auto": the full-catalog softmax of training pairs up to this many items (the
-# crossover measured by bench/bench_loss.py on 2 cores, docs/BENCHMARKS.md), with the wide towers
-# (above it, or time-ordered) the full softmax of user rows ("user_full") up to
+# negatives="auto": the full softmax of user rows ("user_full", towers/training/folds.py) up to
 # USER_FULL_MAX_ITEMS, mixed negatives above, whose step cost does not grow with the catalog.
+# sparse_embeddings=None: sparse tables and LazyAdam above FULL_SOFTMAX_MAX_ITEMS items where a
+# step samples its negatives (below it a step touches most rows: the crossover measured by
+# bench/bench_loss.py on 2 cores, docs/BENCHMARKS.md).
 FULL_SOFTMAX_MAX_ITEMS = 2_500
 USER_FULL_MAX_ITEMS = 100_000
 # history_decay=None where the held-out parts are each user's latest interactions (a temporal
@@ -25,42 +26,31 @@ USER_FULL_MAX_ITEMS = 100_000
 # (an EASE model scored with the same decayed histories: 0.0543 -> 0.0621; 0.6: 0.0603). Under
 # ML-100K's random split it costs (epoch 1: 0.1153 vs 0.1432): resolved from the time order.
 HISTORY_DECAY = 0.8
-# epochs=None: 20 for the deep towers (ML-100K's early stopping lands well inside it); for the wide
-# towers the more of two counts, MIN_WIDE_EPOCHS to 20: as many as make about WIDE_TRAIN_PAIRS
-# training pairs (the shared maps' steps: Amazon Beauty's 143k pairs flatten after a few hundred
-# thousand pairs' worth) and as many as make each item a target about TARGETS_PER_ITEM times (its
-# own row's updates; an epoch makes it n_train / n_items times). Beauty (12 an epoch) flattens
-# from its fifth epoch of seven (~60-80 targets an item); Gowalla (730k pairs, 41k items: 18 an
-# epoch, 1 epoch by the pairs) still climbs at its sixth (~107 an item), and its test values all
-# rise from 4 epochs to 6 (docs/QUALITY.md). Beauty gets 8 epochs, Gowalla 6.
+# epochs=None: the more of two counts, MIN_WIDE_EPOCHS to MAX_EPOCHS: as many as make about
+# WIDE_TRAIN_PAIRS training pairs (the shared maps' steps: Amazon Beauty's 143k pairs flatten
+# after a few hundred thousand pairs' worth) and as many as make each item a target about
+# TARGETS_PER_ITEM times (its own row's updates; an epoch makes it n_train / n_items times).
+# Beauty (12 an epoch) flattens from its fifth epoch of seven (~60-80 targets an item); Gowalla
+# (730k pairs, 41k items: 18 an epoch, 1 epoch by the pairs) still climbs at its sixth (~107 an
+# item), and its test values all rise from 4 epochs to 6 (docs/QUALITY.md). Beauty gets 8
+# epochs, Gowalla 6, ML-100K (80k pairs) 12.
 WIDE_TRAIN_PAIRS = 1_000_000
 TARGETS_PER_ITEM = 100
 MIN_WIDE_EPOCHS = 4
 MAX_EPOCHS = 20
-# The towers' shape by catalog size and split (docs/QUALITY.md has the runs behind both). Up to
-# FULL_SOFTMAX_MAX_ITEMS items under a random split (ML-100K), deep towers: two ReLU layers with
-# dropout over a 64-d history pool generalise best (tuned on ML-100K's validation part). On a
-# time-ordered split at any size the wide towers, whose user rows train in causal folds with the
-# decay (ML-100K temporal, validation NDCG@10 0.1691 vs the deep towers' 0.1133; test, not
-# refitted, 0.2260 vs 0.1816). Above it, sparse catalogs (Amazon Beauty, Gowalla:
-# ~10-30 interactions an item): the user is the mean of their items' own embeddings (the item
-# tower's table, as in YouTube-DNN and SimpleX), both towers end in one linear map, nothing is
-# dropped, the space is 256-d, and Adam steps at 3e-2: there the model must hold many specific
-# item-item relations, and capacity and faster table updates mattered more than regularisation.
-# Each item also reads its two-hop neighbourhood (item_two_hop: the mean over its users of their
-# mean item row, LightGCN's second layer): an item with ~10-30 interactions learns little from
-# its own row, its co-occurring items say more. Validation NDCG@10 with it: Gowalla after a
-# 2-epoch cosine 0.0866 -> 0.0967 (0.0969 gated), Amazon Beauty 0.0648 -> 0.0680 (docs/QUALITY.md).
-DEEP_TOWERS: dict[str, Any] = dict(
-    embedding_dim=64,
-    id_dim=64,
-    hidden_dims=(256, 256),
-    dropout=0.3,
-    share_history_embeddings=False,
-    history_dropout=0.2,
-    item_two_hop=False,
-    lr=3e-3,
-)
+# The towers (docs/QUALITY.md has the runs). The user is the mean of their items' own embeddings
+# (the item tower's table, as in YouTube-DNN and SimpleX), both towers end in one linear map,
+# nothing is dropped, the space is 256-d, and Adam steps at 3e-2: the model must hold many
+# specific item-item relations, and capacity and faster table updates mattered more than
+# regularisation. Each item also reads its two-hop neighbourhood (item_two_hop: the mean over its
+# users of their mean item row, LightGCN's second layer): an item with ~10-30 interactions learns
+# little from its own row, its co-occurring items say more. Validation NDCG@10 with it: Gowalla
+# after a 2-epoch cosine 0.0866 -> 0.0967 (0.0969 gated), Amazon Beauty 0.0648 -> 0.0680. On a
+# time-ordered split the user rows train in causal folds with the decay (ML-100K temporal:
+# 0.1691 against deep ReLU towers' 0.1133). Deep towers (two 256-wide ReLU layers with dropout
+# over a 64-d pool, tuned on ML-100K's random split) were the rule for small catalogs under a
+# random split until the temperature was chosen on validation: there the wide towers at the
+# chosen 0.2 reach 0.1828 (the deep ones 0.1760) in a fifth of the training time.
 WIDE_TOWERS: dict[str, Any] = dict(
     embedding_dim=256,
     id_dim=256,
@@ -71,6 +61,19 @@ WIDE_TOWERS: dict[str, Any] = dict(
     item_two_hop=True,
     lr=3e-2,
 )
+# temperature=None: the softmax temperature of the cosine scores is chosen on the validation part
+# (towers/training/selection.py): each of TEMPERATURES trains the run's first SELECT_EPOCHS
+# epochs, from the same initial weights, and the best validation NDCG@10 goes on (the others cost
+# SELECT_EPOCHS epochs each). No single value suits every data set. Validation NDCG@10 at
+# 0.07 / 0.12 / 0.2 (epochs 0-1 of the run, and the best of the run, docs/QUALITY.md):
+#   ML-100K random (12-epoch cosine): 0.1530 / - / 0.1580, best 0.1629 / - / 0.1828 (0.3: 0.1800)
+#   Yelp temporal (9 epochs): 0.0247 / 0.0270 / 0.0242, best 0.0261 / 0.0292 / 0.0276
+#   Amazon Beauty and Gowalla: 0.07 best of 0.05 / 0.07 / 0.1 over whole runs (0.1 lost 3-4%).
+# Searched where the scores are cosines of pooled towers (normalize, a softmax loss, a fixed
+# temperature; not the sequence tower, not screened); TEMPERATURE elsewhere.
+TEMPERATURE = 0.07
+TEMPERATURES = (0.07, 0.12, 0.2)
+SELECT_EPOCHS = 2
 # The sequence user tower (sequence_model="attention", towers/model/sequence.py): the user's
 # sequence_length most recent items, in order, through a small causal self-attention stack,
 # trained on every prefix of each training sequence (each slot predicts the next item). None: on
@@ -97,20 +100,19 @@ def resolve_defaults(config: dict[str, Any]) -> dict[str, Any]:
         sequence = "attention" if v["next_item"] and v["loss"] != "pointwise" else "none"
         v["sequence_model"] = sequence
     sequential = is_sequential(v["sequence_model"])
-    wide = v["n_items"] > FULL_SOFTMAX_MAX_ITEMS or bool(v["time_ordered"])
+    time_ordered = bool(v["time_ordered"])
     if v["history_decay"] is None:
-        v["history_decay"] = HISTORY_DECAY if v["time_ordered"] and wide else 1.0
+        v["history_decay"] = HISTORY_DECAY if time_ordered else 1.0
     if v["causal_folds"] is None:
-        v["causal_folds"] = bool(v["time_ordered"] and wide)
+        v["causal_folds"] = time_ordered
     if v["epochs"] is None:
         epochs = MAX_EPOCHS
-        if wide and v["n_train"] > 0:
+        if v["n_train"] > 0:
             by_pairs = round(WIDE_TRAIN_PAIRS / v["n_train"])
             by_items = round(TARGETS_PER_ITEM * v["n_items"] / v["n_train"])
             epochs = min(MAX_EPOCHS, max(MIN_WIDE_EPOCHS, by_pairs, by_items))
         v["epochs"] = epochs
-    towers = SEQUENCE_TOWERS if sequential else WIDE_TOWERS if wide else DEEP_TOWERS
-    for name, value in towers.items():
+    for name, value in (SEQUENCE_TOWERS if sequential else WIDE_TOWERS).items():
         if v[name] is None:
             if name == "share_history_embeddings":  # only where there is a shared table
                 value = value and v["use_item_id"] and v["use_history"]
@@ -118,13 +120,20 @@ def resolve_defaults(config: dict[str, Any]) -> dict[str, Any]:
                 value = value and v["use_item_id"]
             v[name] = value
     if v["negatives"] == "auto":
-        if sequential:
+        if v["loss"] == "pointwise":
+            negatives = "full"  # unused: the pointwise loss reads observed pairs only
+        elif sequential:
             negatives = "user_full"  # rows of sequences, the catalog softmax or draws
-        elif not wide:
-            negatives = "full"
         else:
             negatives = "user_full" if v["n_items"] <= USER_FULL_MAX_ITEMS else "mixed"
         v["negatives"] = negatives
+    if v["temperature_candidates"] is None:
+        cosine = v["normalize"] and not v["learn_temperature"] and v["loss"] != "pointwise"
+        searched = cosine and not sequential and v["temperature"] is None
+        v["temperature_candidates"] = TEMPERATURES if searched else ()
+    if v["temperature"] is None:  # the first candidate until the search has chosen
+        candidates = v["temperature_candidates"]
+        v["temperature"] = candidates[0] if candidates else TEMPERATURE
     if v["sparse_embeddings"] is None:
         # Sparse rows pay off when a step touches few of them; a full softmax touches all
         # (user_full samples its negatives above row_negatives items).

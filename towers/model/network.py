@@ -31,6 +31,7 @@ Batches are dicts of tensors built by ``towers.training.inputs.TrainingContext``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -40,6 +41,10 @@ from torch import nn
 from towers.model.config import TwoTowerConfig
 from towers.model.layers import FeatureEncoders, drop_ids, feature_key, mlp, weighted_bags
 from towers.model.sequence import SequenceEncoder
+
+# Config fields a built model can take new values of (TwoTower.reconfigure): no weight's shape
+# depends on them.
+RECONFIGURABLE = ("temperature",)
 
 __all__ = ["ItemTower", "RatingHead", "TwoTower", "UserTower", "weighted_bags"]
 
@@ -291,6 +296,18 @@ class TwoTower(nn.Module):
                 config.n_items + 1, 1, sparse=config.sparse_embeddings, padding_idx=config.n_items
             )
             nn.init.zeros_(self.item_bias.weight)
+
+    def reconfigure(self, config: TwoTowerConfig) -> None:
+        """Takes ``config``, which may differ from the one built only in :data:`RECONFIGURABLE`
+        settings, those no weight's shape depends on (the temperature, which the validation
+        search sets before training: ``towers/training/selection.py``)."""
+        names = [f.name for f in dataclasses.fields(config) if f.name not in RECONFIGURABLE]
+        differ = [n for n in names if getattr(config, n) != getattr(self.config, n)]
+        if differ:
+            raise ValueError(f"TwoTower.reconfigure: {differ} cannot change, only {RECONFIGURABLE}")
+        self.config = config
+        with torch.no_grad():
+            self.log_inv_temperature.fill_(math.log(1.0 / config.temperature))
 
     @property
     def inv_temperature(self) -> torch.Tensor:

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +34,17 @@ from towers.model.config import TwoTowerConfig
 from towers.model.network import TwoTower
 from towers.training.folds import fold_steps, make_fold_batches
 from towers.training.inputs import Batch, TrainingContext
+from towers.training.phases import (
+    REFIT,
+    SEARCH,
+    SELECT,
+    BatchSource,
+    EpochEnd,
+    LoopState,
+    TrainingData,
+    all_reduce_stats,
+)
+from towers.training.selection import Search, candidates
 from towers.training.sequences import make_sequence_batches, sequence_steps
 from towers.training.steps import (
     make_batches,
@@ -44,52 +54,6 @@ from towers.training.steps import (
     unwrap,
     validation_metrics,
 )
-
-SEARCH, REFIT = "search", "refit"
-
-
-@dataclass
-class LoopState:
-    """Where the training loop is: enough to resume at the next epoch."""
-
-    epoch: int = -1  # last finished epoch of the current phase (-1: none yet)
-    phase: str = SEARCH  # "search": train with early stopping; "refit": train ∪ valid
-    best_metric: float = float("-inf")  # best validation metric seen in the search phase
-    best_epoch: int = -1  # epoch that reached it
-    stale: int = 0  # epochs since the last improvement
-    history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
-    resumed_at: list[int] = field(default_factory=list)  # epochs a restarted run resumed after
-
-
-@dataclass
-class TrainingData:
-    """What the loop trains and validates on (a ``PreparedData`` split, or test data)."""
-
-    features: FeatureTables
-    train: Interactions
-    valid: Interactions | None = None
-    rating_scale: tuple[float, float] | None = None  # None: inferred from ``train``
-
-    @property
-    def has_valid(self) -> bool:
-        return self.valid is not None and len(self.valid) > 0
-
-    @cached_property
-    def full_train(self) -> Interactions:
-        """Train ∪ valid, what the refit phase trains on (built once)."""
-        return self.train.concat(self.valid) if self.has_valid else self.train  # type: ignore[arg-type]
-
-
-class BatchSource(Protocol):
-    """Where one worker's batches come from, per phase and epoch."""
-
-    def steps_per_epoch(self, phase: str) -> int:
-        """Optimizer steps one epoch of ``phase`` takes (the cosine schedule's unit)."""
-        ...
-
-    def batches(self, phase: str, epoch: int) -> Iterable[Batch]:
-        """This worker's batches of ``phase`` for ``epoch``."""
-        ...
 
 
 class LocalBatches:
@@ -158,18 +122,6 @@ class LocalBatches:
 
 
 @dataclass
-class EpochEnd:
-    """What ``on_epoch`` sees after each epoch (the phase may have just switched to refit)."""
-
-    row: dict[str, Any]  # epoch, phase, loss, samples, seconds, samples_per_s, lr, metrics
-    state: LoopState
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    best_model: dict[str, torch.Tensor] | None  # CPU weights of the best search epoch
-
-
-@dataclass
 class LoopResult:
     model: nn.Module  # as trained last (maybe DDP-wrapped), in train mode
     state: LoopState
@@ -213,7 +165,14 @@ def train_loop(
     """
     config: TwoTowerConfig = unwrap(model).config
     budget = config.epochs if epochs is None else epochs
-    state = LoopState() if resume is None else resume[1]
+    search = None  # the validation search of the first epochs (towers/training/selection.py)
+    selecting = resume is None or resume[1].phase == SELECT
+    if selecting and candidates(config) and data.has_valid:
+        search = Search(config, model, initial, budget)
+    state = LoopState(phase=SELECT if search else SEARCH) if resume is None else resume[1]
+    if state.phase == SELECT:
+        assert search is not None, "a checkpoint of a validation search, resumed without one"
+        config = search.config(state)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, source.steps_per_epoch(state.phase))
     best_model = None
@@ -227,6 +186,8 @@ def train_loop(
         state.resumed_at.append(state.epoch)
     elif initial is not None:
         model.load_state_dict(initial)
+    if state.phase == SELECT:
+        unwrap(model).reconfigure(config)  # the running candidate's settings
     device = next(model.parameters()).device
     if prepare_model is not None:
         model = prepare_model(model)  # optimizer state refers to parameters by position
@@ -236,10 +197,11 @@ def train_loop(
         epoch, phase = state.epoch + 1, state.phase
         if (phase == REFIT and epoch > state.best_epoch) or (phase == SEARCH and epoch >= budget):
             break
-        if phase not in context:
-            interactions = data.full_train if phase == REFIT else data.train
+        part = REFIT if phase == REFIT else SEARCH  # select and search train on the same part
+        if part not in context:
+            interactions = data.full_train if part == REFIT else data.train
             context.clear()
-            context[phase] = TrainingContext.build(
+            context[part] = TrainingContext.build(
                 data.features, interactions, config, data.rating_scale, device
             )
         start = time.perf_counter()
@@ -248,9 +210,13 @@ def train_loop(
         if on_progress is not None:
             total = source.steps_per_epoch(phase)
             on_step = _throttled(on_progress, progress_every_s, phase, epoch, total, start)
-        stats = train_epoch(model, optimizer, batches, context[phase], scheduler, on_step=on_step)
-        row = {"epoch": epoch, "phase": phase, **_all_reduce(stats, time.perf_counter() - start)}
-        if phase == SEARCH and data.has_valid:
+        stats = train_epoch(model, optimizer, batches, context[part], scheduler, on_step=on_step)
+        seconds = time.perf_counter() - start
+        row = {"epoch": epoch, "phase": phase, **all_reduce_stats(stats, seconds)}
+        if phase == SELECT:
+            assert search is not None
+            row.update(candidate=len(state.selection), **search.tried[len(state.selection)])
+        if part == SEARCH and data.has_valid:
             valid_ctx, users = context[SEARCH], config.validation_users
             row.update(
                 validation_metrics(model, valid_ctx, data.train, data.valid, max_users=users)
@@ -267,6 +233,9 @@ def train_loop(
                 state.stale += 1
         state.epoch = epoch
         state.history.append(row)
+        if phase == SELECT and search is not None and search.rung_done(state, epoch):
+            ending = (model, optimizer, scheduler, best_model, state, source, context[part])
+            (config, optimizer, scheduler), best_model = search.end_rung(*ending)
         done = phase == SEARCH and (state.stale >= config.patience or epoch + 1 >= budget)
         if done and refit:
             # Phase two from a fresh model: same seed, same init (or the same warm start), a new
@@ -274,6 +243,8 @@ def train_loop(
             torch.manual_seed(config.seed)
             fresh = TwoTower(config).to(device).state_dict() if initial is None else initial
             unwrap(model).load_state_dict(fresh)
+            if state.selection:  # the chosen temperature, not the one `fresh` was built with
+                unwrap(model).reconfigure(config)
             optimizer = make_optimizer(model, config)
             scheduler = make_scheduler(optimizer, config, source.steps_per_epoch(REFIT))
             state.phase, state.epoch = REFIT, -1
@@ -314,24 +285,6 @@ def _throttled(
         )
 
     return on_step
-
-
-def _all_reduce(stats: dict[str, float], seconds: float) -> dict[str, float]:
-    """Mean loss over all ranks' pairs and global samples/s over the epoch's wall time."""
-    loss_sum, samples = stats["loss"] * stats["samples"], stats["samples"]
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.tensor([loss_sum, samples], dtype=torch.float64)
-        if torch.distributed.get_backend() == "nccl":
-            t = t.cuda()
-        torch.distributed.all_reduce(t)
-        loss_sum, samples = float(t[0]), float(t[1])
-    return {
-        "loss": loss_sum / max(samples, 1),
-        "samples": samples,
-        "seconds": seconds,
-        "samples_per_s": samples / seconds if seconds > 0 else 0.0,
-        "lr": stats["lr"],
-    }
 
 
 def fit(

@@ -28,7 +28,7 @@ def test_steps_without_ray_run_in_turn_on_a_tiny_size(tmp_path, capsys):
     assert results["prepare"]["interactions"] > 0.9 * bench_scale.SIZES["tiny"][2]
     train = results["train"]
     assert train["steps"] == train["previous_steps"] == 3 and train["samples_per_s"] > 0
-    assert train["negatives"] == "full" and train["previous_negatives"].startswith("mixed")
+    assert train["negatives"] == "user_full" and train["previous_negatives"].startswith("mixed")
     epochs = train["epochs"]  # the epoch's seconds rounded to 0.1 before they are multiplied
     assert train["training_s"] == pytest.approx(train["epoch_s_extrapolated"] * epochs, abs=epochs)
     assert train["rate_vs_previous"] == pytest.approx(

@@ -84,9 +84,11 @@ def test_auto_negatives_and_sparse_tables_follow_the_catalog_size() -> None:
     unsized = TwoTowerConfig()
     assert (unsized.negatives, unsized.sparse_embeddings) == ("auto", None)  # not known yet
     small = TwoTowerConfig(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS)
-    assert (small.negatives, small.sparse_embeddings) == ("full", False)  # ML-100K's setting
+    assert (small.negatives, small.sparse_embeddings) == ("user_full", False)  # ML-100K's
     large = replace(small, n_items=FULL_SOFTMAX_MAX_ITEMS + 1, negatives="auto")
     assert (large.negatives, large.sparse_embeddings) == ("user_full", False)
+    paper = TwoTowerConfig.from_preset("paper", n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS)
+    assert paper.negatives == "full"  # observed pairs only: no rows to build
     # A full softmax touches every item row each step: dense tables; above row_negatives items
     # user_full draws its negatives, and a step touches few rows: sparse tables.
     exact = TwoTowerConfig(n_users=10, n_items=4_000, row_negatives=4_000)
@@ -103,7 +105,7 @@ def test_auto_negatives_and_sparse_tables_follow_the_catalog_size() -> None:
         TwoTowerConfig(history_folds=1)
     # What a stored config says is what ran, and it loads back the same.
     assert TwoTowerConfig.from_dict(json.loads(json.dumps(large.to_dict()))) == large
-    assert TwoTowerConfig.from_preset("default").sized_for(make_features()).negatives == "full"
+    assert TwoTowerConfig.from_preset("default").sized_for(make_features()).negatives == "user_full"
 
 
 def test_presets() -> None:
@@ -203,7 +205,7 @@ def test_rating_head_only_for_hybrid() -> None:
 
 
 def test_history_pool_excludes_the_target_item() -> None:
-    model, ctx = build(history_dropout=0.0)
+    model, ctx = build(history_dropout=0.0, share_history_embeddings=False)  # its own table
     user = 0
     history = ctx.history_items[ctx.history_indptr[user] : ctx.history_indptr[user + 1]]
     target = history[2]
@@ -312,30 +314,54 @@ def test_shared_history_embeddings_read_the_item_id_table() -> None:
         TwoTowerConfig(share_history_embeddings=True, use_item_id=False)
 
 
-def test_towers_follow_the_catalog_size_unless_chosen() -> None:
-    """Deep towers (ML-100K's tuned setting) up to FULL_SOFTMAX_MAX_ITEMS items, wide linear
-    towers over the item table above; a value given explicitly is kept either way."""
-    from towers.model.config import DEEP_TOWERS, FULL_SOFTMAX_MAX_ITEMS, WIDE_TOWERS
+def test_towers_are_the_wide_ones_unless_chosen() -> None:
+    """Wide linear towers over the item table at every catalog size (the sequence tower's
+    share on a next-item split); a value given explicitly is kept."""
+    from towers.model.config import FULL_SOFTMAX_MAX_ITEMS, WIDE_TOWERS
 
     unsized = TwoTowerConfig()
     assert unsized.embedding_dim is None and unsized.lr is None  # not known yet
-    small = TwoTowerConfig(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS)
-    assert {k: getattr(small, k) for k in DEEP_TOWERS} == DEEP_TOWERS
-    large = TwoTowerConfig(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS + 1)
-    assert {k: getattr(large, k) for k in WIDE_TOWERS} == WIDE_TOWERS
+    for n_items in (FULL_SOFTMAX_MAX_ITEMS, FULL_SOFTMAX_MAX_ITEMS + 1):
+        sized = TwoTowerConfig(n_users=10, n_items=n_items)
+        assert {k: getattr(sized, k) for k in WIDE_TOWERS} == WIDE_TOWERS
     chosen = TwoTowerConfig(n_users=10, n_items=50_000, lr=1e-3, hidden_dims=(32,))
     assert (chosen.lr, chosen.hidden_dims, chosen.embedding_dim) == (1e-3, (32,), 256)
     no_history = TwoTowerConfig(n_users=10, n_items=50_000, use_history=False)
     assert no_history.share_history_embeddings is False  # nothing to share
-    assert TwoTowerConfig.from_dict(json.loads(json.dumps(large.to_dict()))) == large
+    assert TwoTowerConfig.from_dict(json.loads(json.dumps(sized.to_dict()))) == sized
     model = TwoTower(TwoTowerConfig.from_preset("default").sized_for(make_features()))
-    assert model.config.hidden_dims == (256, 256)  # the test features' small catalog: deep
+    assert model.config.hidden_dims == () and model.config.embedding_dim == 256
+
+
+def test_the_temperature_is_searched_where_the_scores_are_cosines() -> None:
+    """temperature=None: TEMPERATURES tried on validation (the first built first) where the
+    pooled towers score cosines with a softmax; a given temperature, the paper's pointwise loss,
+    a learned temperature and the sequence tower keep one value and search nothing."""
+    from towers.model.config import TEMPERATURE, TEMPERATURES
+
+    assert TwoTowerConfig().temperature is None  # not known yet
+    sized = dict(n_users=10, n_items=100)
+    default = TwoTowerConfig(**sized)
+    assert default.temperature_candidates == TEMPERATURES and len(TEMPERATURES) > 1
+    assert default.temperature == TEMPERATURES[0]
+    for fixed in (
+        TwoTowerConfig(**sized, temperature=0.1),
+        TwoTowerConfig(**sized, learn_temperature=True),
+        TwoTowerConfig(**sized, normalize=False),
+        TwoTowerConfig.from_preset("paper", **sized),
+        TwoTowerConfig(**sized, next_item=True),  # the sequence tower
+    ):
+        assert fixed.temperature_candidates == ()
+        assert fixed.temperature == (fixed.temperature if fixed.temperature == 0.1 else TEMPERATURE)
+    mine = TwoTowerConfig(**sized, temperature_candidates=[0.3, 0.05])
+    assert (mine.temperature_candidates, mine.temperature) == ((0.3, 0.05), 0.3)
+    with pytest.raises(ValueError, match="temperature_candidates"):
+        TwoTowerConfig(temperature_candidates=(0.1, 0.0))
 
 
 def test_epochs_follow_the_training_pairs_for_the_wide_towers() -> None:
-    """epochs=None: 20 for the deep towers; for the wide ones about WIDE_TRAIN_PAIRS pairs or
-    TARGETS_PER_ITEM targets an item, whichever takes more (4 to 20 epochs), 20 while the pairs
-    are unknown; a given value is kept."""
+    """epochs=None: about WIDE_TRAIN_PAIRS pairs or TARGETS_PER_ITEM targets an item, whichever
+    takes more (4 to 20 epochs), 20 while the pairs are unknown; a given value is kept."""
     from towers.model.config import (
         FULL_SOFTMAX_MAX_ITEMS,
         MAX_EPOCHS,
@@ -346,8 +372,8 @@ def test_epochs_follow_the_training_pairs_for_the_wide_towers() -> None:
 
     assert TwoTowerConfig().epochs is None  # not known yet
     wide = dict(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS + 1)
-    deep = dict(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS)
-    assert TwoTowerConfig(**deep, n_train=1_000).epochs == MAX_EPOCHS
+    small = dict(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS)
+    assert TwoTowerConfig(**small, n_train=80_000).epochs == 12  # ML-100K's: by the pairs
     assert TwoTowerConfig(**wide, n_train=WIDE_TRAIN_PAIRS // 7).epochs == 7
     assert MIN_WIDE_EPOCHS == 4  # every item a target at least four times
     assert TwoTowerConfig(**wide, n_train=WIDE_TRAIN_PAIRS // 3).epochs == 4  # by the pairs: 3
@@ -377,8 +403,8 @@ def test_history_decay_follows_the_time_order_unless_chosen() -> None:
     assert chosen.history_decay == 0.5
     # Causal folds go with the decay: time-ordered data, unless chosen.
     assert (timed.causal_folds, TwoTowerConfig(**wide).causal_folds) == (True, False)
-    # A time-ordered split takes the wide towers at any catalog size (user rows in causal folds,
-    # the decay): ML-100K's temporal validation NDCG@10 0.1691 against the deep towers' 0.1133.
+    # At any catalog size (ML-100K's temporal validation NDCG@10 0.1691 against the deep
+    # towers' 0.1133).
     small = dict(n_users=10, n_items=FULL_SOFTMAX_MAX_ITEMS)
     small_timed = TwoTowerConfig(**small, time_ordered=True)
     assert (small_timed.history_decay, small_timed.causal_folds) == (HISTORY_DECAY, True)
@@ -386,11 +412,8 @@ def test_history_decay_follows_the_time_order_unless_chosen() -> None:
         "user_full", 256, (),
     )  # fmt: skip
     assert small_timed.sparse_embeddings is False  # every item a negative: no sparse rows
-    small_random = TwoTowerConfig(**small)  # the held-out parts a random draw: the deep towers
+    small_random = TwoTowerConfig(**small)  # the held-out parts a random draw: no decay
     assert (small_random.history_decay, small_random.causal_folds) == (1.0, False)
-    assert (small_random.negatives, small_random.embedding_dim, small_random.hidden_dims) == (
-        "full", 64, (256, 256),
-    )  # fmt: skip
     assert TwoTowerConfig(**wide, time_ordered=True, causal_folds=False).causal_folds is False
     sized = TwoTowerConfig().sized_for(make_features(), time_ordered=True)
     assert sized.time_ordered is True

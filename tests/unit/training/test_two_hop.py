@@ -128,15 +128,16 @@ def test_items_embedded_without_a_neighbourhood_read_zeros(data) -> None:
     assert model.item_embeddings(bare).shape == (2, model.config.retrieval_dim)
 
 
-def test_two_hop_needs_the_item_table_and_is_on_with_the_wide_towers(data) -> None:
+def test_two_hop_needs_the_item_table_and_is_on_by_default(data) -> None:
     with pytest.raises(ValueError, match="item_two_hop"):
         TwoTowerConfig(item_two_hop=True, use_item_id=False)
     with pytest.raises(ValueError, match="two_hop_refreshes"):
         TwoTowerConfig(two_hop_refreshes=0)
     with pytest.raises(ValueError, match="validation_users"):
         TwoTowerConfig(validation_users=-1)
-    assert TwoTowerConfig(n_items=2_000).item_two_hop is False  # deep towers (ML-100K)
-    assert TwoTowerConfig(n_items=40_000).item_two_hop is True  # wide towers
+    assert TwoTowerConfig(n_items=2_000).item_two_hop is True  # the wide towers, every size
+    assert TwoTowerConfig(n_items=40_000).item_two_hop is True
+    assert TwoTowerConfig.from_preset("paper", n_items=2_000).item_two_hop is False
     assert TwoTowerConfig(n_items=40_000, use_item_id=False).item_two_hop is False
     assert TwoTowerConfig.from_stored({}).item_two_hop is False  # models stored before it
     with pytest.raises(ValueError, match="two_hop_mix"):
