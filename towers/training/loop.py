@@ -9,7 +9,9 @@ differs between them is passed in, not copied:
 - ``resume`` — tensors and :class:`LoopState` of a checkpoint to continue from;
 - ``on_epoch`` — called after every epoch with an :class:`EpochEnd` (report, checkpoint, log).
 
-Two phases: ``search`` trains on ``train`` with early stopping on ``valid``
+Up to three phases. ``select`` (where the config has ``temperature_candidates`` and there is a
+validation part): each candidate trains the run's first epochs and the best goes on
+(``towers.training.selection``). ``search`` trains on ``train`` with early stopping on ``valid``
 (``config.early_stopping_metric``, ``config.patience``; an epoch improves on the best only by
 more than ``config.min_improvement`` of it); with ``refit``, ``refit`` then trains a
 fresh model (same seed, same schedule) on train ∪ valid for the best epoch count. Loss and
@@ -171,7 +173,12 @@ def train_loop(
         search = Search(config, model, initial, budget)
     state = LoopState(phase=SELECT if search else SEARCH) if resume is None else resume[1]
     if state.phase == SELECT:
-        assert search is not None, "a checkpoint of a validation search, resumed without one"
+        if search is None:
+            raise ValueError(
+                "train_loop: the checkpoint was written during the validation search "
+                "(phase 'select'), but this config has no temperature_candidates or no "
+                "validation part to resume it with"
+            )
         config = search.config(state)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, source.steps_per_epoch(state.phase))

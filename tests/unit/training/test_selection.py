@@ -14,6 +14,7 @@ from towers.model.config import TwoTowerConfig
 from towers.model.defaults import SELECT_EPOCHS
 from towers.model.network import TwoTower
 from towers.training.loop import LocalBatches, TrainingData, fit, train_loop
+from towers.training.phases import LoopState
 from towers.training.selection import SELECT, best_candidate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -135,3 +136,14 @@ def test_best_candidate_maximises_ranking_metrics_and_minimises_rmse() -> None:
     assert best_candidate([0.2, 0.3, 0.3], "ndcg@10") == 1  # the first of equals
     assert best_candidate([0.9, 1.1, 0.8], "rmse") == 2
     assert best_candidate([float("nan"), 0.0], "ndcg@10") == 1
+
+
+def test_a_search_checkpoint_needs_a_config_that_searches(data) -> None:
+    train, valid, features = data
+    cfg = config(temperature=GOOD).sized_for(features, n_train=len(train))  # no candidates
+    model = TwoTower(cfg)
+    training = TrainingData(features, train, valid)
+    source = LocalBatches(training, cfg.batch_size, cfg.seed, config=cfg)
+    tensors = {"model": model.state_dict(), "optimizer": {}, "best_model": {}}
+    with pytest.raises(ValueError, match="validation search"):
+        train_loop(model, training, source, resume=(tensors, LoopState(phase=SELECT)))
