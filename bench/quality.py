@@ -30,6 +30,7 @@ from towers.model.config import TwoTowerConfig
 from towers.recommenders.two_tower import TwoTowerRecommender
 from towers.storage.root import Storage
 from towers.training.loop import fit
+from towers.training.selection import SELECT, candidate_score
 
 VALID_KEYS = ("recall@10", "ndcg@10", "precision@10", "map@10", "rmse")
 SHOWN = ("precision@5", "precision@10", "recall@10", "ndcg@10", "map@10", "precision@20", "rmse")
@@ -90,15 +91,14 @@ def run_row(
 def selection(history: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     """Each candidate of the validation search (towers/training/selection.py): its temperature
     and best validation value over its epochs, in the order tried."""
-    runs: dict[int, dict[str, Any]] = {}
+    runs: dict[int, list[dict[str, Any]]] = {}
     for h in history:
-        if h["phase"] == "select":
-            run = runs.setdefault(
-                h["candidate"], {"temperature": h["temperature"], metric: h[metric]}
-            )
-            better = min if metric == "rmse" else max
-            run[metric] = round(better(run[metric], h[metric]), 4)
-    return list(runs.values())
+        if h["phase"] == SELECT:
+            runs.setdefault(h["candidate"], []).append(h)
+    return [
+        {"temperature": rows[0]["temperature"], metric: round(candidate_score(rows, metric), 4)}
+        for rows in runs.values()
+    ]
 
 
 def progress_line(row: dict[str, Any], metric: str) -> str:

@@ -37,12 +37,18 @@ from towers.training.inputs import TrainingContext
 from towers.training.phases import SEARCH, SELECT, BatchSource, LoopState
 from towers.training.steps import make_optimizer, make_scheduler, unwrap
 
-__all__ = ["SELECT", "Search", "best_candidate", "candidates"]
+__all__ = ["SELECT", "Search", "best_candidate", "candidate_score", "candidates"]
 
 
 def candidates(config: TwoTowerConfig) -> list[dict[str, Any]]:
     """The settings the search tries, in order, as config overrides ([]: no search)."""
     return [{"temperature": t} for t in config.temperature_candidates or ()]
+
+
+def candidate_score(rows: list[dict[str, Any]], metric: str) -> float:
+    """A candidate's score: the best validation value of its epochs' rows (rmse: the least)."""
+    values = [row[metric] for row in rows]
+    return min(values) if metric == "rmse" else max(values)
 
 
 def best_candidate(scores: list[float], metric: str) -> int:
@@ -130,8 +136,7 @@ class Search:
         index = len(state.selection)
         metric = self.base.early_stopping_metric
         mine = [h for h in state.history if h["phase"] == SELECT and h["candidate"] == index]
-        values = [h[metric] for h in mine]
-        score = min(values) if metric == "rmse" else max(values)
+        score = candidate_score(mine, metric)
         seconds = sum(h["seconds"] for h in mine)
         state.selection.append(
             {**self.tried[index], metric: score, "epochs": len(mine), "seconds": round(seconds, 1)}
