@@ -30,7 +30,7 @@ from towers.model.config import TwoTowerConfig
 from towers.recommenders.two_tower import TwoTowerRecommender
 from towers.storage.root import Storage
 from towers.training.loop import fit
-from towers.training.selection import SELECT, candidate_score
+from towers.training.selection import SELECT, candidate_score, label
 
 VALID_KEYS = ("recall@10", "ndcg@10", "precision@10", "map@10", "rmse")
 SHOWN = ("precision@5", "precision@10", "recall@10", "ndcg@10", "map@10", "precision@20", "rmse")
@@ -84,19 +84,20 @@ def run_row(
         "valid_by_epoch": [round(v, 4) for v in values],  # the early-stopping metric, each epoch
         "test": {k: round(float(v), 4) for k, v in test.items()},
         "temperature": model.config.temperature,  # chosen on validation where searched
+        "ranking_loss": model.config.ranking_loss,
         "selection": selection(history, metric),
     }
 
 
 def selection(history: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     """Each candidate of the validation search (towers/training/selection.py): its temperature
-    and best validation value over its epochs, in the order tried."""
+    or loss and best validation value over its epochs, in the order tried."""
     runs: dict[int, list[dict[str, Any]]] = {}
     for h in history:
         if h["phase"] == SELECT:
             runs.setdefault(h["candidate"], []).append(h)
     return [
-        {"temperature": rows[0]["temperature"], metric: round(candidate_score(rows, metric), 4)}
+        {**label(rows[0]), metric: round(candidate_score(rows, metric), 4)}
         for rows in runs.values()
     ]
 
@@ -105,7 +106,8 @@ def progress_line(row: dict[str, Any], metric: str) -> str:
     """One epoch's progress: phase, epoch, seconds, and the validation metric where there is one."""
     shown = f" valid {metric} {row[metric]:.4f}" if metric in row else ""
     if "candidate" in row:  # a candidate of the validation search
-        shown = f" temperature {row['temperature']}{shown}"
+        named = " ".join(f"{k} {v}" for k, v in label(row).items())
+        shown = f" {named}{shown}"
     return f"[quality] {row['phase']} epoch {row['epoch']} {row['seconds']:.0f}s{shown}"
 
 

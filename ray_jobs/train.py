@@ -175,7 +175,17 @@ def _report(end: EpochEnd, rank: int, curves: Curves | None, world_size: int) ->
     shown = "  ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in metrics.items()
-        if k in ("epoch", "phase", "temperature", "loss", "samples_per_s", "recall@10", "ndcg@10")
+        if k
+        in (
+            "epoch",
+            "phase",
+            "temperature",
+            "ranking_loss",
+            "loss",
+            "samples_per_s",
+            "recall@10",
+            "ndcg@10",
+        )
     )
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None

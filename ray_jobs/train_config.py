@@ -62,6 +62,12 @@ class TrainConfig:
         "softmax temperature (normalised embeddings); default: chosen on the validation part "
         "among 0.07, 0.12 and 0.2 by their first epochs (docs/QUALITY.md)",
     )
+    ranking_loss: Literal["softmax", "squared"] | None = help_field(
+        None,
+        "what the scores are trained with: the softmax, or the squared error over the whole "
+        "catalog (iALS's); default: chosen on the validation part where every user row sees "
+        "the whole catalog (up to 4,096 items), the softmax elsewhere (docs/QUALITY.md)",
+    )
     weight_decay: float | None = help_field(None, "AdamW weight decay")
     seed: int | None = help_field(None, "seed of init and batch order")
     negatives: Literal["auto", "full", "user_full", "in_batch", "mixed"] | None = help_field(

@@ -98,6 +98,9 @@ def trial(params: dict[str, Any]) -> None:
     job = params["job"]
     prepared = load_prepared(Storage(job["storage"]), job["split"])
     overrides = {k: params[k] for k in ("lr", "embedding_dim", "temperature")}
+    # The knobs searched are the softmax's (its rate, width, temperature): no loss search inside
+    # a trial (the squared loss's own rate would replace the trial's).
+    overrides["ranking_loss"] = "softmax"
     epochs = job["max_epochs"]
     config = TwoTowerConfig.from_preset(job["preset"], **overrides, epochs=epochs, patience=epochs)
     config = config.for_data(prepared)

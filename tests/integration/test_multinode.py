@@ -216,13 +216,14 @@ def posixpath_name(path: str, root: str) -> str:
 
 # --- 2. training loses a node ------------------------------------------------------------------
 
-# A fixed temperature: the epochs are the search phase's (the validation search of the first
-# epochs is tested in test_train_ray.py).
+# A fixed temperature and loss: the epochs are the search phase's (the validation search of the
+# first epochs is tested in test_train_ray.py).
 TRAIN_SETTINGS = dict(num_workers=2, min_workers=1, epochs=3, batch_size=256, refit=False)
-TRAIN_SETTINGS.update(temperature=0.07)
+TRAIN_SETTINGS.update(temperature=0.07, ranking_loss="softmax")
 TRAIN_ARGS = ["--num-workers", "2", "--min-workers", "1", "--cpus-per-worker", "2"]
 TRAIN_ARGS += ["--placement-strategy", "SPREAD", "--data-loader", "local", "--epochs", "3"]
 TRAIN_ARGS += ["--batch-size", "256", "--no-refit", "--max-failures", "1", "--temperature", "0.07"]
+TRAIN_ARGS += ["--ranking-loss", "softmax"]
 
 
 def train_driver(cluster: LocalCluster, storage: str, export_as: str, **env: str):

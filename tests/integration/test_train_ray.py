@@ -27,9 +27,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 LOSS_RTOL = 0.05
 
 
-# The DDP, fault and export tests fix the temperature: their epochs are the search phase's, and
-# the validation search of the first epochs has its own test below.
-FIXED = dict(temperature=0.07)
+# The DDP, fault and export tests fix the temperature and the loss: their epochs are the search
+# phase's, and the validation search of the first epochs has its own test below.
+FIXED = dict(temperature=0.07, ranking_loss="softmax")
 
 
 def run_train(storage, **overrides):
@@ -196,22 +196,31 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_the_validation_search_of_the_first_epochs_on_ray(ray_session, tiny_storage):
-    """The default temperature=None on a Ray Train run: each candidate trains the run's first
-    SELECT_EPOCHS epochs, the best goes on, and the export says what ran and what was chosen."""
+    """The default temperature=None and ranking_loss=None on a Ray Train run (a small catalog:
+    the squared loss is a candidate too): each candidate trains the run's first SELECT_EPOCHS
+    epochs, the best goes on, and the export says what ran and what was chosen."""
     from towers.model.defaults import SELECT_EPOCHS, TEMPERATURES
 
     manifest = run_train(
         tiny_storage, num_workers=1, cpus_per_worker=2, export_as="model_search",
-        temperature=None, epochs=SELECT_EPOCHS + 1,
+        temperature=None, ranking_loss=None, epochs=SELECT_EPOCHS + 1,
     )  # fmt: skip
     selection = manifest["selection"]
-    assert [row["temperature"] for row in selection] == list(TEMPERATURES)
+    labels = [*({"temperature": t} for t in TEMPERATURES), {"ranking_loss": "squared"}]
+    named = [
+        {k: v for k, v in row.items() if k in ("temperature", "ranking_loss")} for row in selection
+    ]
+    assert named == labels
     assert all(row["epochs"] == SELECT_EPOCHS and row["ndcg@10"] > 0 for row in selection)
     scores = [row["ndcg@10"] for row in selection]
-    chosen = TEMPERATURES[scores.index(max(scores))]
+    chosen = labels[scores.index(max(scores))]
     phases = [(h["phase"], h["epoch"]) for h in manifest["history"]]
-    select = [("select", e) for _ in TEMPERATURES for e in range(SELECT_EPOCHS)]
+    select = [("select", e) for _ in labels for e in range(SELECT_EPOCHS)]
     assert phases == [*select, *(("search", e) for e in range(SELECT_EPOCHS + 1))]
     rec = TwoTowerRecommender.load(tiny_storage.path("model_search"))
-    assert rec.config.temperature == chosen and rec.config.temperature_candidates == TEMPERATURES
-    assert float(np.exp(rec.model.log_inv_temperature.item())) == pytest.approx(1 / chosen)
+    assert rec.config.temperature_candidates == TEMPERATURES
+    assert rec.config.ranking_loss == chosen.get("ranking_loss", "softmax")
+    if "temperature" in chosen:
+        assert rec.config.temperature == chosen["temperature"]
+        served = float(np.exp(rec.model.log_inv_temperature.item()))
+        assert served == pytest.approx(1 / chosen["temperature"])

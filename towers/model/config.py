@@ -21,13 +21,23 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from towers.data.features import FeatureTables
+from towers.model.checks import (  # noqa: F401 (named where they're read)
+    LOSSES,
+    LR_SCHEDULES,
+    NEGATIVES,
+    TWO_HOP_MIXES,
+    check_fields,
+    check_resolved,
+)
 from towers.model.defaults import (  # noqa: F401 (the rules' constants, named where they're read)
     FULL_SOFTMAX_MAX_ITEMS,
     HISTORY_DECAY,
     MAX_EPOCHS,
     MIN_WIDE_EPOCHS,
+    RANKING_LOSSES,
     SEQUENCE_MODELS,
     SEQUENCE_TOWERS,
+    SQUARED_LOSS,
     TARGETS_PER_ITEM,
     TEMPERATURE,
     TEMPERATURES,
@@ -37,11 +47,6 @@ from towers.model.defaults import (  # noqa: F401 (the rules' constants, named w
     is_sequential,
     resolve_defaults,
 )
-
-LOSSES = ("pointwise", "softmax", "hybrid")
-NEGATIVES = ("auto", "full", "user_full", "in_batch", "mixed")
-LR_SCHEDULES = ("cosine", "constant")
-TWO_HOP_MIXES = ("concat", "gated")
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,18 @@ class TwoTowerConfig:
     # user side's is 1), so a maximum-inner-product index ranks by it unchanged. Validation
     # NDCG@10 with it: Gowalla 0.0844 -> 0.0882 (3-epoch cosine), ML-100K random 0.1737 ->
     # 0.1760, Amazon Beauty (with history_folds 10, 7-epoch cosine) 0.0593 -> 0.0644
+    embedding_init_scale: float = 1.0  # every embedding table starts at PyTorch's N(0, 1)
+    # draws times this (the squared loss's dot products start near 0 at 0.01)
     # --- Loss (towers/model/losses.py).
+    ranking_loss: str | None = None  # what the towers' scores are trained with, beside the
+    # rating MSE of "hybrid": "softmax" (see negatives) or "squared": the weighted squared
+    # error of each user row's scores over the whole catalog (iALS's and EASE's objective:
+    # targets towards 1, unseen items towards 0 at unobserved_weight; needs user rows over the
+    # whole catalog: pooled towers, negatives "user_full", n_items <= row_negatives); None:
+    # chosen on validation among ranking_loss_candidates, "softmax" where there is no search
+    ranking_loss_candidates: tuple[str, ...] | None = None  # the losses the search tries; (): no
+    # search; None: both where the squared loss can run (towers/model/defaults.py)
+    unobserved_weight: float = 0.1  # squared: the weight of an item the row has not seen
     loss: str = "hybrid"  # "pointwise" (paper BCE), "softmax" (retrieval), "hybrid" (softmax+MSE)
     negatives: str = "auto"  # "full": every catalog item; "in_batch": the batch's other items;
     # "mixed": the batch's items plus `sampled_negatives` drawn uniformly (Yang et al. 2020);
@@ -166,86 +182,9 @@ class TwoTowerConfig:
     seed: int = 0  # parameter init and batch order
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"TwoTowerConfig.loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.negatives not in NEGATIVES:
-            raise ValueError(f"TwoTowerConfig.negatives must be one of {NEGATIVES}")
+        check_fields(self)
         self._resolve_auto()
-        if self.sparse_embeddings and self.weight_decay > 0:
-            raise ValueError("TwoTowerConfig: sparse_embeddings takes Adam, not AdamW's decay")
-        if self.history_folds < 2:
-            raise ValueError(f"TwoTowerConfig.history_folds must be >= 2, got {self.history_folds}")
-        if self.sampled_negatives < 1:
-            raise ValueError(
-                f"TwoTowerConfig.sampled_negatives must be >= 1, got {self.sampled_negatives}"
-            )
-        if self.item_two_hop and not self.use_item_id:
-            raise ValueError("TwoTowerConfig.item_two_hop reads the item table: needs use_item_id")
-        if self.two_hop_mix not in TWO_HOP_MIXES or self.two_hop_debias < 0:
-            raise ValueError(f"TwoTowerConfig: two_hop_mix in {TWO_HOP_MIXES}, two_hop_debias >= 0")
-        if self.validation_users < 0 or self.min_improvement < 0:
-            raise ValueError("TwoTowerConfig: validation_users and min_improvement must be >= 0")
-        if self.two_hop_refreshes < 1:
-            raise ValueError(
-                f"TwoTowerConfig.two_hop_refreshes must be >= 1, got {self.two_hop_refreshes}"
-            )
-        if self.share_history_embeddings and not (self.use_item_id and self.use_history):
-            raise ValueError(
-                "TwoTowerConfig.share_history_embeddings needs use_item_id and history"
-            )
-        if self.sequence_model is not None and self.sequence_model not in SEQUENCE_MODELS:
-            raise ValueError(f"TwoTowerConfig.sequence_model must be one of {SEQUENCE_MODELS}")
-        if self.sequence_length < 1 or self.sequence_layers < 1 or self.sequence_heads < 1:
-            raise ValueError("TwoTowerConfig: sequence_length, _layers and _heads must be >= 1")
-        if self.sequential and not (self.use_item_id and self.use_history):
-            raise ValueError("TwoTowerConfig.sequence_model reads the item table's rows of the "
-                             "user's history: needs use_item_id and use_history")  # fmt: skip
-        if self.sequential and self.id_dim is not None and self.id_dim % self.sequence_heads:
-            raise ValueError(
-                f"TwoTowerConfig: id_dim {self.id_dim} must divide into {self.sequence_heads} heads"
-            )
-        if self.sequential and self.negatives not in ("user_full", "auto"):
-            raise ValueError(
-                "TwoTowerConfig.sequence_model trains user rows (every prefix of a sequence): "
-                f"negatives must be 'user_full' or 'auto', got {self.negatives!r}"
-            )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"TwoTowerConfig.lr_schedule must be one of {LR_SCHEDULES}")
-        if self.history_decay is not None and not 0.0 < self.history_decay <= 1.0:
-            raise ValueError(
-                f"TwoTowerConfig.history_decay must be in (0, 1], got {self.history_decay}"
-            )
-        if self.temperature is not None and self.temperature <= 0:
-            raise ValueError(f"TwoTowerConfig.temperature must be > 0, got {self.temperature}")
-        if self.temperature_candidates is not None:
-            candidates = tuple(float(t) for t in self.temperature_candidates)
-            if any(t <= 0 for t in candidates):
-                raise ValueError(
-                    f"TwoTowerConfig.temperature_candidates must be > 0, got {candidates}"
-                )
-            object.__setattr__(self, "temperature_candidates", candidates)
-        rates = ("dropout", "user_id_dropout", "item_id_dropout", "history_dropout")
-        rates += ("sequence_dropout",)
-        for name in (*rates, "rating_history_dropout"):
-            rate = getattr(self, name)
-            if rate is not None and not 0.0 <= rate < 1.0:
-                raise ValueError(f"TwoTowerConfig.{name} must be in [0, 1)")
-        # JSON round trips turn tuples into lists; keep the dataclass hashable and comparable.
-        if self.hidden_dims is not None:
-            object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
-        if self.item_hidden_dims is not None:
-            item_hidden = tuple(int(h) for h in self.item_hidden_dims)
-            object.__setattr__(self, "item_hidden_dims", item_hidden)
-        for name in ("user_inputs", "item_inputs"):
-            specs = tuple((str(n), str(k), int(s)) for n, k, s in getattr(self, name))
-            object.__setattr__(self, name, specs)
-        profiles = tuple((str(n), int(w)) for n, w in self.item_profiles)
-        object.__setattr__(self, "item_profiles", profiles)
-        if not self.has_ratings and self.loss != "softmax":
-            raise ValueError(
-                f"TwoTowerConfig.loss={self.loss!r} needs explicit ratings; this data set is "
-                "implicit (no rating column): use loss='softmax'"
-            )
+        check_resolved(self)
 
     def _resolve_auto(self) -> None:
         """Once the catalog size is known (``n_items > 0``), ``negatives="auto"``,
@@ -265,6 +204,16 @@ class TwoTowerConfig:
     @property
     def has_rating_head(self) -> bool:
         return self.loss == "hybrid"
+
+    @property
+    def squared_loss_runs(self) -> bool:
+        """The squared loss can train this config: user rows over the whole catalog."""
+        return (
+            self.loss != "pointwise"
+            and self.negatives == "user_full"
+            and not self.sequential
+            and self.n_items <= self.row_negatives
+        )
 
     @property
     def retrieval_dim(self) -> int:
@@ -348,7 +297,8 @@ class TwoTowerConfig:
 # Fields added after models were first stored, and what a stored config without them ran with.
 STORED_BEFORE: dict[str, Any] = {
     "item_bias": False, "item_two_hop": False, "two_hop_mix": "concat", "two_hop_debias": 0.0,
-    "sequence_model": "none", "temperature_candidates": (),
+    "sequence_model": "none", "temperature_candidates": (), "ranking_loss": "softmax",
+    "ranking_loss_candidates": (),
 }  # fmt: skip
 
 # Overrides of the dataclass defaults. "paper": the paper's weak setting (pointwise BCE on observed

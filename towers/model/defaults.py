@@ -79,6 +79,27 @@ WIDE_TOWERS: dict[str, Any] = dict(
 TEMPERATURE = 0.07
 TEMPERATURES = (0.07, 0.12, 0.2)
 SELECT_EPOCHS = 2
+# ranking_loss=None: where every user row is scored against the whole catalog (the pooled
+# towers' user_full rows, n_items <= row_negatives), the search also tries the weighted squared
+# error over the catalog (iALS's and EASE's objective) as one more candidate, with the settings
+# it trains with: plain dot products (a cosine caps an item's norm, which carries its
+# popularity: EASE's item factors' norms correlate 0.96 with log popularity on ML-100K, and
+# normalising them costs its rank-64 form 0.484 -> 0.430 test NDCG@10), tables starting at
+# 0.01x PyTorch's N(0, 1) draws (at 1x its dot products start huge: 0.18 after 20 epochs in a
+# linear prototype against 0.50 at 0.01), Adam 3e-3 (1e-2: level), unseen items at weight 0.1
+# (0.05 / 0.3: -0.6% / -2.5% validation) and the rating MSE at weight 1 (30 pulls the towers
+# to ratings: validation NDCG@10 0.1818 against 0.1859). ML-100K random, validation NDCG@10
+# (`bench.quality --no-refit`): 0.1859 against the softmax's 0.1834 at 0.2; after 2 epochs
+# 0.1662 against 0.1628 (0.12). docs/QUALITY.md has the runs.
+SQUARED_LOSS: dict[str, Any] = dict(
+    ranking_loss="squared",
+    normalize=False,
+    embedding_init_scale=0.01,
+    lr=3e-3,
+    unobserved_weight=0.1,
+    rating_weight=1.0,
+)
+RANKING_LOSSES = ("softmax", "squared")
 # The sequence user tower (sequence_model="attention", towers/model/sequence.py): the user's
 # sequence_length most recent items, in order, through a small causal self-attention stack,
 # trained on every prefix of each training sequence (each slot predicts the next item). None: on
@@ -136,6 +157,13 @@ def resolve_defaults(config: dict[str, Any]) -> dict[str, Any]:
         cosine = v["normalize"] and not v["learn_temperature"] and v["loss"] != "pointwise"
         searched = cosine and not sequential and v["temperature"] is None
         v["temperature_candidates"] = TEMPERATURES if searched else ()
+    if v["ranking_loss_candidates"] is None:
+        exact = v["negatives"] == "user_full" and v["n_items"] <= v["row_negatives"]
+        runs = exact and v["loss"] != "pointwise" and not sequential
+        searched = runs and v["ranking_loss"] is None and not v["learn_temperature"]
+        v["ranking_loss_candidates"] = RANKING_LOSSES if searched else ()
+    if v["ranking_loss"] is None:  # the softmax until the search has chosen
+        v["ranking_loss"] = "softmax"
     if v["temperature"] is None:  # the first candidate until the search has chosen
         candidates = v["temperature_candidates"]
         v["temperature"] = candidates[0] if candidates else TEMPERATURE

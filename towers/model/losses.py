@@ -158,6 +158,36 @@ def full_softmax_rows(
     return weighted_mean(per_target, weights)
 
 
+def full_squared_rows(
+    user_emb: torch.Tensor,
+    all_item_emb: torch.Tensor,
+    target_rows: torch.Tensor,
+    target_items: torch.Tensor,
+    positive_rows: torch.Tensor,
+    positive_items: torch.Tensor,
+    unobserved_weight: float,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weighted squared error of every row's scores over the whole catalog (iALS's and EASE's
+    objective): each target's score towards 1, every item that is not one of the row's
+    positives towards 0 with weight ``unobserved_weight``; the row's other positives (its
+    pooled history) are left out.
+
+    Args: as :func:`full_softmax_rows`, with ``weights`` ``(T,)`` on the targets' terms.
+
+    Returns:
+        Scalar: the summed errors divided by the (weighted) number of targets.
+    """
+    scores = user_emb.float() @ all_item_emb.float().T  # (R, N)
+    target_scores = scores[target_rows, target_items]  # (T,)
+    unobserved = scores.index_put(
+        (positive_rows, positive_items), torch.zeros((), dtype=scores.dtype, device=scores.device)
+    )  # (R, N): positives out of the sum
+    w = torch.ones_like(target_scores) if weights is None else weights.float()  # (T,)
+    observed = (w * (target_scores - 1.0) ** 2).sum()
+    return (observed + unobserved_weight * unobserved.square().sum()) / w.sum().clamp(min=1e-12)
+
+
 def sampled_softmax_rows(
     user_emb: torch.Tensor,
     target_rows: torch.Tensor,

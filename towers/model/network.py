@@ -44,7 +44,15 @@ from towers.model.sequence import SequenceEncoder
 
 # Config fields a built model can take new values of (TwoTower.reconfigure): no weight's shape
 # depends on them.
-RECONFIGURABLE = ("temperature",)
+RECONFIGURABLE = (
+    "temperature",
+    "normalize",
+    "ranking_loss",
+    "unobserved_weight",
+    "lr",
+    "embedding_init_scale",
+    "rating_weight",
+)
 
 __all__ = ["ItemTower", "RatingHead", "TwoTower", "UserTower", "weighted_bags"]
 
@@ -289,6 +297,7 @@ class TwoTower(nn.Module):
         else:
             self.register_buffer("log_inv_temperature", log_inv_temp)
         self.rating_head = RatingHead(config) if config.has_rating_head else None
+        self.scale_embeddings(config.embedding_init_scale)
         self.item_bias = None
         if config.item_bias:  # + "unknown item": 0, and kept there (padding_idx: no gradient),
             # so items never trained, drawn as negatives, do not teach later items a pull
@@ -297,10 +306,21 @@ class TwoTower(nn.Module):
             )
             nn.init.zeros_(self.item_bias.weight)
 
+    def scale_embeddings(self, factor: float) -> None:
+        """Multiplies every embedding table built so far by ``factor`` (rows at 0 stay 0):
+        ``embedding_init_scale`` at construction, and the validation search when a candidate
+        starts from the same draws at another scale."""
+        if factor == 1.0:
+            return
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+                    module.weight.mul_(factor)
+
     def reconfigure(self, config: TwoTowerConfig) -> None:
         """Takes ``config``, which may differ from the one built only in :data:`RECONFIGURABLE`
-        settings, those no weight's shape depends on (the temperature, which the validation
-        search sets before training: ``towers/training/selection.py``)."""
+        settings, those no weight's shape depends on (what the validation search sets before
+        training: ``towers/training/selection.py``). The weights are left as they are."""
         names = [f.name for f in dataclasses.fields(config) if f.name not in RECONFIGURABLE]
         differ = [n for n in names if getattr(config, n) != getattr(self.config, n)]
         if differ:

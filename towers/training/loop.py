@@ -46,7 +46,7 @@ from towers.training.phases import (
     TrainingData,
     all_reduce_stats,
 )
-from towers.training.selection import Search, candidates
+from towers.training.selection import Search, candidates, label
 from towers.training.sequences import make_sequence_batches, sequence_steps
 from towers.training.steps import (
     make_batches,
@@ -222,7 +222,7 @@ def train_loop(
         row = {"epoch": epoch, "phase": phase, **all_reduce_stats(stats, seconds)}
         if phase == SELECT:
             assert search is not None
-            row.update(candidate=len(state.selection), **search.tried[len(state.selection)])
+            row.update(candidate=len(state.selection), **label(search.tried[len(state.selection)]))
         if part == SEARCH and data.has_valid:
             valid_ctx, users = context[SEARCH], config.validation_users
             row.update(

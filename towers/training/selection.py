@@ -32,17 +32,35 @@ import torch
 from torch import nn
 
 from towers.model.config import TwoTowerConfig
-from towers.model.defaults import SELECT_EPOCHS
+from towers.model.defaults import SELECT_EPOCHS, SQUARED_LOSS
 from towers.training.inputs import TrainingContext
 from towers.training.phases import SEARCH, SELECT, BatchSource, LoopState
 from towers.training.steps import make_optimizer, make_scheduler, unwrap
 
-__all__ = ["SELECT", "Search", "best_candidate", "candidate_score", "candidates"]
+__all__ = ["SELECT", "Search", "best_candidate", "candidate_score", "candidates", "label"]
 
 
 def candidates(config: TwoTowerConfig) -> list[dict[str, Any]]:
-    """The settings the search tries, in order, as config overrides ([]: no search)."""
-    return [{"temperature": t} for t in config.temperature_candidates or ()]
+    """The settings the search tries, in order, as config overrides ([]: no search): the
+    softmax at each of ``temperature_candidates`` (or at the config's temperature), then,
+    where ``ranking_loss_candidates`` has it, the squared loss with its settings
+    (``SQUARED_LOSS``)."""
+    tried: list[dict[str, Any]] = [{"temperature": t} for t in config.temperature_candidates or ()]
+    losses = config.ranking_loss_candidates or ()
+    if "squared" in losses:
+        if "softmax" in losses:
+            tried = tried or [{}]
+        tried.append(dict(SQUARED_LOSS))
+    return tried
+
+
+# The settings that name a candidate in the history rows and the manifest's selection.
+LABELS = ("temperature", "ranking_loss")
+
+
+def label(setting: dict[str, Any]) -> dict[str, Any]:
+    """What names a candidate (its temperature, or its loss) in history rows and the manifest."""
+    return {k: setting[k] for k in LABELS if k in setting}
 
 
 def candidate_score(rows: list[dict[str, Any]], metric: str) -> float:
@@ -139,7 +157,12 @@ class Search:
         score = candidate_score(mine, metric)
         seconds = sum(h["seconds"] for h in mine)
         state.selection.append(
-            {**self.tried[index], metric: score, "epochs": len(mine), "seconds": round(seconds, 1)}
+            {
+                **label(self.tried[index]),
+                metric: score,
+                "epochs": len(mine),
+                "seconds": round(seconds, 1),
+            }
         )
         scores = [row[metric] for row in state.selection]
         if best_candidate(scores, metric) == index:  # the best so far: keep where it is
@@ -178,6 +201,8 @@ class Search:
         """``model`` back at the start with ``config``; a new optimizer and schedule."""
         unwrap(model).load_state_dict(self.start)
         unwrap(model).reconfigure(config)  # type: ignore[operator]
+        # The same draws at the candidate's own scale (a fresh model of its config starts so).
+        unwrap(model).scale_embeddings(config.embedding_init_scale / self.base.embedding_init_scale)
         torch.set_rng_state(self.random_state)
         _drop_steps_cache(context)
         state.epoch, state.best_metric, state.best_epoch, state.stale = -1, -math.inf, -1, 0

@@ -33,6 +33,7 @@ from towers.model.config import TwoTowerConfig
 from towers.model.losses import (
     full_softmax,
     full_softmax_rows,
+    full_squared_rows,
     pointwise_bce,
     rating_mse,
     sampled_softmax,
@@ -189,7 +190,12 @@ def user_rows_loss(
     if ctx.n_items <= cfg.row_negatives:  # the whole catalog, exactly
         user_emb, item_emb = model(user_batch, ctx.item_batch(training=True))  # (R, D), (N, D)
         target_emb = item_emb[items]  # (T, D)
-        loss = full_softmax_rows(user_emb, item_emb, rows, items, *positives, weights)
+        if cfg.ranking_loss == "squared":
+            loss = full_squared_rows(
+                user_emb, item_emb, rows, items, *positives, cfg.unobserved_weight, weights
+            )
+        else:
+            loss = full_softmax_rows(user_emb, item_emb, rows, items, *positives, weights)
     else:  # row_negatives uniform draws shared by the batch, the catalog sum rescaled
         drawn = torch.randint(ctx.n_items, (cfg.row_negatives,), device=items.device)  # (M,)
         candidates = torch.cat([items, drawn])  # (T + M,)

@@ -30,17 +30,21 @@ def test_one_row_fits_refits_scores_and_tabulates(tiny_storage, tmp_path, capsys
     assert 0.0 <= row["test"]["ndcg@10"] <= 1.0 and row["test"]["rmse"] > 0
     assert len(row["valid_by_epoch"]) == 3 and max(row["valid_by_epoch"]) == row["valid"]["ndcg@10"]
     lines = capsys.readouterr().err.splitlines()  # progress: one line an epoch
-    # The temperature's candidates train the first SELECT_EPOCHS epochs each; the chosen one's
-    # are the search phase's first (not shown twice), which goes on to the budget.
+    # The candidates (each temperature of the softmax, then the squared loss on this small
+    # catalog) train the first SELECT_EPOCHS epochs each; the chosen one's are the search
+    # phase's first (not shown twice), which goes on to the budget.
     from towers.model.defaults import SELECT_EPOCHS, TEMPERATURES
 
     assert SELECT_EPOCHS == 2
-    select = [["select", "epoch", str(e)] for _ in TEMPERATURES for e in range(SELECT_EPOCHS)]
+    labels = [*({"temperature": t} for t in TEMPERATURES), {"ranking_loss": "squared"}]
+    select = [["select", "epoch", str(e)] for _ in labels for e in range(SELECT_EPOCHS)]
     refit = [["refit", "epoch", str(e)] for e in range(row["best_epoch"] + 1)]
     assert [line.split()[1:4] for line in lines] == [*select, ["search", "epoch", "2"], *refit]
-    assert [t["temperature"] for t in row["selection"]] == list(TEMPERATURES)
+    assert [{k: v for k, v in t.items() if k != "ndcg@10"} for t in row["selection"]] == labels
     scores = [t["ndcg@10"] for t in row["selection"]]
-    assert row["temperature"] == TEMPERATURES[scores.index(max(scores))]
+    chosen = labels[scores.index(max(scores))]
+    assert row["ranking_loss"] == chosen.get("ranking_loss", "softmax")
+    assert "temperature" not in chosen or row["temperature"] == chosen["temperature"]
     assert all("valid ndcg@10" in line for line in lines[: len(select) + 1])
     assert "valid" not in lines[-1]  # refit: none
     table = quality.markdown_rows(out)

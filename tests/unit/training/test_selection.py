@@ -11,7 +11,7 @@ import torch
 
 from tests.unit.training.test_training import SMALL, block_data
 from towers.model.config import TwoTowerConfig
-from towers.model.defaults import SELECT_EPOCHS
+from towers.model.defaults import SELECT_EPOCHS, SQUARED_LOSS
 from towers.model.network import TwoTower
 from towers.training.loop import LocalBatches, TrainingData, fit, train_loop
 from towers.training.phases import LoopState
@@ -31,9 +31,9 @@ def data():
 
 
 def config(**overrides) -> TwoTowerConfig:
-    return TwoTowerConfig.from_preset(
-        "default", **SMALL, epochs=EPOCHS, loss="softmax", **overrides
-    )
+    """The temperature search alone (the softmax given: no loss candidates) unless overridden."""
+    settings = {"epochs": EPOCHS, "loss": "softmax", "ranking_loss": "softmax", **overrides}
+    return TwoTowerConfig.from_preset("default", **{**SMALL, **settings})
 
 
 def scored(history: list[dict]) -> dict[float, list[float]]:
@@ -130,6 +130,34 @@ def test_a_run_resumed_during_the_search_ends_as_the_uninterrupted_one(data) -> 
     first = [h for h in history if h["phase"] == SELECT and h["candidate"] == 0]
     assert len(first) == SELECT_EPOCHS  # from the checkpoint, not trained again as candidate 0
     assert search_rows(history) == search_rows(whole.state.history)
+
+
+def test_the_squared_loss_candidate_goes_on_as_a_run_given_it(data, monkeypatch) -> None:
+    """The squared loss is the last candidate where rows see the whole catalog: it starts from
+    the same draws at its own scale, steps at its own rate, and when chosen the run (refit
+    included) is the one a config given its settings trains, epoch for epoch."""
+    train, valid, features = data
+    # Its own rate and scale, larger than the default's so that this tiny case's few steps
+    # make it the better candidate (the mechanics under test do not depend on the values).
+    monkeypatch.setitem(SQUARED_LOSS, "lr", 3e-2)
+    monkeypatch.setitem(SQUARED_LOSS, "embedding_init_scale", 0.1)
+    linear = dict(hidden_dims=())  # the wide towers' one linear map (a ReLU layer starts dead)
+    searched = config(temperature_candidates=(BAD,), ranking_loss=None, **linear)
+    model, history = fit(searched, train, valid, features, refit=True)
+    tried = {row.get("ranking_loss") for row in history if row.get("candidate") == 1}
+    assert tried == {"squared"}
+    assert (model.config.ranking_loss, model.config.normalize) == ("squared", False)
+    assert (model.config.lr, model.config.embedding_init_scale) == (3e-2, 0.1)
+    given = config(temperature=BAD, **linear, **SQUARED_LOSS)
+    plain_model, plain = fit(given, train, valid, features, refit=True)
+    assert search_rows(history) == search_rows(plain)
+    refits = [
+        [(h["epoch"], h["loss"]) for h in rows if h["phase"] == "refit"]
+        for rows in (history, plain)
+    ]
+    assert refits[0] == refits[1] and refits[0]
+    for name, value in plain_model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
 
 
 def test_best_candidate_maximises_ranking_metrics_and_minimises_rmse() -> None:
