@@ -8,7 +8,7 @@ from typing import Literal
 from towers import artifacts
 from towers.data.prepared import PreparedData
 from towers.launch.cli import help_field
-from towers.model.config import TwoTowerConfig
+from towers.model.config import SQUARED_LOSS, TwoTowerConfig
 
 # Sparse gradients train on one worker only. DDP has to all-reduce them through gloo's sparse
 # path, which crashed the workers of a 2-worker run at the ML-25M shape twice within ~400 steps
@@ -65,8 +65,10 @@ class TrainConfig:
     ranking_loss: Literal["softmax", "squared"] | None = help_field(
         None,
         "what the scores are trained with: the softmax, or the squared error over the whole "
-        "catalog (iALS's); default: chosen on the validation part where every user row sees "
-        "the whole catalog (up to 4,096 items), the softmax elsewhere (docs/QUALITY.md)",
+        "catalog (iALS's; with its own settings: plain dot products, tables at 0.01x, Adam 3e-3, "
+        "the rating MSE at weight 1, unless given); default: chosen on the validation part "
+        "where every user row sees the whole catalog (up to 4,096 items), the softmax "
+        "elsewhere (docs/QUALITY.md)",
     )
     weight_decay: float | None = help_field(None, "AdamW weight decay")
     seed: int | None = help_field(None, "seed of init and batch order")
@@ -118,6 +120,8 @@ class TrainConfig:
         overrides = {k: getattr(self, k) for k in MODEL_OVERRIDES if getattr(self, k) is not None}
         if self.num_workers > 1:  # DDP: dense tables (SPARSE_ONE_WORKER)
             overrides["sparse_embeddings"] = False
+        if self.ranking_loss == "squared":  # with the settings it trains with, unless given
+            overrides = {**SQUARED_LOSS, **overrides}
         cfg = TwoTowerConfig.from_preset(self.preset, **overrides, bf16=self.use_gpu)
         cfg = cfg.for_data(data)
         for workers in range(self.min_workers or self.num_workers, self.num_workers + 1):

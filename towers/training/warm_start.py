@@ -146,8 +146,9 @@ def warm_config(
     The architecture is the old model's, whatever today's defaults are; an override or a data
     set that would change it (another dimension, other features) raises :class:`WarmStartError`.
     """
-    # The temperature the old model trained with (chosen on validation or given): no new search.
-    overrides = {"temperature_candidates": (), **(overrides or {})}
+    # The temperature and loss the old model trained with (chosen on validation or given): no
+    # new search.
+    overrides = {"temperature_candidates": (), "ranking_loss_candidates": (), **(overrides or {})}
     new = replace(old, **overrides).sized_for(features, has_ratings, time_ordered)
     check_compatible(old, new)
     return new

@@ -191,3 +191,13 @@ def test_train_flags_for_the_large_catalog_path():
     two = TrainConfig(num_workers=2, negatives="mixed").model_config(large)
     assert (one.negatives, one.sparse_embeddings) == ("mixed", True)  # sampled: sparse rows
     assert (two.negatives, two.sparse_embeddings) == ("mixed", False)  # DDP: dense tables
+    # --ranking-loss squared: the search's candidate as it trains (its settings, unless given)
+    from towers.model.config import SQUARED_LOSS
+
+    squared = TrainConfig(num_workers=1, ranking_loss="squared").model_config(large)
+    assert all(getattr(squared, k) == v for k, v in SQUARED_LOSS.items())
+    assert (squared.ranking_loss_candidates, squared.temperature_candidates) == ((), ())
+    given = TrainConfig(num_workers=1, ranking_loss="squared", lr=1e-2).model_config(large)
+    assert (given.lr, given.normalize) == (1e-2, False)
+    softmax = TrainConfig(num_workers=1, ranking_loss="softmax").model_config(large)
+    assert (softmax.ranking_loss_candidates, softmax.normalize) == ((), True)

@@ -117,6 +117,10 @@ def test_dropped_ids_are_counted() -> None:
     config = warm_config(old.config, random_features(12, 20, 1), True, False)
     _, report = warm_start_weights(old, old_vocab, config, new_vocab)
     assert report.dropped["users"] == 2 and report.kept["users"] == 10
+    # The old model's temperature and loss, searched no more
+    assert old.config.temperature_candidates and old.config.ranking_loss_candidates
+    assert (config.temperature_candidates, config.ranking_loss_candidates) == ((), ())
+    assert config.ranking_loss == old.config.ranking_loss
 
 
 def test_a_warm_start_runs_a_third_of_the_old_models_epochs() -> None:
