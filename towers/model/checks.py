@@ -44,6 +44,8 @@ def check_fields(config: TwoTowerConfig) -> None:
         )
     if config.unobserved_weight <= 0 or config.embedding_init_scale <= 0:
         raise ValueError("TwoTowerConfig: unobserved_weight and embedding_init_scale must be > 0")
+    if config.select_epochs is not None and config.select_epochs < 1:
+        raise ValueError(f"TwoTowerConfig.select_epochs must be >= 1, got {config.select_epochs}")
     if config.negatives not in NEGATIVES:
         raise ValueError(f"TwoTowerConfig.negatives must be one of {NEGATIVES}")
 

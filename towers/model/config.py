@@ -122,6 +122,8 @@ class TwoTowerConfig:
     temperature_candidates: tuple[float, ...] | None = None  # what the search tries, in order
     # (the first is built first); (): no search; None: TEMPERATURES where the scores are cosines
     # of pooled towers (towers/model/defaults.py)
+    select_epochs: int | None = None  # the epochs each candidate of the search trains (None:
+    # SELECT_EPOCHS, or about SELECT_PAIRS pairs' worth on a small set: towers/model/defaults.py)
     learn_temperature: bool = False  # learn the temperature (as log 1/T, clamped at 1/T <= 100)
     item_bias: bool = True  # a learned per-item term added to the logit (cos / T + b_i): what
     # cosine scores cannot say (an item's pull on everyone); served as one more coordinate (the
@@ -298,7 +300,7 @@ class TwoTowerConfig:
 STORED_BEFORE: dict[str, Any] = {
     "item_bias": False, "item_two_hop": False, "two_hop_mix": "concat", "two_hop_debias": 0.0,
     "sequence_model": "none", "temperature_candidates": (), "ranking_loss": "softmax",
-    "ranking_loss_candidates": (),
+    "ranking_loss_candidates": (), "select_epochs": 2,
 }  # fmt: skip
 
 # Overrides of the dataclass defaults. "paper": the paper's weak setting (pointwise BCE on observed

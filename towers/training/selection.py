@@ -1,14 +1,16 @@
 """Settings the data chooses: each candidate trains the run's first epochs, the best goes on.
 
 Some settings suit one data set and not the next, and no fact a rule can read predicts them: the
-softmax temperature of the cosine scores (``towers/model/defaults.py`` has the runs). For those,
-the search phase begins as a small validation search (phase ``"select"``): each candidate trains
-the first ``SELECT_EPOCHS`` epochs of the run itself — the run's own schedule, from the same
-initial weights and random state — with the search phase's validation after each epoch (a fixed
-sample of ``config.validation_users``). The candidate with the best validation value
-(``config.early_stopping_metric``, the first of equals) is kept and the search phase goes on from
-where its epochs ended, so the search costs ``SELECT_EPOCHS`` epochs per candidate not chosen.
-The run is then the one a config given the chosen value trains without a search, epoch for epoch.
+softmax temperature of the cosine scores, and on small catalogs the loss itself
+(``towers/model/defaults.py`` has the runs). For those, the search phase begins as a small
+validation search (phase ``"select"``): each candidate trains the first
+``config.select_epochs`` epochs of the run itself (``SELECT_EPOCHS``, more on small sets) — the
+run's own schedule, from the same initial weights and random state — with the search phase's
+validation after each epoch (a fixed sample of ``config.validation_users``). The candidate with the
+best validation value (``config.early_stopping_metric``, the first of equals) is kept and the search
+phase goes on from where its epochs ended, so the search costs ``select_epochs`` epochs per
+candidate not chosen. The run is then the one a config given the chosen value trains without a
+search, epoch for epoch.
 
 Short runs with a schedule of their own would mislead: a sharp temperature learns fastest and a
 soft one generalises better later (ML-100K, 3-epoch cosines: 0.07 -> 0.159, 0.2 -> 0.154; the
@@ -127,7 +129,7 @@ class Search:
         state = initial or unwrap(model).state_dict()
         self.start = {k: v.detach().cpu().clone() for k, v in state.items()}
         self.random_state = torch.get_rng_state()  # every candidate draws the same
-        self.epochs = max(1, min(SELECT_EPOCHS, budget))
+        self.epochs = max(1, min(base.select_epochs or SELECT_EPOCHS, budget))
         self.kept: Branch | None = None
 
     def config(self, state: LoopState) -> TwoTowerConfig:

@@ -77,3 +77,24 @@ def test_tables_start_at_the_same_draws_times_the_scale() -> None:
     assert torch.equal(small[table][-1], torch.zeros_like(small[table][-1]))  # unknown: 0
     maps = [k for k in plain if k.endswith("mlp.0.weight") or k.endswith("mlp.weight")]
     assert maps and all(torch.equal(small[k], plain[k]) for k in maps)  # layers as drawn
+
+
+def test_candidates_train_about_select_pairs_on_small_sets() -> None:
+    """select_epochs: SELECT_EPOCHS, or about SELECT_PAIRS pairs' worth of epochs on a small set,
+    those only up to half the run's epochs; stored configs from before it ran 2."""
+    from towers.model.defaults import SELECT_EPOCHS, SELECT_PAIRS
+
+    def rung(n_train: int, **given) -> int:
+        return TwoTowerConfig(**SIZED, n_train=n_train, **given).select_epochs
+
+    assert SELECT_EPOCHS == 2 and SELECT_PAIRS == 250_000
+    assert rung(67_634) == 4  # ML-100K's random split: 15 epochs, 4 by the pairs
+    assert rung(218_467) == rung(730_000) == SELECT_EPOCHS  # Yelp, Gowalla
+    assert rung(67_634, epochs=6) == 3  # half the run
+    assert rung(500, epochs=3) == SELECT_EPOCHS  # never fewer than SELECT_EPOCHS
+    assert rung(67_634, select_epochs=1) == 1  # given
+    stored = TwoTowerConfig(**SIZED, n_train=67_634).to_dict()
+    del stored["select_epochs"]
+    assert TwoTowerConfig.from_stored(stored).select_epochs == 2
+    with pytest.raises(ValueError, match="select_epochs"):
+        TwoTowerConfig(select_epochs=0)
