@@ -50,8 +50,8 @@ def candidates(config: TwoTowerConfig) -> list[dict[str, Any]]:
     tried: list[dict[str, Any]] = [{"temperature": t} for t in config.temperature_candidates or ()]
     losses = config.ranking_loss_candidates or ()
     if "squared" in losses:
-        if "softmax" in losses:
-            tried = tried or [{}]
+        if "softmax" in losses:  # at the given temperature where none is searched
+            tried = tried or [{"ranking_loss": "softmax"}]
         tried.append(dict(SQUARED_LOSS))
     return tried
 

@@ -98,3 +98,13 @@ def test_candidates_train_about_select_pairs_on_small_sets() -> None:
     assert TwoTowerConfig.from_stored(stored).select_epochs == 2
     with pytest.raises(ValueError, match="select_epochs"):
         TwoTowerConfig(select_epochs=0)
+
+
+def test_a_given_temperature_still_leaves_the_loss_to_the_search() -> None:
+    from towers.training.selection import candidates, label
+
+    fixed = TwoTowerConfig(**SIZED, temperature=0.1)
+    assert fixed.temperature_candidates == () and fixed.ranking_loss_candidates
+    tried = candidates(fixed)
+    assert [label(c) for c in tried] == [{"ranking_loss": "softmax"}, {"ranking_loss": "squared"}]
+    assert candidates(TwoTowerConfig(**SIZED, temperature=0.1, ranking_loss="softmax")) == []
