@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from towers.model.defaults import RANKING_LOSSES, SEQUENCE_MODELS
+from towers.model.defaults import RANKING_LOSSES, SEQUENCE_MODELS, squared_loss_runs
 
 # The checks take the config (towers.model.config imports them: no import back, no cycle).
 TwoTowerConfig = Any
@@ -88,7 +88,8 @@ def check_resolved(config: TwoTowerConfig) -> None:
             "TwoTowerConfig.sequence_model trains user rows (every prefix of a sequence): "
             f"negatives must be 'user_full' or 'auto', got {config.negatives!r}"
         )
-    if "squared" in ranking_losses(config) and config.n_items > 0 and not config.squared_loss_runs:
+    runs = squared_loss_runs(vars(config))
+    if "squared" in ranking_losses(config) and config.n_items > 0 and not runs:
         raise ValueError(
             "TwoTowerConfig.ranking_loss 'squared' scores each user row against the whole "
             "catalog: it needs the pooled towers, negatives 'user_full', n_items <= "

@@ -208,16 +208,6 @@ class TwoTowerConfig:
         return self.loss == "hybrid"
 
     @property
-    def squared_loss_runs(self) -> bool:
-        """The squared loss can train this config: user rows over the whole catalog."""
-        return (
-            self.loss != "pointwise"
-            and self.negatives == "user_full"
-            and not self.sequential
-            and self.n_items <= self.row_negatives
-        )
-
-    @property
     def retrieval_dim(self) -> int:
         """Width of the served user and item vectors: D, plus the item-bias coordinate."""
         return int(self.embedding_dim or 0) + int(self.item_bias)

@@ -129,6 +129,13 @@ def is_sequential(sequence_model: str | None) -> bool:
     return sequence_model not in (None, "none")
 
 
+def squared_loss_runs(values: dict[str, Any]) -> bool:
+    """The squared loss can train a resolved config (its fields by name): pooled towers whose
+    user rows are scored against the whole catalog."""
+    exact = values["negatives"] == "user_full" and values["n_items"] <= values["row_negatives"]
+    return exact and values["loss"] != "pointwise" and not is_sequential(values["sequence_model"])
+
+
 def resolve_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """What the data-dependent ``None``/``"auto"`` fields of a sized config (its fields by
     name, ``n_items > 0``) stand for: only the fields that change, each resolved once here."""
@@ -172,9 +179,7 @@ def resolve_defaults(config: dict[str, Any]) -> dict[str, Any]:
         by_pairs = round(SELECT_PAIRS / v["n_train"]) if v["n_train"] > 0 else 0
         v["select_epochs"] = max(SELECT_EPOCHS, min(by_pairs, v["epochs"] // 2))
     if v["ranking_loss_candidates"] is None:
-        exact = v["negatives"] == "user_full" and v["n_items"] <= v["row_negatives"]
-        runs = exact and v["loss"] != "pointwise" and not sequential
-        searched = runs and v["ranking_loss"] is None and not v["learn_temperature"]
+        searched = squared_loss_runs(v) and v["ranking_loss"] is None and not v["learn_temperature"]
         v["ranking_loss_candidates"] = RANKING_LOSSES if searched else ()
     if v["ranking_loss"] is None:  # the softmax until the search has chosen
         v["ranking_loss"] = "softmax"
